@@ -1,0 +1,123 @@
+"""Guided sampling: what a layer compares its K candidates against.
+
+The guided sampler used for training and encoding compares candidates with the
+target image. Zero-Shot Conditional Generation (ZSCG) swaps the target for a
+condition and the distance for one that compares only what the condition
+constrains. No gradients, no retraining.
+
+Every condition gives ``distance(candidates [B, K, C, h, w]) -> [B, K]`` at
+any layer resolution h.
+"""
+from __future__ import annotations
+
+import torch
+
+from .ddl import Chooser, area_resize
+from .split_and_prune import BranchUsage
+
+# ITU-R BT.601 luma, the usual grayscale of an RGB image.
+LUMA = (0.299, 0.587, 0.114)
+
+
+def _per_sample_mse(candidates: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    return (candidates - reference.unsqueeze(1)).pow(2).flatten(2).mean(2)
+
+
+def _flatten_batch(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(0, 1)
+
+
+def _unflatten_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
+    return x.view(batch, -1, *x.shape[1:])
+
+
+def to_grayscale(images: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Luma of RGB images (channel dimension ``dim``); 1-channel images pass through."""
+    if images.shape[dim] == 1:
+        return images
+    weights = torch.tensor(LUMA, dtype=images.dtype, device=images.device)
+    shape = [1] * images.ndim
+    shape[dim] = 3
+    return (images * weights.view(shape)).sum(dim, keepdim=True)
+
+
+class Condition:
+    batch_size: int
+
+    def distance(self, candidates: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TargetCondition(Condition):
+    """L2 to the area-resized target: the guided sampler of training and encoding.
+
+    Also serves denoising and low-bit restoration: the target is the degraded image.
+    """
+
+    def __init__(self, target: torch.Tensor):
+        self.target, self.batch_size = target, target.shape[0]
+
+    def distance(self, candidates: torch.Tensor) -> torch.Tensor:
+        return _per_sample_mse(candidates, area_resize(self.target, candidates.shape[-1]))
+
+
+Denoising = TargetCondition
+
+
+class SuperResolution(Condition):
+    """Candidates, area-downsampled to the low-res condition's size, compared with it."""
+
+    def __init__(self, low_res: torch.Tensor):
+        self.low_res, self.batch_size = low_res, low_res.shape[0]
+
+    def distance(self, candidates: torch.Tensor) -> torch.Tensor:
+        size = min(candidates.shape[-1], self.low_res.shape[-1])
+        small = _unflatten_batch(area_resize(_flatten_batch(candidates), size), self.batch_size)
+        return _per_sample_mse(small, area_resize(self.low_res, size))
+
+
+class Colorization(Condition):
+    """Grayscale of the candidates compared with the grayscale condition [B, 1, H, W]."""
+
+    def __init__(self, gray: torch.Tensor):
+        self.gray, self.batch_size = gray, gray.shape[0]
+
+    def distance(self, candidates: torch.Tensor) -> torch.Tensor:
+        gray = to_grayscale(candidates, dim=2)
+        return _per_sample_mse(gray, area_resize(self.gray, candidates.shape[-1]))
+
+
+class Inpainting(Condition):
+    """Masked L2: only pixels where ``mask`` is 1 (known) count. mask is [B, 1, H, W]."""
+
+    def __init__(self, image: torch.Tensor, mask: torch.Tensor):
+        self.image, self.mask, self.batch_size = image, mask.to(image.dtype), image.shape[0]
+
+    def distance(self, candidates: torch.Tensor) -> torch.Tensor:
+        size = candidates.shape[-1]
+        mask = area_resize(self.mask, size).unsqueeze(1)  # fraction of known pixels per cell
+        known = area_resize(self.image * self.mask, size) / area_resize(self.mask, size).clamp_min(1e-6)
+        diff = (candidates - known.unsqueeze(1)).pow(2) * mask
+        return diff.flatten(2).sum(2) / mask.flatten(2).sum(2).clamp_min(1e-6)
+
+
+def make_chooser(condition: Condition, selection: str = "top1", generator: torch.Generator | None = None,
+                 usage: BranchUsage | None = None) -> Chooser:
+    """A chooser for one layer: argmin of the condition's distance ("top1") or a random pick of the two nearest ("top2").
+
+    With ``usage`` the nearest and second-nearest choices are recorded for split-and-prune.
+    """
+    if selection not in ("top1", "top2"):
+        raise ValueError(f"selection must be 'top1' or 'top2', got {selection!r}")
+
+    def choose(candidates: torch.Tensor) -> torch.Tensor:
+        distances = condition.distance(candidates)
+        if usage is not None:
+            usage.record(distances)
+        if selection == "top1" or distances.shape[1] < 2:
+            return distances.argmin(1)
+        top2 = distances.topk(2, dim=1, largest=False).indices
+        pick = torch.randint(0, 2, (top2.shape[0], 1), generator=generator).to(top2.device)
+        return top2.gather(1, pick).squeeze(1)
+
+    return choose

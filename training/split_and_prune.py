@@ -1,0 +1,148 @@
+"""Split-and-prune: keep every branch of a discrete distribution layer in use.
+
+After each optimizer step, per layer: split the most used node and prune the
+least used one iff ``p_max - p_min > 1/K`` or ``p_min < 0.5/K`` (p = count / sum).
+The pruned node's count goes to the other nodes in proportion to how often each
+was its second nearest; the split node and the pruned node then share the split
+node's count in halves, and the pruned node's weight rows -- and the optimizer's
+per-row state -- become copies of the split node's.
+
+This module is the one place that owns that logic. A "node set" is any module
+with ``weight`` (first dimension K, one slice per node) and ``usage``
+(a :class:`BranchUsage`).
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Protocol
+
+import torch
+from torch import nn
+
+
+class BranchUsage(nn.Module):
+    """Usage statistics of K nodes.
+
+    ``count`` and ``near2`` are cumulative and identical on every rank; the
+    ``step_*`` buffers collect the current step's local choices until
+    :func:`split_and_prune_` folds them in (after summing over ranks).
+    """
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+        self.register_buffer("count", torch.zeros(k, dtype=torch.float64))
+        self.register_buffer("near2", torch.zeros(k, k, dtype=torch.float64))
+        self.register_buffer("step_count", torch.zeros(k, dtype=torch.float64), persistent=False)
+        self.register_buffer("step_near2", torch.zeros(k, k, dtype=torch.float64), persistent=False)
+
+    @torch.no_grad()
+    def record(self, distances: torch.Tensor) -> None:
+        """Record the nearest and second-nearest node of each sample from distances [B, K]."""
+        if self.k < 2:
+            self.step_count[0] += distances.shape[0]
+            return
+        nearest2 = distances.topk(2, dim=1, largest=False).indices
+        ones = torch.ones(nearest2.shape[0], dtype=torch.float64, device=distances.device)
+        self.step_count.index_add_(0, nearest2[:, 0], ones)
+        self.step_near2.view(-1).index_add_(0, nearest2[:, 0] * self.k + nearest2[:, 1], ones)
+
+    @torch.no_grad()
+    def fold_step(self, all_reduce: Callable[[torch.Tensor], None] | None = None) -> None:
+        """Add this step's statistics (summed over ranks by ``all_reduce``) to the cumulative ones."""
+        if all_reduce is not None:
+            all_reduce(self.step_count)
+            all_reduce(self.step_near2)
+        self.count += self.step_count
+        self.near2 += self.step_near2
+        self.step_count.zero_()
+        self.step_near2.zero_()
+
+    def probabilities(self) -> torch.Tensor:
+        total = self.count.sum()
+        return self.count / total if total > 0 else torch.full_like(self.count, 1.0 / self.k)
+
+    def entropy(self) -> float:
+        """Usage entropy in nats (log K when every node is used equally)."""
+        p = self.probabilities()
+        return float(-(p * p.clamp_min(1e-30).log()).sum())
+
+
+class NodeSet(Protocol):
+    weight: nn.Parameter
+    usage: BranchUsage
+
+
+def should_split(p: torch.Tensor) -> bool:
+    """The split rule on usage probabilities p [K]."""
+    k = p.numel()
+    if k < 2:
+        return False
+    p_max, p_min = float(p.max()), float(p.min())
+    return p_max - p_min > 1.0 / k or p_min < 0.5 / k
+
+
+@torch.no_grad()
+def hand_on_count_(usage: BranchUsage, split: int, pruned: int) -> None:
+    """Update count and near2 for splitting node ``split`` into node ``pruned``."""
+    count, near2 = usage.count, usage.near2
+    share = near2[pruned].clone()
+    share[pruned] = 0
+    if share.sum() <= 0:  # never seen as anyone's runner-up: spread evenly over the others
+        share = torch.ones_like(share)
+        share[pruned] = 0
+    count += count[pruned] * share / share.sum()
+    count[pruned] = count[split] / 2
+    count[split] = count[split] / 2
+    # The pruned node restarts as a copy of the split node, so it inherits half of its runner-up row.
+    near2[:, pruned] = 0
+    near2[pruned] = near2[split] / 2
+    near2[split] = near2[split] / 2
+
+
+@torch.no_grad()
+def copy_node_(weight: nn.Parameter, optimizer: torch.optim.Optimizer | None, src: int, dst: int) -> None:
+    """Copy node ``src`` into node ``dst`` in the weight and every per-row optimizer state tensor."""
+    weight[dst] = weight[src]
+    if optimizer is None:
+        return
+    for key, value in optimizer.state.get(weight, {}).items():
+        if torch.is_tensor(value) and value.shape == weight.shape:
+            value[dst] = value[src]
+        elif torch.is_tensor(value) and value.numel() == 1:
+            continue  # shared scalars such as Adam's step count are per parameter, not per row
+        else:
+            raise TypeError(
+                f"cannot copy optimizer state {key!r} of shape {tuple(getattr(value, 'shape', ()))} "
+                f"row-wise for a weight of shape {tuple(weight.shape)}: "
+                f"split-and-prune needs per-parameter state shaped like the parameter"
+            )
+
+
+@torch.no_grad()
+def split_and_prune_(
+    node_sets: Iterable[NodeSet],
+    optimizer: torch.optim.Optimizer | None = None,
+    all_reduce: Callable[[torch.Tensor], None] | None = None,
+) -> int:
+    """Fold this step's usage into the statistics and apply at most one split per node set.
+
+    With data-parallel training pass ``all_reduce`` (summing in place over
+    ranks) so that every rank decides on the same global statistics.
+    Returns the number of splits made.
+    """
+    splits = 0
+    for nodes in node_sets:
+        usage = nodes.usage
+        usage.fold_step(all_reduce)
+        if usage.count.sum() <= 0:
+            continue
+        p = usage.probabilities()
+        if not should_split(p):
+            continue
+        split, pruned = int(p.argmax()), int(p.argmin())
+        if split == pruned:
+            continue
+        hand_on_count_(usage, split, pruned)
+        copy_node_(nodes.weight, optimizer, split, pruned)
+        splits += 1
+    return splits
