@@ -1,0 +1,110 @@
+"""A CPU view of a model repository written by ``ddn-export``.
+
+The exported repository holds, for every graph G, a production entry ``G``
+(Triton's onnxruntime/TensorRT backends, GPU instance groups) and a
+python-backend twin ``G_python`` that runs the same ONNX file with ONNX Runtime
+on the CPU. The Triton binary shipped in the nvidia-pytriton wheel has only the
+python backend, so it is pointed at a view: a folder that links each
+``G_python`` directory under the plain name ``G``. The twin's config.pbtxt has
+no ``name`` field, so Triton takes the model name from the link's name and
+clients use the same model names on a CPU host as on a GPU host.
+
+Nothing in the exported repository is modified; the view is a folder of links
+(plus, when a config is rewritten, a private copy of that one config.pbtxt).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+PYTHON_SUFFIX = "_python"
+
+ConfigEdit = Callable[[model_config_pb2.ModelConfig], None]
+
+
+class RepositoryError(ValueError):
+    """A model repository that is missing or has nothing this server can run."""
+
+
+def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
+    """Parse ``model_dir/config.pbtxt`` (protobuf text format) or raise RepositoryError naming the file."""
+    path = model_dir / "config.pbtxt"
+    try:
+        return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    except (OSError, text_format.ParseError) as exc:
+        raise RepositoryError(f"cannot read {path}: {exc}") from None
+
+
+def python_entries(repository: str | Path) -> dict[str, Path]:
+    """Served name -> directory, for every python-backend model in ``repository``.
+
+    ``G_python`` is served as ``G``; a python-backend entry without the suffix
+    keeps its name. Entries for other backends (onnxruntime, TensorRT) are left out.
+    """
+    root = Path(repository).resolve()
+    if not root.is_dir():
+        raise RepositoryError(f"model repository not found: {root}")
+    entries: dict[str, Path] = {}
+    for model_dir in sorted(p for p in root.iterdir() if (p / "config.pbtxt").is_file()):
+        config = read_config(model_dir)
+        if config.backend != "python":
+            continue
+        name = model_dir.name.removesuffix(PYTHON_SUFFIX) if model_dir.name.endswith(PYTHON_SUFFIX) else model_dir.name
+        if config.name and config.name != name:
+            raise RepositoryError(
+                f"{model_dir / 'config.pbtxt'} sets name {config.name!r}; a CPU view serves it as {name!r}, "
+                "so the config must not set a name (Triton then takes it from the directory)")
+        if name in entries:
+            raise RepositoryError(f"two python-backend entries would both be served as {name!r}: "
+                                  f"{entries[name].name} and {model_dir.name}")
+        entries[name] = model_dir
+    if not entries:
+        raise RepositoryError(f"{root} has no python-backend models (G_python entries written by ddn-export); "
+                              "the CPU Triton server cannot run onnxruntime or TensorRT entries")
+    return entries
+
+
+def build_cpu_view(repository: str | Path, view: str | Path, edit: ConfigEdit | None = None) -> dict[str, Path]:
+    """Fill the empty folder ``view`` with one entry per python-backend model; returns served name -> source.
+
+    Without ``edit`` each entry is a symlink to the source directory. With
+    ``edit`` (a function that changes a parsed config in place, e.g. to turn
+    dynamic batching off for a benchmark) each entry is a real directory with
+    the edited config.pbtxt and links to the source's version folders and files.
+    """
+    view = Path(view)
+    view.mkdir(parents=True, exist_ok=True)
+    if any(view.iterdir()):
+        raise RepositoryError(f"view folder {view} is not empty")
+    entries = python_entries(repository)
+    for name, source in entries.items():
+        target = view / name
+        if edit is None:
+            target.symlink_to(source, target_is_directory=True)
+            continue
+        target.mkdir()
+        for item in source.iterdir():
+            if item.name != "config.pbtxt":
+                (target / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
+        config = read_config(source)
+        edit(config)
+        (target / "config.pbtxt").write_text(text_format.MessageToString(config))
+    return entries
+
+
+@contextmanager
+def cpu_repository_view(repository: str | Path, edit: ConfigEdit | None = None) -> Iterator[Path]:
+    """A temporary CPU view of ``repository`` (see :func:`build_cpu_view`), removed on exit."""
+    folder = Path(tempfile.mkdtemp(prefix="ddn-cpu-view-"))
+    try:
+        view = folder / "models"
+        build_cpu_view(repository, view, edit)
+        yield view
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
