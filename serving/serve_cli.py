@@ -1,0 +1,50 @@
+"""``ddn-serve``: run a local Triton server on a model repository until Ctrl-C."""
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from ddn.serving.repository_view import RepositoryError, cpu_repository_view
+from ddn.serving.triton_server import TritonServer
+
+
+@click.command()
+@click.option("--repository", type=click.Path(path_type=Path), default=Path("model_repository"), show_default=True,
+              help="Model repository written by ddn-export.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address gRPC, HTTP and metrics bind to; 0.0.0.0 exposes the server to the network.")
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option("--verbose", is_flag=True, help="Verbose server log (its path is printed).")
+def main(repository: Path, host: str, grpc_port: int, http_port: int, metrics_port: int, verbose: bool) -> None:
+    """Start Triton on REPOSITORY's python-backend models, print the endpoints, serve until Ctrl-C."""
+    # SIGTERM (kill, systemd, docker stop) unwinds like Ctrl-C, so the server,
+    # which runs in its own process group, is stopped instead of orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        # The wheel's server has only the python backend: serve the CPU view, where
+        # each G_python twin appears under its production name G.
+        with cpu_repository_view(repository) as view, TritonServer(
+                view, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, host=host,
+                log_verbose=int(verbose)) as server:
+            click.echo(f"gRPC     {server.grpc_url}")
+            click.echo(f"HTTP     {server.http_url}")
+            click.echo(f"metrics  {server.metrics_url}")
+            click.echo(f"log      {server.log_path}")
+            for name, state in sorted(server.model_states().items()):
+                click.echo(f"model    {name}: {state}")
+            click.echo("serving; press Ctrl-C to stop", err=True)
+            code = server.wait()
+            raise RuntimeError(f"tritonserver exited unexpectedly with code {code}{server.log_report()}")
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+    except (RepositoryError, FileNotFoundError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""Start the real Triton Inference Server shipped in the nvidia-pytriton wheel.
+
+The wheel carries a CPU build of tritonserver 2.51 with only the python
+backend. Its layout is not a runnable install: the python backend needs the
+stub for *this* interpreter's minor version next to ``libtriton_python.so``,
+and the server needs the wheel's bundled shared libraries. Rather than touch
+site-packages, every server gets a private temporary folder with a backend
+directory of symlinks into the wheel (and its log file), removed on stop.
+
+Safe defaults: gRPC, HTTP and metrics bind to 127.0.0.1 unless a host is given
+(the binary's own default is 0.0.0.0), model control mode ``none`` (no
+load/unload API), the server exits if any model fails to load, and readiness
+is strict (ready means every model is ready).
+"""
+from __future__ import annotations
+
+import atexit
+import ctypes
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Callable
+
+INSTALL_HINT = "install the nvidia-pytriton package (pip install 'ddn-serve[serving]')"
+
+
+def find_tritonserver() -> Path:
+    """Path of the tritonserver binary inside the installed nvidia-pytriton wheel."""
+    # find_spec locates the package without importing it (pytriton's import is heavy).
+    spec = importlib.util.find_spec("pytriton")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    binary = Path(locations[0]) / "tritonserver" / "bin" / "tritonserver" if locations else None
+    if binary is None or not binary.is_file():
+        raise FileNotFoundError(f"tritonserver binary not found: {INSTALL_HINT}")
+    return binary
+
+
+def _backend_directory(root: Path, dist: Path) -> Path:
+    """Build ``root/backends/python`` from links into the wheel's ``tritonserver`` folder ``dist``."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise FileNotFoundError(f"nvidia-pytriton has no python backend stub for Python {version} ({stub})")
+    python_dir = root / "backends" / "python"
+    python_dir.mkdir(parents=True)
+    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        (python_dir / name).symlink_to(dist / "backends" / "python" / name)
+    # The backend looks for the stub beside the libtriton_python.so it was loaded
+    # from (the link's folder), so a link to the stub is enough; no copy needed.
+    (python_dir / "triton_python_backend_stub").symlink_to(stub)
+    return root / "backends"
+
+
+def _server_env(dist: Path) -> dict[str, str]:
+    """Environment for tritonserver and, through it, the python backend stubs."""
+    env = dict(os.environ)
+    libs = [str(dist.parent.parent / "nvidia_pytriton.libs")]
+    # The stub links libpython3.X.so.1.0 by soname. Without this the loader takes the
+    # system's libpython of that minor version if there is one (Debian's 3.11.2 here)
+    # and runs it on this interpreter's stdlib (pyenv 3.11.7): it imported numpy, but
+    # it is another build. Our LIBDIR on the path makes the stub embed our interpreter.
+    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        libs.append(sysconfig.get_config_var("LIBDIR"))
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [p for p in [env.get("LD_LIBRARY_PATH")] if p])
+    # The embedded interpreter has no argv[0], so it searches PATH for "python3" to
+    # find its prefix. Finding the venv's python3 first makes it read pyvenv.cfg and
+    # use the venv's site-packages (with .pth files, so editable installs work too),
+    # which PYTHONPATH alone would not give; model.py then imports numpy/onnxruntime
+    # exactly as this process does.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that makes the kernel send the server SIGTERM when its parent dies.
+
+    The server runs in its own session, so without this a parent killed with
+    SIGKILL (or os._exit, e.g. a test timeout) would leave it serving forever.
+    Linux delivers this when the *thread* that started the server exits, so
+    start servers from a thread that outlives them (normally the main thread).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the forked child
+    pr_set_pdeathsig = 1
+    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _free_ports(host: str, count: int) -> list[int]:
+    """``count`` distinct ports that are free on ``host`` (all held open until all are chosen)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets = [socket.socket(family, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class TritonServer:
+    """A tritonserver process serving ``repository``; use as a context manager.
+
+    ``grpc_url`` and ``http_url`` are ``host:port`` (what tritonclient.grpc and
+    tritonclient.http take); ``metrics_url`` is the Prometheus URL.
+    """
+
+    def __init__(self, repository: str | Path, grpc_port: int | None = None, http_port: int | None = None,
+                 metrics_port: int | None = None, host: str = "127.0.0.1", log_verbose: int = 0,
+                 startup_timeout: float = 60.0) -> None:
+        self.repository = Path(repository).expanduser().resolve()
+        if not self.repository.is_dir():
+            raise FileNotFoundError(f"model repository not found: {self.repository}")
+        self.binary = find_tritonserver()
+        self.host = host
+        free = iter(_free_ports(host, [grpc_port, http_port, metrics_port].count(None)))
+        self.grpc_port, self.http_port, self.metrics_port = (
+            port if port is not None else next(free) for port in (grpc_port, http_port, metrics_port))
+        self.log_verbose = log_verbose
+        self.startup_timeout = startup_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self._workdir: Path | None = None
+
+    @property
+    def _client_host(self) -> str:
+        # A wildcard bind is reached through loopback from this machine.
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"[{host}]" if ":" in host else host
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self._client_host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self._client_host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._client_host}:{self.metrics_port}/metrics"
+
+    @property
+    def log_path(self) -> Path | None:
+        """The server's log file while it runs (removed by stop)."""
+        return self._workdir / "tritonserver.log" if self._workdir else None
+
+    def command(self, backend_directory: Path) -> list[str]:
+        """The tritonserver command line (public so callers can log exactly what runs)."""
+        dist = self.binary.parent.parent
+        return [
+            str(self.binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backend_directory}",
+            f"--cache-directory={dist / 'caches'}",
+            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.host}", f"--http-port={self.http_port}",
+            f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+            "--model-control-mode=none",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            # This build is the CPU server; GPU metrics would only log NVML/DCGM errors.
+            "--allow-gpu-metrics=false",
+            f"--log-verbose={self.log_verbose}",
+        ]
+
+    def start(self) -> TritonServer:
+        """Launch the server and return once it and every model in the repository are ready."""
+        if self._process is not None:
+            raise RuntimeError("server already started")
+        self._workdir = Path(tempfile.mkdtemp(prefix="ddn-triton-"))
+        try:
+            dist = self.binary.parent.parent
+            backends = _backend_directory(self._workdir, dist)
+            with open(self._workdir / "tritonserver.log", "wb") as log:
+                # Own session/process group: a terminal's Ctrl-C reaches only us (we stop
+                # the server in order), and stop() can kill a hung server with its stubs.
+                self._process = subprocess.Popen(self.command(backends), stdout=log, stderr=subprocess.STDOUT,
+                                                 stdin=subprocess.DEVNULL, env=_server_env(dist),
+                                                 start_new_session=True, preexec_fn=_die_with_parent())
+            atexit.register(self.stop)
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _get(self, path: str, data: bytes | None = None) -> bytes | None:
+        """Body of an HTTP call to the server, or None if it is not answering 200 (yet)."""
+        request = urllib.request.Request(f"http://{self.http_url}{path}", data=data)
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return response.read()
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def model_states(self) -> dict[str, str]:
+        """Model name -> state (``READY``, or state and reason) from the repository index."""
+        body = self._get("/v2/repository/index", data=b"{}")
+        entries = json.loads(body) if body else []
+        return {e["name"]: " ".join(filter(None, [e.get("state", "UNKNOWN"), e.get("reason")])) for e in entries}
+
+    def _wait_ready(self) -> None:
+        assert self._process is not None
+        expected = sorted(p.name for p in self.repository.iterdir() if p.is_dir() and not p.name.startswith("."))
+        deadline = time.monotonic() + self.startup_timeout
+        states: dict[str, str] = {}
+        while True:
+            code = self._process.poll()
+            if code is not None:
+                raise RuntimeError(f"tritonserver exited with code {code} before it was ready{self.log_report()}")
+            if self._get("/v2/health/ready") is not None:
+                states = self.model_states()
+                # The gRPC listener starts alongside HTTP; a connect confirms it is up.
+                if all(states.get(name) == "READY" for name in expected) and self._grpc_listening():
+                    return
+            if time.monotonic() > deadline:
+                waiting = {name: states.get(name, "still loading") for name in expected
+                           if states.get(name) != "READY"}
+                raise RuntimeError(f"tritonserver not ready after {self.startup_timeout:g} s "
+                                   f"(models not ready: {waiting or 'none'}){self.log_report()}")
+            time.sleep(0.1)
+
+    def _grpc_listening(self) -> bool:
+        try:
+            with socket.create_connection((self._client_host.strip("[]"), self.grpc_port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def log_report(self, lines: int = 30) -> str:
+        """Model load failures plus the tail of the log, for error messages."""
+        path = self.log_path
+        text = path.read_text(errors="replace") if path and path.exists() else ""
+        # Drop table borders so the tail holds more of what was said.
+        log = [line for line in text.splitlines() if not line.startswith("+-")]
+        failures = [line for line in log if "failed to load" in line]
+        report = "".join(f"\n{line}" for line in failures)
+        return f"{report}\n--- last {lines} lines of the tritonserver log ---\n" + "\n".join(log[-lines:])
+
+    def wait(self) -> int:
+        """Block until the server process exits; returns its exit code."""
+        if self._process is None:
+            raise RuntimeError("server not started")
+        return self._process.wait()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the server (SIGINT: finish in-flight requests, unload models), killing it after ``timeout``."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            # Only the server: it finalizes the models and stops its own stubs.
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                # The group still exists (its leader is not reaped), so this also
+                # reaches stubs the server did not get to stop.
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        atexit.unregister(self.stop)
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
