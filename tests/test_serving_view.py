@@ -1,0 +1,64 @@
+"""The CPU view of an exported repository: only python-backend twins, under their production names."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tritonclient.grpc")
+
+from ddn.serving.repository_view import (  # noqa: E402
+    RepositoryError, build_cpu_view, cpu_repository_view, python_entries, read_config)
+
+PRODUCTION = 'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: 8\ndynamic_batching { }\n'
+TWIN = 'backend: "python"\nmax_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 500 }\n'
+
+
+def entry(repository: Path, directory: str, config: str) -> Path:
+    (repository / directory / "1").mkdir(parents=True)
+    (repository / directory / "config.pbtxt").write_text(config)
+    (repository / directory / "1" / "model.py").write_text("# twin\n")
+    return repository / directory
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    root = tmp_path / "model_repository"
+    for graph in ("mnist", "mnist_encode"):
+        entry(root, graph, PRODUCTION.replace("{name}", graph))
+        entry(root, f"{graph}_python", TWIN)
+    entry(root, "mnist_trt", 'name: "mnist_trt"\nbackend: "tensorrt"\n')
+    return root
+
+
+def test_view_serves_python_twins_under_plain_names(repository: Path, tmp_path: Path) -> None:
+    view = tmp_path / "view"
+    entries = build_cpu_view(repository, view)
+    assert sorted(entries) == ["mnist", "mnist_encode"]
+    assert sorted(p.name for p in view.iterdir()) == ["mnist", "mnist_encode"]
+    assert (view / "mnist").resolve() == (repository / "mnist_python").resolve()
+    assert read_config(view / "mnist").backend == "python"
+
+
+def test_view_with_edited_config_leaves_the_repository_alone(repository: Path) -> None:
+    before = (repository / "mnist_python" / "config.pbtxt").read_text()
+    with cpu_repository_view(repository, edit=lambda c: c.ClearField("dynamic_batching")) as view:
+        assert not read_config(view / "mnist").HasField("dynamic_batching")
+        assert (view / "mnist" / "1" / "model.py").read_text() == "# twin\n"
+        folder = view.parent
+    assert not folder.exists()
+    assert (repository / "mnist_python" / "config.pbtxt").read_text() == before
+
+
+def test_twin_that_names_itself_is_refused(repository: Path) -> None:
+    (repository / "mnist_python" / "config.pbtxt").write_text('name: "mnist_python"\n' + TWIN)
+    with pytest.raises(RepositoryError, match="must not set a name"):
+        python_entries(repository)
+
+
+def test_repository_without_twins_is_refused(tmp_path: Path) -> None:
+    entry(tmp_path / "repo", "mnist", PRODUCTION.replace("{name}", "mnist"))
+    with pytest.raises(RepositoryError, match="no python-backend models"):
+        python_entries(tmp_path / "repo")
+    with pytest.raises(RepositoryError, match="not found"):
+        python_entries(tmp_path / "missing")
