@@ -1,0 +1,143 @@
+"""``ddn-generate``: write many samples as PNG files, from a local ONNX file or a Triton server.
+
+    ddn-generate --onnx model_repository/mnist/1/model.onnx --n 10000 --seed 0 --out samples/
+    ddn-generate --repository model_repository --model mnist --n 10000 --out samples/
+    ddn-generate --url localhost:8001 --model mnist --n 10000 --out samples/ --grid grid.png --codes codes.npz
+
+Image i of a run uses seed ``seed + i`` and is written as ``<seed+i>.png``
+(zero-padded to 6 digits). Seeds go through :func:`ddn.codes.codes_from_seed`
+in every path, and both paths run the same ONNX graph, so a seed gives a
+byte-identical PNG locally and through a server. Files that already exist are
+skipped (rerun after an interruption to finish); each PNG is written to a
+temporary name and renamed, so a crash never leaves a truncated file.
+
+With ``--checkpoint`` and ``--condition`` the command runs zero-shot
+conditional generation from a PyTorch checkpoint instead (needs torch).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from ddn.images import load_png, save_grid, save_png
+
+GRID_MAX = 64  # the grid shows the first images of the run; thousands of tiles help nobody
+
+
+class Generator(Protocol):
+    num_layers: int
+    branch_counts: list[int]
+
+    def codes_for_seeds(self, seeds: Sequence[int]) -> np.ndarray: ...
+
+    def generate(self, seeds=None, codes=None, output: str = "images") -> np.ndarray: ...
+
+
+def png_name(seed: int) -> str:
+    return f"{seed:06d}.png"
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    save_png(temp, image)
+    os.replace(temp, path)
+
+
+def generate_pngs(model: Generator, seeds: Sequence[int], out_dir: Path, wave: int, progress: bool = True) -> int:
+    """Write ``<seed>.png`` for every seed whose file is missing; returns how many were written.
+
+    Seeds go to the model ``wave`` at a time (the model cuts a wave into its own
+    batches; a Triton client keeps several of them in flight).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    missing = [s for s in seeds if not (out_dir / png_name(s)).is_file()]
+    with tqdm(total=len(seeds), initial=len(seeds) - len(missing), unit="img", disable=not progress,
+              desc="generating") as bar:
+        for start in range(0, len(missing), wave):
+            part = missing[start:start + wave]
+            codes = model.codes_for_seeds(part)
+            images = model.generate(codes=codes)
+            for seed, image in zip(part, images):
+                write_png(out_dir / png_name(seed), image)
+            bar.update(len(part))
+    return len(missing)
+
+
+def open_generator(onnx: str | None, repository: str | None, url: str | None, model: str | None,
+                   batch: int, concurrency: int) -> Generator:
+    sources = [name for name, given in (("--onnx", onnx), ("--repository", repository), ("--url", url)) if given]
+    if len(sources) != 1:
+        raise click.UsageError("give exactly one source: --onnx FILE, --repository DIR --model NAME, "
+                               f"or --url HOST:PORT --model NAME (got {', '.join(sources) or 'none'})")
+    if (repository or url) and not model:
+        raise click.UsageError(f"{sources[0]} needs --model NAME")
+    try:
+        if onnx:
+            from .onnx_model import OnnxModel
+            return OnnxModel(onnx, batch_size=batch)
+        if repository:
+            from .onnx_model import OnnxModel
+            return OnnxModel.from_repository(repository, model, batch_size=batch)
+        from .client import DDNClient
+        return DDNClient(url, model=model, concurrency=concurrency, batch_size=batch)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--n", "count", type=click.IntRange(min=0), default=16, help="number of images")
+@click.option("--seed", type=click.IntRange(min=0), default=0, help="seed of the first image; image i uses seed + i")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="folder for the PNG files")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), help=f"also write the first {GRID_MAX} images as one PNG grid")
+@click.option("--codes", "codes_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="also write the seeds and their codes [N, L] to this .npz")
+@click.option("--onnx", type=click.Path(dir_okay=False), help="exported model.onnx, run locally with ONNX Runtime")
+@click.option("--repository", type=click.Path(file_okay=False), help="exported model repository, run locally")
+@click.option("--url", help="Triton gRPC endpoint HOST:PORT")
+@click.option("--model", help="model name in the repository or on the server")
+@click.option("--batch", type=click.IntRange(min=1), default=64, help="images per request")
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, help="requests in flight (server)")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="PyTorch checkpoint (conditional generation)")
+@click.option("--condition", help="zero-shot condition for --checkpoint: superres, colorize, inpaint, ...")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False), help="condition image (with --condition)")
+@click.option("--mask", "mask_path", type=click.Path(dir_okay=False), help="inpainting mask (with --condition inpaint)")
+@click.option("--selection", default="top1", help="candidate selection for --condition (top1 or top2)")
+@click.option("--progress/--no-progress", default=True, help="show a progress bar")
+def main(count: int, seed: int, out_dir: Path, grid: Path | None, codes_path: Path | None, onnx: str | None,
+         repository: str | None, url: str | None, model: str | None, batch: int, concurrency: int,
+         checkpoint: str | None, condition: str | None, input_path: str | None, mask_path: str | None,
+         selection: str, progress: bool) -> None:
+    """Generate N images (seeds SEED .. SEED+N-1) as PNG files into OUT."""
+    if checkpoint or condition:
+        if not (checkpoint and condition):
+            raise click.UsageError("conditional generation needs both --checkpoint and --condition")
+        # torch is imported only here: unconditional generation needs numpy, onnxruntime and tritonclient only.
+        from ddn.training.zscg_cli import generate_conditional
+        generate_conditional(checkpoint, condition, input_path, mask_path, selection, count, str(out_dir), seed)
+        return
+    generator = open_generator(onnx, repository, url, model, batch, concurrency)
+    seeds = list(range(seed, seed + count))
+    try:
+        if codes_path:
+            codes_path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(codes_path, seeds=np.asarray(seeds, dtype=np.int64), codes=generator.codes_for_seeds(seeds))
+        written = generate_pngs(generator, seeds, out_dir, batch * concurrency, progress)
+        if grid and seeds:
+            save_grid(grid, np.stack([load_png(out_dir / png_name(s)) for s in seeds[:GRID_MAX]]))
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        if hasattr(generator, "close"):
+            generator.close()
+    click.echo(f"{written} written, {count - written} already there, in {out_dir}", err=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
