@@ -1,0 +1,93 @@
+"""``ddn-export``: freeze a checkpoint's generator into a Triton model repository (ONNX, optionally TensorRT)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import onnx
+
+from ddn.training.checkpoint import CheckpointError
+
+from .exporter import GRAPH_KINDS, EntryReport, ExportError, ModelExport
+from .onnx_export import VerificationError
+from .repository import RepositoryError
+from .triton_config import INSTANCE_KINDS
+
+DEFAULT_TIMING_CACHE = Path("~/.cache/ddn-serve/tensorrt-timing.cache")
+
+
+def _report(report: EntryReport) -> None:
+    errors = ", ".join(f"{name} {error:.3g}" for name, error in report.verification.get("max_abs_error", {}).items())
+    batches = ",".join(map(str, report.verification.get("batch_sizes", [])))
+    click.echo(f"{report.entry:<28} {report.backend:<11} verified at batch {batches}: max abs error {errors}")
+    operators = report.verification.get("operators")
+    if operators:
+        click.echo(f"{'':<28} {sum(operators.values())} nodes: "
+                   + ", ".join(f"{op} {count}" for op, count in operators.items()))
+
+
+def _progress(label: str, total: int):
+    """A bar on stderr, advanced as each entry starts (the reports go to stdout)."""
+    return click.progressbar(length=total, label=label, file=sys.stderr, item_show_func=lambda entry: entry or "")
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Model name in the repository (the generation graph's entry).")
+@click.option("--version", type=int, default=1, show_default=True,
+              help="Version folder to write; other versions of the entries are kept.")
+@click.option("--repository", type=click.Path(path_type=Path), default=Path("model_repository"), show_default=True)
+@click.option("--max-batch", type=int, default=64, show_default=True, help="Triton max_batch_size (and TensorRT profile max).")
+@click.option("--graphs", "graph_list", default=None, metavar="LIST",
+              help=f"Comma-separated subset of {','.join(GRAPH_KINDS)} (default: all the model supports).")
+@click.option("--superres-factor", type=int, default=4, show_default=True, help="Low-res factor of the super-resolution graph.")
+@click.option("--instance-kind", type=click.Choice(sorted(INSTANCE_KINDS)), default="gpu", show_default=True,
+              help="Instance group of the onnxruntime entries (gpu: KIND_GPU, auto: GPU if present else CPU).")
+@click.option("--trt", is_flag=True, help="Also build TensorRT engines (<entry>_trt); needs a CUDA GPU and tensorrt.")
+@click.option("--fp16", is_flag=True, help="TensorRT: build the generation graph in fp16.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=DEFAULT_TIMING_CACHE, show_default=True,
+              help="TensorRT timing cache, reused across builds.")
+def main(checkpoint: Path, name: str, version: int, repository: Path, max_batch: int, graph_list: str | None,
+         superres_factor: int, instance_kind: str, trt: bool, fp16: bool, timing_cache: Path) -> None:
+    """Export CHECKPOINT's sampled-path generator and guided graphs to REPOSITORY/NAME*/VERSION.
+
+    Every graph is checked (onnx.checker, ONNX Runtime against PyTorch) before
+    anything is moved into the repository; a failed check exits non-zero and
+    leaves the repository as it was.
+    """
+    if fp16 and not trt:
+        raise click.UsageError("--fp16 applies to TensorRT engines; add --trt")
+    kinds = [k.strip() for k in graph_list.split(",") if k.strip()] if graph_list else None
+    try:
+        job = ModelExport(checkpoint, name, repository, version, max_batch, superres_factor, instance_kind)
+        kinds = job.kinds(kinds)
+        with _progress("ONNX", len(kinds)) as bar:
+            reports = job.write_onnx(kinds, step=lambda entry: bar.update(1, entry))
+    except (CheckpointError, ExportError, RepositoryError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except (VerificationError, onnx.checker.ValidationError) as exc:
+        raise click.ClickException(f"verification failed, nothing written: {exc}") from None
+    click.echo(f"wrote {len(reports)} graphs (+ python twins) into {job.repository}")
+    for report in reports:
+        _report(report)
+    if not trt:
+        return
+
+    from .tensorrt_build import TensorRTError, missing_requirements
+
+    missing = missing_requirements()
+    if missing:
+        raise click.ClickException(f"--trt needs {' and '.join(missing)}; the ONNX entries were written")
+    try:
+        with _progress("TensorRT", len(kinds)) as bar:
+            trt_reports = job.write_tensorrt(kinds, fp16=fp16, timing_cache=timing_cache.expanduser(),
+                                             step=lambda entry: bar.update(1, entry))
+    except TensorRTError as exc:
+        raise click.ClickException(f"{exc}; the ONNX entries were written, no TensorRT entry was") from None
+    for report in trt_reports:
+        _report(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Write a checkpoint's graphs into a Triton model repository (what ``ddn-export`` runs).
+
+For each graph kind (see :mod:`ddn.export.graphs`) the entry names are::
+
+    generate -> NAME      encode -> NAME_encode     superres -> NAME_superres
+    colorize -> NAME_colorize (RGB models only)     inpaint  -> NAME_inpaint
+
+each with a python-backend twin ``<entry>_python`` and, with TensorRT,
+``<entry>_trt``. All ONNX graphs are exported and verified in a staging folder
+before the first entry is moved into the repository (:mod:`ddn.export.repository`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ddn.codes import SEED_RULE
+from ddn.training.checkpoint import load_generator
+
+from .graphs import GeneratorGraph, build_graphs
+from .onnx_export import OPSET, export_onnx, verify_onnx
+from .repository import check_model_name, commit_entry, staging_folder
+from .triton_config import FORMAT, INSTANCE_KINDS, model_parameters, render_config, tensor_json
+
+GRAPH_KINDS = ("generate", "encode", "superres", "colorize", "inpaint")
+PYTHON_SUFFIX, TRT_SUFFIX = "_python", "_trt"
+PYTHON_MODEL_TEMPLATE = Path(__file__).with_name("triton_python_model.py")
+TRT_VERIFY_BATCHES = (1, 3)
+
+
+class ExportError(RuntimeError):
+    """An export that cannot proceed (bad arguments, unsupported graph)."""
+
+
+@dataclass
+class EntryReport:
+    """One repository entry written by an export."""
+
+    entry: str
+    kind: str
+    backend: str
+    verification: dict = field(default_factory=dict)
+
+
+def entry_name(name: str, kind: str) -> str:
+    return name if kind == "generate" else f"{name}_{kind}"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ModelExport:
+    """One checkpoint's export into ``repository`` under ``name``/``version``."""
+
+    def __init__(self, checkpoint: str | Path, name: str, repository: str | Path = "model_repository",
+                 version: int = 1, max_batch: int = 64, superres_factor: int = 4, instance_kind: str = "gpu"):
+        if version < 1:
+            raise ExportError(f"version must be >= 1 (Triton version folders are positive integers), got {version}")
+        if max_batch < 1:
+            raise ExportError(f"max batch size must be >= 1, got {max_batch}")
+        if instance_kind not in INSTANCE_KINDS:
+            raise ExportError(f"instance kind must be one of {sorted(INSTANCE_KINDS)}, got {instance_kind!r}")
+        self.checkpoint = Path(checkpoint)
+        self.name = check_model_name(name)
+        self.repository = Path(repository).expanduser().resolve()
+        self.version = version
+        self.max_batch = max_batch
+        self.instance_kind = INSTANCE_KINDS[instance_kind]
+        self.generator = load_generator(self.checkpoint)
+        self.checkpoint_sha256 = sha256_file(self.checkpoint)
+        try:
+            self.graphs: dict[str, GeneratorGraph] = build_graphs(self.generator, superres_factor)
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
+
+    # -- what gets written ---------------------------------------------------------
+    def kinds(self, requested: Sequence[str] | None = None) -> list[str]:
+        """The graph kinds to export: all this model supports, or ``requested`` (checked)."""
+        if not requested:
+            return list(self.graphs)
+        for kind in requested:
+            if kind not in GRAPH_KINDS:
+                raise ExportError(f"unknown graph {kind!r}; choose from {', '.join(GRAPH_KINDS)}")
+            if kind not in self.graphs:
+                raise ExportError(f"graph {kind!r} needs an RGB model; this one has "
+                                  f"{self.generator.image_channels} channel(s)")
+        return list(dict.fromkeys(requested))
+
+    def parameters(self, graph: GeneratorGraph) -> dict[str, str]:
+        g = self.generator
+        extra = {"ddn_superres_factor": str(graph.factor)} if graph.kind == "superres" else {}
+        return model_parameters(graph.kind, g.num_layers, g.branch_counts, g.image_size, g.image_channels, extra)
+
+    def description(self, graph: GeneratorGraph, backend: str, verification: dict) -> dict:
+        """The ddn.json beside an entry's config."""
+        g = self.generator
+        h, w, c = graph.image_shape
+        info = {
+            "format": FORMAT,
+            "graph": graph.kind,
+            "model": self.name,
+            "version": self.version,
+            "backend": backend,
+            "num_layers": g.num_layers,
+            "branch_counts": g.branch_counts,
+            "image_size": g.image_size,
+            "image_channels": g.image_channels,
+            "image_shape": [h, w, c],
+            "seed_rule": SEED_RULE,
+            "checkpoint": {"file": self.checkpoint.name, "sha256": self.checkpoint_sha256},
+            "generator_config": g.config(),
+            "inputs": tensor_json(graph.inputs()),
+            "outputs": tensor_json(graph.outputs()),
+            "max_batch_size": self.max_batch,
+            "onnx": {"opset": OPSET, "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}"},
+            "verification": verification,
+        }
+        if graph.kind == "superres":
+            info["superres_factor"] = graph.factor
+        if graph.kind == "inpaint":
+            info["mask"] = "uint8 [B, H, W, 1]; nonzero = known pixel, 0 = to fill"
+        return info
+
+    def _comment(self, graph: GeneratorGraph, backend: str) -> str:
+        lines = [f"Written by ddn-export: graph {graph.kind!r} of {self.checkpoint.name} "
+                 f"(sha256 {self.checkpoint_sha256[:16]}...), see ddn.json."]
+        if backend == "onnxruntime" and self.instance_kind == "KIND_GPU":
+            lines += ["KIND_GPU: Triton refuses to load this entry on a host without a visible GPU",
+                      "(\"has kind KIND_GPU but no GPUs are available\"). There, serve the python twin",
+                      f"{entry_name(self.name, graph.kind)}{PYTHON_SUFFIX} (ddn-serve does) or export with "
+                      "--instance-kind auto (GPU if present, else CPU)."]
+        if backend == "python":
+            lines += ["Python-backend twin: runs ../<entry>/<version>/model.onnx with ONNX Runtime on the CPU.",
+                      "No name: Triton takes it from the folder, so a CPU view can serve it as the plain entry name."]
+        return "\n".join(lines)
+
+    def _write_entry(self, folder: Path, graph: GeneratorGraph, backend: str, name: str | None,
+                     instance_kind: str, verification: dict, extra_parameters: dict[str, str] | None = None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        parameters = {**self.parameters(graph), **(extra_parameters or {})}
+        (folder / "config.pbtxt").write_text(render_config(
+            name=name, backend=backend, max_batch=self.max_batch, inputs=graph.inputs(), outputs=graph.outputs(),
+            parameters=parameters, instance_kind=instance_kind, comment=self._comment(graph, backend)))
+        (folder / "ddn.json").write_text(json.dumps(self.description(graph, backend, verification), indent=2) + "\n")
+
+    # -- ONNX ------------------------------------------------------------------------
+    def write_onnx(self, kinds: Sequence[str] | None = None,
+                   step: Callable[[str], None] = lambda entry: None) -> list[EntryReport]:
+        """Export, verify and stage every graph, then move all entries into the repository.
+
+        Raises (and writes nothing into the repository) if any graph fails verification.
+        ``step(entry)`` is called before each graph (progress reporting).
+        """
+        kinds = self.kinds(kinds)
+        reports: list[EntryReport] = []
+        v = str(self.version)
+        with staging_folder(self.repository) as staging:
+            for kind in kinds:
+                graph, entry = self.graphs[kind], entry_name(self.name, kind)
+                step(entry)
+                onnx_path = staging / entry / v / "model.onnx"
+                onnx_path.parent.mkdir(parents=True)
+                export_onnx(graph, onnx_path, self.max_batch)
+                verification = verify_onnx(graph, onnx_path)
+                self._write_entry(staging / entry, graph, "onnxruntime", entry, self.instance_kind, verification)
+                twin = staging / f"{entry}{PYTHON_SUFFIX}"
+                self._write_entry(twin, graph, "python", None, "KIND_CPU", verification,
+                                  {"ort_intra_op_threads": "0"})
+                (twin / v).mkdir()
+                shutil.copyfile(PYTHON_MODEL_TEMPLATE, twin / v / "model.py")
+                (twin / v / "model.onnx").symlink_to(Path("..", "..", entry, v, "model.onnx"))
+                reports.append(EntryReport(entry, kind, "onnxruntime", verification))
+            # Production entries first: each python twin's model.onnx links into one.
+            for report in reports:
+                commit_entry(staging / report.entry, self.repository / report.entry, self.version)
+            for report in reports:
+                twin = f"{report.entry}{PYTHON_SUFFIX}"
+                commit_entry(staging / twin, self.repository / twin, self.version)
+        return reports
+
+    # -- TensorRT ----------------------------------------------------------------------
+    def write_tensorrt(self, kinds: Sequence[str] | None = None, fp16: bool = False,
+                       timing_cache: Path | None = None,
+                       step: Callable[[str], None] = lambda entry: None) -> list[EntryReport]:
+        """Build and verify an engine from each committed ONNX entry, then add ``<entry>_trt`` entries.
+
+        fp16 applies to the generation graph only: the guided graphs take an
+        argmin over candidate distances that fp16 rounding would flip.
+        """
+        from .tensorrt_build import build_engine, verify_engine
+
+        kinds = self.kinds(kinds)
+        reports: list[EntryReport] = []
+        v = str(self.version)
+        rng = np.random.default_rng(2)
+        with staging_folder(self.repository) as staging:
+            for kind in kinds:
+                graph, entry = self.graphs[kind], entry_name(self.name, kind)
+                step(f"{entry}{TRT_SUFFIX}")
+                onnx_path = self.repository / entry / v / "model.onnx"
+                half = fp16 and kind == "generate"
+                plan = build_engine(onnx_path, self.max_batch, fp16=half, timing_cache=timing_cache)
+                names = [spec.name for spec in graph.inputs()]
+                examples = [dict(zip(names, graph.example_inputs(b, rng))) for b in (*TRT_VERIFY_BATCHES, self.max_batch)]
+                verification = verify_engine(plan, onnx_path, examples, fp16=half)
+                folder = staging / f"{entry}{TRT_SUFFIX}"
+                (folder / v).mkdir(parents=True)
+                (folder / v / "model.plan").write_bytes(plan)
+                self._write_entry(folder, graph, "tensorrt", folder.name, "KIND_GPU", verification)
+                reports.append(EntryReport(folder.name, kind, "tensorrt", verification))
+            for report in reports:
+                commit_entry(staging / report.entry, self.repository / report.entry, self.version)
+        return reports

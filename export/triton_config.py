@@ -1,0 +1,107 @@
+"""config.pbtxt and ddn.json for the Triton model repository entries ``ddn-export`` writes.
+
+Three kinds of entry share one io description, dynamic batching, warmup and
+``ddn_*`` parameters (so clients can validate codes from the model config alone):
+
+* ``G``         ONNX Runtime backend (``platform: onnxruntime_onnx``), GPU instances by default;
+* ``G_python``  python backend running the same ONNX file with ONNX Runtime on the CPU,
+  for servers without the onnxruntime backend; its config sets no ``name`` so a CPU
+  view of the repository can serve it under the plain name ``G``;
+* ``G_trt``     TensorRT engine (``platform: tensorrt_plan``), GPU only.
+
+Instance kind of the ``G`` entries: ``KIND_GPU`` by default. Triton refuses to
+load a KIND_GPU instance group where no GPU is visible (the model fails with
+"has kind KIND_GPU but no GPUs are available", and with --exit-on-error the
+server stops), so a CPU-only host either serves the ``G_python`` twins (what
+``ddn-serve`` does) or exports with ``--instance-kind auto`` (Triton then uses
+the GPUs if there are any and the CPU otherwise) or ``cpu``.
+"""
+from __future__ import annotations
+
+import json
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ddn.codes import SEED_RULE
+
+from .graphs import TensorSpec
+
+TRITON_TYPES = {np.dtype(np.uint8): "TYPE_UINT8", np.dtype(np.int32): "TYPE_INT32", np.dtype(np.float32): "TYPE_FP32"}
+INSTANCE_KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU", "auto": "KIND_AUTO"}
+MAX_QUEUE_DELAY_US = 500
+FORMAT = "ddn-export/1"
+
+
+def _quote(text: str) -> str:
+    """A protobuf text-format string literal (ASCII; json's escapes are valid there)."""
+    return json.dumps(str(text), ensure_ascii=True)
+
+
+def _dims(shape: Sequence[int]) -> str:
+    return "[ " + ", ".join(str(int(d)) for d in shape) + " ]"
+
+
+def _tensors(specs: Sequence[TensorSpec]) -> str:
+    rows = [f"  {{ name: {_quote(s.name)} data_type: {TRITON_TYPES[s.dtype]} dims: {_dims(s.shape)} }}" for s in specs]
+    return "[\n" + ",\n".join(rows) + "\n]"
+
+
+def preferred_batch_sizes(max_batch: int) -> list[int]:
+    """A quarter of the maximum and the maximum: sizes the scheduler waits to form."""
+    return sorted({max(1, max_batch // 4), max_batch})
+
+
+def model_parameters(graph_kind: str, num_layers: int, branch_counts: Sequence[int], image_size: int,
+                     image_channels: int, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The ``parameters`` of every entry: what a client needs to validate requests."""
+    params = {
+        "ddn_graph": graph_kind,
+        "ddn_num_layers": str(num_layers),
+        "ddn_branch_counts": ",".join(str(int(k)) for k in branch_counts),
+        "ddn_image_size": str(image_size),
+        "ddn_image_channels": str(image_channels),
+        "ddn_seed_rule": SEED_RULE,
+    }
+    params.update(extra or {})
+    return params
+
+
+def render_config(*, name: str | None, backend: str, max_batch: int, inputs: Sequence[TensorSpec],
+                  outputs: Sequence[TensorSpec], parameters: Mapping[str, str], instance_kind: str,
+                  comment: str) -> str:
+    """config.pbtxt text. ``backend`` is "onnxruntime", "python" or "tensorrt"; ``name`` None leaves it out."""
+    platform = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "python": None}[backend]
+    lines = [f"# {line}".rstrip() for line in comment.strip().splitlines()]
+    if name is not None:
+        lines.append(f"name: {_quote(name)}")
+    if platform is not None:
+        lines.append(f"platform: {_quote(platform)}")
+    lines += [
+        f"backend: {_quote(backend)}",
+        f"max_batch_size: {int(max_batch)}",
+        "version_policy: { latest: { num_versions: 1 } }",
+        f"input {_tensors(inputs)}",
+        f"output {_tensors(outputs)}",
+        "dynamic_batching {",
+        f"  preferred_batch_size: {_dims(preferred_batch_sizes(max_batch))}",
+        f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}",
+        "}",
+        f"instance_group [ {{ kind: {instance_kind} count: 1 }} ]",
+        "model_warmup [",
+        "  {",
+        '    name: "zeros_batch_1"',
+        "    batch_size: 1",
+    ]
+    for s in inputs:
+        lines.append(f"    inputs {{ key: {_quote(s.name)} value: {{ data_type: {TRITON_TYPES[s.dtype]} "
+                     f"dims: {_dims(s.shape)} zero_data: true }} }}")
+    lines += ["  }", "]"]
+    for key, value in parameters.items():
+        lines.append(f"parameters {{ key: {_quote(key)} value: {{ string_value: {_quote(value)} }} }}")
+    return "\n".join(lines) + "\n"
+
+
+def tensor_json(specs: Sequence[TensorSpec]) -> list[dict]:
+    """io for ddn.json; shapes include the batch axis as -1."""
+    return [{"name": s.name, "dtype": s.dtype.name, "shape": [-1, *map(int, s.shape)]} for s in specs]

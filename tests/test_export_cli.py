@@ -1,0 +1,260 @@
+"""``ddn-export`` end to end: repository layout, Triton configs, python twin, --trt without a GPU, atomicity."""
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+import ddn.export.exporter as exporter
+from ddn.codes import SEED_RULE
+from ddn.export.cli import main
+from ddn.export.exporter import ModelExport
+from ddn.export.onnx_export import VerificationError
+from ddn.export.tensorrt_build import missing_requirements
+from ddn.training.checkpoint import save_checkpoint
+from ddn.training.networks import SingleShotGenerator
+
+NO_TRT = bool(missing_requirements())
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(path, SingleShotGenerator(image_size=8, image_channels=1, channels=16, blocks_per_scale=1, k=8))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_export(checkpoint, tmp_path_factory):
+    """One real ``ddn-export --graphs generate`` (with --trt where TensorRT cannot run here)."""
+    repository = tmp_path_factory.mktemp("cli") / "model_repository"
+    args = [str(checkpoint), "--name", "tiny", "--repository", str(repository), "--graphs", "generate", "--max-batch", "16"]
+    result = CliRunner().invoke(main, args + (["--trt"] if NO_TRT else []))
+    return result, repository
+
+
+@pytest.fixture
+def repository(cli_export, tmp_path) -> Path:
+    """A private copy of the exported repository."""
+    copy = tmp_path / "model_repository"
+    shutil.copytree(cli_export[1], copy, symlinks=True)
+    return copy
+
+
+@pytest.fixture
+def fast_export(cli_export, monkeypatch):
+    """Make exports copy the already exported generate graph (verification still runs on it)."""
+    cached = cli_export[1] / "tiny" / "1" / "model.onnx"
+    monkeypatch.setattr(exporter, "export_onnx", lambda graph, path, max_batch, seed=0: shutil.copyfile(cached, path))
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Relative path -> file digest or link target, for every file and link under ``folder``."""
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = Path(root, name)
+            key = str(path.relative_to(folder))
+            if path.is_symlink():
+                out[key] = "-> " + os.readlink(path)
+            elif path.is_file():
+                out[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def staging_leftovers(repository: Path) -> list[str]:
+    return [p.name for p in repository.parent.iterdir() if ".ddn-export-" in p.name]
+
+
+@pytest.mark.skipif(not NO_TRT, reason="TensorRT and a GPU are available: --trt builds instead of failing")
+def test_trt_without_gpu_fails_in_one_line_after_writing_the_onnx_entries(cli_export):
+    result, repository = cli_export
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if "--trt needs" in line]
+    assert len(lines) == 1, result.output
+    assert "a CUDA GPU" in lines[0] and "tensorrt" in lines[0] and "ONNX entries were written" in lines[0]
+    model = onnx.load(str(repository / "tiny" / "1" / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert (repository / "tiny_python" / "1" / "model.onnx").resolve() == (repository / "tiny" / "1" / "model.onnx")
+    assert not (repository / "tiny_trt").exists()
+    assert "Reshape" in result.output and "MatMul" in result.output  # the operator report
+    assert not staging_leftovers(repository)
+
+
+def read_config(path: Path):
+    text_format = pytest.importorskip("google.protobuf.text_format")
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def test_configs_follow_the_triton_layout_contract(cli_export, checkpoint):
+    repository = cli_export[1]
+    config = read_config(repository / "tiny" / "config.pbtxt")
+    twin = read_config(repository / "tiny_python" / "config.pbtxt")
+    assert config.name == "tiny" and config.backend == "onnxruntime" and config.platform == "onnxruntime_onnx"
+    assert twin.name == "" and twin.backend == "python"
+    for c, kind in ((config, "KIND_GPU"), (twin, "KIND_CPU")):
+        assert c.max_batch_size == 16
+        assert [(t.name, t.data_type, list(t.dims)) for t in c.input] == [("codes", 8, [4])]  # TYPE_INT32
+        assert [(t.name, t.data_type, list(t.dims)) for t in c.output] == [
+            ("images", 2, [8, 8, 1]), ("images_float", 11, [8, 8, 1])]  # TYPE_UINT8, TYPE_FP32
+        assert list(c.dynamic_batching.preferred_batch_size) == [4, 16]
+        assert c.dynamic_batching.max_queue_delay_microseconds == 500
+        assert [(type(c.instance_group[0]).Kind.Name(g.kind), g.count) for g in c.instance_group] == [(kind, 1)]
+        assert c.version_policy.latest.num_versions == 1
+        (warmup,) = c.model_warmup
+        assert warmup.batch_size == 1 and warmup.inputs["codes"].zero_data and list(warmup.inputs["codes"].dims) == [4]
+        params = {k: v.string_value for k, v in c.parameters.items()}
+        assert params["ddn_num_layers"] == "4" and params["ddn_branch_counts"] == "8,8,8,8"
+        assert params["ddn_image_size"] == "8" and params["ddn_image_channels"] == "1"
+    assert {k: v.string_value for k, v in twin.parameters.items()}["ort_intra_op_threads"] == "0"
+    link = repository / "tiny_python" / "1" / "model.onnx"
+    assert os.readlink(link) == os.path.join("..", "..", "tiny", "1", "model.onnx")
+    template = Path(exporter.__file__).with_name("triton_python_model.py")
+    assert (repository / "tiny_python" / "1" / "model.py").read_text() == template.read_text()
+
+    info = json.loads((repository / "tiny" / "ddn.json").read_text())
+    assert info["graph"] == "generate" and info["num_layers"] == 4 and info["branch_counts"] == [8] * 4
+    assert info["image_shape"] == [8, 8, 1] and info["seed_rule"] == SEED_RULE and info["max_batch_size"] == 16
+    assert info["checkpoint"]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert info["inputs"] == [{"name": "codes", "dtype": "int32", "shape": [-1, 4]}]
+    assert [o["name"] for o in info["outputs"]] == ["images", "images_float"]
+    assert info["verification"]["max_abs_error"]["images"] <= 1
+
+
+class FakeTensor:
+    def __init__(self, name, array):
+        self.name, self.array = name, array
+
+    def as_numpy(self):
+        return self.array
+
+
+class FakeResponse:
+    def __init__(self, output_tensors, error=None):
+        self.tensors = {t.name: t.array for t in output_tensors}
+        self.error = error
+
+
+class FakeRequest:
+    def __init__(self, requested=(), **inputs):
+        self.inputs, self.requested = inputs, list(requested)
+
+    def requested_output_names(self):
+        return self.requested
+
+
+def test_python_twin_model_runs_dynamic_batches_through_onnx_runtime(cli_export, checkpoint, monkeypatch):
+    """The twin's model.py with a minimal stand-in for triton_python_backend_utils (the real server is serving's test)."""
+    json_format = pytest.importorskip("google.protobuf.json_format")
+    repository = cli_export[1]
+    fake = types.ModuleType("triton_python_backend_utils")
+    fake.Tensor, fake.InferenceResponse, fake.TritonError = FakeTensor, FakeResponse, str
+    fake.get_input_tensor_by_name = lambda request, name: FakeTensor(name, request.inputs[name])
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
+    spec = importlib.util.spec_from_file_location("twin_model", repository / "tiny_python" / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    config = json_format.MessageToJson(read_config(repository / "tiny_python" / "config.pbtxt"),
+                                       preserving_proto_field_name=True)
+    model = module.TritonPythonModel()
+    model.initialize({"model_config": config, "model_repository": str(repository / "tiny_python"), "model_version": "1"})
+    codes = np.random.default_rng(0).integers(0, 8, (5, 4)).astype(np.int32)
+    first, second = model.execute([FakeRequest(codes=codes[:2]), FakeRequest(["images"], codes=codes[2:])])
+    from ddn.training.checkpoint import load_generator
+    want = load_generator(checkpoint).decode(codes).clamp(-1, 1).permute(0, 2, 3, 1).numpy()
+    assert first.error is None and set(first.tensors) == {"images", "images_float"}
+    assert set(second.tensors) == {"images"}
+    np.testing.assert_allclose(first.tensors["images_float"], want[:2], atol=1e-5)
+    pixels = np.concatenate([first.tensors["images"], second.tensors["images"]])
+    assert np.abs(pixels.astype(int) - np.rint((want + 1) * 127.5).astype(int)).max() <= 1
+    (broken,) = model.execute([FakeRequest(codes=codes.astype(np.float32))])
+    assert broken.error and not broken.tensors
+    model.finalize()
+
+
+def test_interrupted_export_leaves_no_half_written_model(repository, checkpoint, fast_export, monkeypatch):
+    before = snapshot(repository)
+    calls = []
+
+    def export_then_interrupt(graph, path, max_batch, seed=0):
+        calls.append(graph.kind)
+        if len(calls) == 2:  # midway: the first graph is exported, verified and staged
+            raise KeyboardInterrupt
+        shutil.copyfile(repository / "tiny" / "1" / "model.onnx", path)
+
+    monkeypatch.setattr(exporter, "export_onnx", export_then_interrupt)
+    for version in (1, 2):  # replacing the existing version, and adding a new one
+        calls.clear()
+        with pytest.raises(KeyboardInterrupt):
+            ModelExport(checkpoint, "tiny", repository, version=version).write_onnx(["generate", "encode"])
+        assert snapshot(repository) == before
+    assert not staging_leftovers(repository)
+
+
+def test_interrupted_verification_keeps_the_previous_version(repository, checkpoint, fast_export, monkeypatch):
+    before = snapshot(repository)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(exporter, "verify_onnx", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ModelExport(checkpoint, "tiny", repository).write_onnx(["generate"])
+    assert snapshot(repository) == before and not staging_leftovers(repository)
+
+
+def test_failed_verification_exits_nonzero_and_writes_nothing(repository, checkpoint, fast_export, monkeypatch):
+    before = snapshot(repository)
+
+    def mismatch(*args, **kwargs):
+        raise VerificationError("output 'images' differs by 9 (limit 1)")
+
+    monkeypatch.setattr(exporter, "verify_onnx", mismatch)
+    result = CliRunner().invoke(main, [str(checkpoint), "--name", "tiny", "--repository", str(repository), "--version", "3"])
+    assert result.exit_code == 1 and "verification failed, nothing written" in result.output
+    assert snapshot(repository) == before and not staging_leftovers(repository)
+
+
+def test_new_version_keeps_the_others_and_replacing_one_is_complete(repository, checkpoint, fast_export):
+    v1 = {k: v for k, v in snapshot(repository).items() if "/1" in k}
+    ModelExport(checkpoint, "tiny", repository, version=2, max_batch=8).write_onnx(["generate"])
+    after = snapshot(repository)
+    assert {k: v for k, v in after.items() if "/1" in k} == v1  # version 1 untouched
+    for entry in ("tiny", "tiny_python"):
+        assert sorted(p.name for p in (repository / entry).iterdir()) == ["1", "2", "config.pbtxt", "ddn.json"]
+    assert (repository / "tiny_python" / "2" / "model.onnx").resolve() == repository / "tiny" / "2" / "model.onnx"
+    assert "max_batch_size: 8" in (repository / "tiny" / "config.pbtxt").read_text()
+
+    ModelExport(checkpoint, "tiny", repository, version=1).write_onnx(["generate"])
+    assert (repository / "tiny" / "2" / "model.onnx").is_file() and (repository / "tiny" / "1" / "model.onnx").is_file()
+    assert json.loads((repository / "tiny" / "ddn.json").read_text())["version"] == 1
+    assert not staging_leftovers(repository)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--graphs", "generate,upscale"], "unknown graph 'upscale'"),
+    (["--graphs", "colorize"], "needs an RGB model"),
+    (["--superres-factor", "3"], "power of two"),
+    (["--fp16"], "--fp16 applies to TensorRT engines"),
+])
+def test_bad_arguments_are_refused_before_anything_is_written(checkpoint, tmp_path, extra, message):
+    result = CliRunner().invoke(main, [str(checkpoint), "--name", "tiny", "--repository", str(tmp_path / "repo"), *extra])
+    assert result.exit_code != 0 and message in result.output
+    assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
+
+
+def test_missing_checkpoint_is_a_one_line_error(tmp_path):
+    result = CliRunner().invoke(main, [str(tmp_path / "nope.safetensors"), "--name", "x", "--repository", str(tmp_path)])
+    assert result.exit_code == 1 and "checkpoint not found" in result.output and result.output.count("\n") == 1

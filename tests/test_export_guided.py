@@ -1,0 +1,95 @@
+"""Guided graphs (argmin inside the graph) agree with the PyTorch model's encode and guided_sample."""
+import numpy as np
+import pytest
+import torch
+
+from ddn.export.graphs import build_graphs, float_to_pixels, model_to_float, pixels_to_model
+from ddn.export.onnx_export import export_onnx, ort_session
+from ddn.training.guidance import Colorization, Inpainting, SuperResolution
+from ddn.training.networks import SingleShotGenerator
+
+FACTOR = 4
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    # One block per scale (L = 4) halves the export time of the five graphs.
+    return SingleShotGenerator(image_size=8, image_channels=3, channels=16, blocks_per_scale=1, k=8).eval()
+
+
+@pytest.fixture(scope="module")
+def sessions(model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("guided")
+    graphs = build_graphs(model, superres_factor=FACTOR)
+    out = {}
+    for kind in ("generate", "encode", "superres", "colorize", "inpaint"):
+        export_onnx(graphs[kind], folder / f"{kind}.onnx", max_batch=16)
+        out[kind] = ort_session(folder / f"{kind}.onnx")
+    return out
+
+
+def model_images(model, batch: int, seed: int) -> np.ndarray:
+    """uint8 [B, H, W, C] images the model can make (decoded random codes)."""
+    codes = np.random.default_rng(seed).integers(0, 8, (batch, model.num_layers))
+    return float_to_pixels(model_to_float(model.decode(codes))).numpy()
+
+
+def as_model(pixels: np.ndarray) -> torch.Tensor:
+    return pixels_to_model(torch.from_numpy(pixels))
+
+
+def assert_images_close(pixels: np.ndarray, images: torch.Tensor) -> None:
+    want = float_to_pixels(model_to_float(images)).numpy()
+    assert pixels.shape == want.shape and pixels.dtype == np.uint8
+    assert np.abs(pixels.astype(int) - want.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("batch", [1, 6])
+def test_encode_graph_gives_pytorch_codes_and_decoding_them_reproduces_decode(model, sessions, batch):
+    pixels = model_images(model, batch, seed=batch)
+    (codes,) = sessions["encode"].run(None, {"images": pixels})
+    want = model.encode(as_model(pixels))
+    assert codes.dtype == np.int32 and codes.shape == (batch, model.num_layers)
+    np.testing.assert_array_equal(codes, want.numpy())
+    images, _ = sessions["generate"].run(None, {"codes": codes})
+    assert_images_close(images, model.decode(codes))
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_superres_graph_matches_guided_sample(model, sessions, batch):
+    full = as_model(model_images(model, batch, seed=10 + batch))
+    low = float_to_pixels(model_to_float(torch.nn.functional.avg_pool2d(full, FACTOR))).numpy()
+    assert low.shape == (batch, 8 // FACTOR, 8 // FACTOR, 3)
+    images, codes = sessions["superres"].run(["images", "codes"], {"low_res": low})
+    condition = SuperResolution(as_model(low))
+    np.testing.assert_array_equal(codes, model.guided_codes(condition).numpy())
+    assert_images_close(images, model.guided_sample(condition))
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_inpaint_graph_matches_guided_sample(model, sessions, batch):
+    pixels = model_images(model, batch, seed=20 + batch)
+    mask = np.ones((batch, 8, 8, 1), dtype=np.uint8)
+    mask[:, 2:6, 1:5] = 0
+    images, codes = sessions["inpaint"].run(["images", "codes"], {"image": pixels, "mask": mask})
+    condition = Inpainting(as_model(pixels), torch.from_numpy(mask).permute(0, 3, 1, 2).float())
+    np.testing.assert_array_equal(codes, model.guided_codes(condition).numpy())
+    assert_images_close(images, model.guided_sample(condition))
+    # 255 means known as well as 1 does (nonzero = known).
+    images_255, codes_255 = sessions["inpaint"].run(["images", "codes"], {"image": pixels, "mask": mask * 255})
+    np.testing.assert_array_equal(codes_255, codes)
+
+
+def test_colorize_graph_matches_guided_sample(model, sessions):
+    rgb = as_model(model_images(model, 4, seed=30))
+    gray = float_to_pixels(model_to_float((rgb * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True))).numpy()
+    images, codes = sessions["colorize"].run(["images", "codes"], {"gray": gray})
+    condition = Colorization(as_model(gray))
+    np.testing.assert_array_equal(codes, model.guided_codes(condition).numpy())
+    assert_images_close(images, model.guided_sample(condition))
+
+
+def test_colorize_needs_an_rgb_model():
+    gray_model = SingleShotGenerator(image_size=8, image_channels=1, channels=16, k=8)
+    assert "colorize" not in build_graphs(gray_model)
