@@ -108,7 +108,8 @@ def open_generator(onnx: str | None, repository: str | None, url: str | None, mo
 @click.option("--condition", help="zero-shot condition for --checkpoint: superres, colorize, inpaint, ...")
 @click.option("--input", "input_path", type=click.Path(dir_okay=False), help="condition image (with --condition)")
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False), help="inpainting mask (with --condition inpaint)")
-@click.option("--selection", default="top1", help="candidate selection for --condition (top1 or top2)")
+@click.option("--selection", type=click.Choice(["top1", "top2"]), default="top2",
+              help="with --condition: top1 keeps the best candidate per layer (all N equal), top2 draws between the two best")
 @click.option("--progress/--no-progress", default=True, help="show a progress bar")
 def main(count: int, seed: int, out_dir: Path, grid: Path | None, codes_path: Path | None, onnx: str | None,
          repository: str | None, url: str | None, model: str | None, batch: int, concurrency: int,
@@ -118,9 +119,15 @@ def main(count: int, seed: int, out_dir: Path, grid: Path | None, codes_path: Pa
     if checkpoint or condition:
         if not (checkpoint and condition):
             raise click.UsageError("conditional generation needs both --checkpoint and --condition")
+        if not input_path:
+            raise click.UsageError("--condition needs --input IMAGE")
         # torch is imported only here: unconditional generation needs numpy, onnxruntime and tritonclient only.
         from ddn.training.zscg_cli import generate_conditional
-        generate_conditional(checkpoint, condition, input_path, mask_path, selection, count, str(out_dir), seed)
+        try:
+            paths = generate_conditional(checkpoint, condition, input_path, mask_path, selection, count, out_dir, seed)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"{len(paths)} written in {out_dir}", err=True)
         return
     generator = open_generator(onnx, repository, url, model, batch, concurrency)
     seeds = list(range(seed, seed + count))

@@ -1,0 +1,240 @@
+"""Serving end to end: a real Triton server (the nvidia-pytriton binary) on an exported repository, over gRPC.
+
+One tiny generator is exported once per module (generation, encoding and
+inpainting graphs) and one server runs on its CPU view for all tests here;
+ONNX Runtime in this process on the same files is the reference every
+served result must match byte for byte.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("pytriton", reason="needs the nvidia-pytriton wheel (pip install 'ddn-serve[serving]')")
+grpcclient = pytest.importorskip("tritonclient.grpc")
+
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from ddn.codes import codes_from_seed  # noqa: E402
+from ddn.export.exporter import ModelExport  # noqa: E402
+from ddn.serving.client import DDNClient, ServingError  # noqa: E402
+from ddn.serving.generate_cli import main as generate_main  # noqa: E402
+from ddn.serving.onnx_model import OnnxModel  # noqa: E402
+from ddn.serving.repository_view import cpu_repository_view  # noqa: E402
+from ddn.serving.triton_server import TritonServer, _free_ports  # noqa: E402
+from ddn.training.checkpoint import save_checkpoint  # noqa: E402
+from ddn.training.networks import SingleShotGenerator  # noqa: E402
+
+NAME = "tiny"
+MAX_BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("serving")
+    torch.manual_seed(0)
+    checkpoint = folder / "tiny.safetensors"
+    save_checkpoint(checkpoint, SingleShotGenerator(image_size=8, channels=16, k=8))
+    repository = folder / "model_repository"
+    ModelExport(checkpoint, NAME, repository, max_batch=MAX_BATCH).write_onnx(["generate", "encode", "inpaint"])
+    return repository
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path):
+    with cpu_repository_view(repository) as view, TritonServer(view) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server: TritonServer):
+    with DDNClient(server.grpc_url, model=NAME, concurrency=4) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def local(repository: Path) -> OnnxModel:
+    return OnnxModel.from_repository(repository, NAME)
+
+
+def raw_infer(server: TritonServer, array: np.ndarray, datatype: str = "INT32", model: str = NAME) -> np.ndarray:
+    """A request straight through tritonclient: none of DDNClient's checks."""
+    raw = grpcclient.InferenceServerClient(server.grpc_url)
+    tensor = grpcclient.InferInput("codes", list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return raw.infer(model, [tensor], outputs=[grpcclient.InferRequestedOutput("images")]).as_numpy("images")
+
+
+def assert_still_serving(client: DDNClient, local: OnnxModel) -> None:
+    np.testing.assert_array_equal(client.generate(seeds=[7, 8]), local.generate(seeds=[7, 8]))
+
+
+def test_served_names_and_parameters(client: DDNClient) -> None:
+    assert client.available_models() == [NAME, f"{NAME}_encode", f"{NAME}_inpaint"]
+    info = client.info
+    assert (info.num_layers, info.branch_counts, info.image_shape) == (8, [8] * 8, (8, 8, 1))
+    assert info.max_batch_size == MAX_BATCH
+
+
+def test_generate_from_seeds_is_byte_identical_to_local_onnx(client: DDNClient, local: OnnxModel) -> None:
+    served = client.generate(seeds=range(6))
+    assert served.dtype == np.uint8 and served.shape == (6, 8, 8, 1)
+    np.testing.assert_array_equal(served, local.generate(seeds=range(6)))
+    np.testing.assert_array_equal(client.generate(codes=codes_from_seed(range(6), 8, 8)), served)
+    np.testing.assert_array_equal(client.generate(seeds=[3], output="images_float"),
+                                  local.generate(seeds=[3], output="images_float"))
+
+
+@pytest.mark.parametrize("codes, message", [
+    (np.zeros((2, 8), np.float32), "must be integers"),
+    (np.zeros((2, 9), np.int32), r"shape \[B, 8\]"),
+    (np.full((2, 8), 8, np.int32), r"out of range \[0, 8\)"),
+    (np.full((1, 8), -1, np.int64), "out of range"),
+])
+def test_client_rejects_bad_codes_before_sending(client: DDNClient, local: OnnxModel, codes, message) -> None:
+    with pytest.raises(ServingError, match=message):
+        client.generate(codes=codes)
+    assert_still_serving(client, local)
+
+
+def test_server_refuses_bad_requests_that_bypass_the_client(server: TritonServer, client: DDNClient,
+                                                            local: OnnxModel) -> None:
+    good = codes_from_seed([1, 2], 8, 8)
+    with pytest.raises(InferenceServerException, match="data-type is 'INT64'"):
+        raw_infer(server, good.astype(np.int64), "INT64")
+    assert_still_serving(client, local)
+    with pytest.raises(InferenceServerException, match="unexpected shape"):
+        raw_infer(server, np.zeros((2, 5), np.int32))
+    assert_still_serving(client, local)
+    with pytest.raises(InferenceServerException, match=f"batch-size must be <= {MAX_BATCH}"):
+        raw_infer(server, np.zeros((MAX_BATCH + 1, 8), np.int32))
+    assert_still_serving(client, local)
+    with pytest.raises(InferenceServerException, match="unknown model"):
+        raw_infer(server, good, model="nope")
+    assert_still_serving(client, local)
+
+
+def test_out_of_range_codes_are_clamped_by_the_graph(server: TritonServer, client: DDNClient,
+                                                     local: OnnxModel) -> None:
+    wild = np.array([[99, -5, 7, 0, 1000, -2**31, 2**31 - 1, 3]], np.int32)
+    clamped = np.clip(wild, 0, 7)
+    np.testing.assert_array_equal(raw_infer(server, wild), local.generate(codes=clamped))
+    assert_still_serving(client, local)
+
+
+def test_unknown_model_lists_the_served_ones(server: TritonServer, client: DDNClient) -> None:
+    with pytest.raises(ServingError, match=r"model 'nope' is not served by .*; available models: tiny, tiny_encode"):
+        DDNClient(server.grpc_url, model="nope")
+    with pytest.raises(ServingError, match="'tiny_colorize' is not served"):
+        client.conditional("colorize", gray=np.zeros((1, 8, 8, 1), np.uint8))
+
+
+def test_unreachable_server_names_the_url() -> None:
+    url = f"127.0.0.1:{_free_ports('127.0.0.1', 1)[0]}"
+    with pytest.raises(ServingError, match=f"cannot reach the Triton server at {url}"):
+        DDNClient(url, model=NAME, connect_timeout_s=2)
+
+
+def test_request_over_max_batch_is_split_and_reassembled(client: DDNClient, local: OnnxModel) -> None:
+    seeds = list(range(100, 100 + 3 * MAX_BATCH + 5))  # 4 requests, the last one short
+    np.testing.assert_array_equal(client.generate(seeds=seeds), local.generate(seeds=seeds))
+    assert client.generate(seeds=[]).shape == (0, 8, 8, 1)
+
+
+def test_concurrent_burst_returns_everything_in_order(server: TritonServer, local: OnnxModel) -> None:
+    burst = [list(range(start, start + size)) for start, size in zip(range(0, 4000, 200), [1, 3, 8, 13, 29] * 4)]
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+    with DDNClient(server.grpc_url, model=NAME, concurrency=8) as shared:
+        def worker(i: int) -> None:
+            try:
+                results[i] = shared.generate(seeds=burst[i])
+            except BaseException as exc:  # surfaced below; a thread cannot fail the test itself
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(burst))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert not errors
+    assert sorted(results) == list(range(len(burst)))
+    for i, seeds in enumerate(burst):
+        np.testing.assert_array_equal(results[i], local.generate(seeds=seeds))
+
+
+def test_encode_and_conditional_match_local_onnx(client: DDNClient, local: OnnxModel, repository: Path) -> None:
+    images = local.generate(seeds=range(10))
+    encoder = ort.InferenceSession(str(repository / f"{NAME}_encode" / "1" / "model.onnx"))
+    np.testing.assert_array_equal(client.encode(images), encoder.run(["codes"], {"images": images})[0])
+
+    mask = np.zeros((10, 8, 8, 1), np.uint8)
+    mask[:, :4] = 1  # top half known
+    served = client.conditional("inpaint", image=images, mask=mask)
+    inpaint = ort.InferenceSession(str(repository / f"{NAME}_inpaint" / "1" / "model.onnx"))
+    want = dict(zip(["images", "codes"], inpaint.run(["images", "codes"], {"image": images, "mask": mask})))
+    assert sorted(served) == ["codes", "images"]
+    for name in want:
+        np.testing.assert_array_equal(served[name], want[name])
+
+    with pytest.raises(ServingError, match="'images' must be uint8, got float32"):
+        client.encode(images.astype(np.float32))
+    with pytest.raises(ServingError, match=r"takes inputs \['image', 'mask'\], got \['image'\]"):
+        client.conditional("inpaint", image=images)
+
+
+def test_ddn_generate_onnx_and_server_write_identical_pngs_and_resume(
+        server: TritonServer, repository: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    common = ["--n", "21", "--seed", "40", "--no-progress"]
+    onnx_file = repository / NAME / "1" / "model.onnx"
+    local_run = runner.invoke(generate_main, [*common, "--onnx", str(onnx_file), "--out", str(tmp_path / "local"),
+                                              "--codes", str(tmp_path / "codes.npz"), "--grid", str(tmp_path / "grid.png")])
+    assert local_run.exit_code == 0, local_run.output
+    served_args = [*common, "--url", server.grpc_url, "--model", NAME, "--out", str(tmp_path / "served"),
+                   "--batch", "3", "--concurrency", "2"]
+    served_run = runner.invoke(generate_main, served_args)
+    assert served_run.exit_code == 0, served_run.output
+
+    names = [f"{seed:06d}.png" for seed in range(40, 61)]
+    assert sorted(p.name for p in (tmp_path / "local").iterdir()) == names
+    assert sorted(p.name for p in (tmp_path / "served").iterdir()) == names
+    for name in names:
+        assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "served" / name).read_bytes(), name
+    saved = np.load(tmp_path / "codes.npz")
+    np.testing.assert_array_equal(saved["seeds"], np.arange(40, 61))
+    np.testing.assert_array_equal(saved["codes"], codes_from_seed(range(40, 61), 8, 8))
+    assert (tmp_path / "grid.png").is_file()
+
+    # Rerun: every file is already there, nothing is rewritten; a deleted one comes back identical.
+    stamps = {name: (tmp_path / "served" / name).stat().st_mtime_ns for name in names}
+    rerun = runner.invoke(generate_main, served_args)
+    assert rerun.exit_code == 0 and "0 written, 21 already there" in rerun.output
+    assert stamps == {name: (tmp_path / "served" / name).stat().st_mtime_ns for name in names}
+    (tmp_path / "served" / names[5]).unlink()
+    rerun = runner.invoke(generate_main, served_args)
+    assert "1 written, 20 already there" in rerun.output
+    assert (tmp_path / "served" / names[5]).read_bytes() == (tmp_path / "local" / names[5]).read_bytes()
+
+
+def test_ddn_generate_explains_a_missing_source(tmp_path: Path) -> None:
+    result = CliRunner().invoke(generate_main, ["--n", "2", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "give exactly one source" in result.output
+    url = f"127.0.0.1:{_free_ports('127.0.0.1', 1)[0]}"
+    result = CliRunner().invoke(generate_main, ["--n", "2", "--out", str(tmp_path), "--url", url, "--model", NAME])
+    assert result.exit_code == 1 and f"cannot reach the Triton server at {url}" in result.output
+
+
+def test_serving_clients_do_not_import_torch() -> None:
+    code = ("import sys, ddn.serving.client, ddn.serving.generate_cli, ddn.serving.onnx_model, "
+            "ddn.serving.repository_view; print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
