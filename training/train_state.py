@@ -1,0 +1,151 @@
+"""The resumable state of a training run, stored in a run folder as safetensors checkpoints.
+
+A training checkpoint is an ordinary :mod:`checkpoint` file (so ``load_generator``
+and ``ddn-export`` read it) with three more things in it:
+
+* ``optimizer/<param index>/<key>``: Adam's per-parameter tensors (``exp_avg``,
+  ``exp_avg_sq``, ``step``), indexed in ``model.parameters()`` order;
+* ``rng/<stream>/<rank>``: the state of every torch.Generator the run draws from
+  (data order, chain dropout), one per rank;
+* ``ddn_meta["train"]``: step counters, the training config and a digest of all
+  tensor bytes, so a file that is readable but damaged is refused too.
+
+The split-and-prune statistics are buffers of the model and travel in ``model/``.
+
+A run folder keeps two checkpoints: ``last.safetensors`` and the one before it,
+``previous.safetensors``. Each write moves last onto previous, then writes last
+atomically, so at every instant at least one complete checkpoint exists.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import CheckpointError, model_from_tensors, read_checkpoint, save_checkpoint
+from .networks import DDNGenerator
+
+LAST = "last.safetensors"
+PREVIOUS = "previous.safetensors"
+FORMAT = "ddn-train/1"
+
+
+@dataclass
+class RunState:
+    """Everything a resumed run needs, read from one checkpoint (all tensors on CPU)."""
+
+    path: Path
+    model: DDNGenerator
+    optimizer_state: dict[int, dict[str, torch.Tensor]]
+    rng: dict[str, list[torch.Tensor]]  # stream name -> state per rank
+    train: dict[str, Any]  # step, images_seen, splits, world_size, config, ...
+    notes: list[str] = field(default_factory=list)  # what fell back, for the user
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """BLAKE2b over names, dtypes, shapes and bytes of all tensors, in name order."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def optimizer_tensors(model: DDNGenerator, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    index = {id(p): i for i, p in enumerate(model.parameters())}
+    out = {}
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if not torch.is_tensor(value):
+                raise TypeError(f"optimizer state {key!r} is not a tensor; only per-parameter tensors are saved")
+            out[f"optimizer/{index[id(param)]}/{key}"] = value
+    return out
+
+
+def rng_tensors(states: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {f"rng/{name}/{rank}": state for name, per_rank in states.items() for rank, state in enumerate(per_rank)}
+
+
+def write_run_checkpoint(out_dir: Path, model: DDNGenerator, optimizer: torch.optim.Optimizer,
+                         rng: dict[str, list[torch.Tensor]], train: dict[str, Any]) -> Path:
+    """Rotate last -> previous and write the new last checkpoint atomically. Returns its path."""
+    out_dir = Path(out_dir)
+    extra = {**optimizer_tensors(model, optimizer), **rng_tensors(rng)}
+    everything = {**{f"model/{k}": v for k, v in model.state_dict().items()}, **extra}
+    meta = {"train": {**train, "format": FORMAT, "digest": tensor_digest(everything)}}
+    last = out_dir / LAST
+    if last.exists():
+        os.replace(last, out_dir / PREVIOUS)
+    save_checkpoint(last, model, tensors=extra, meta=meta)
+    return last
+
+
+def read_run_checkpoint(path: Path) -> RunState:
+    """Parse and verify one training checkpoint; CheckpointError (one line) if anything is off."""
+    tensors, config, meta = read_checkpoint(path)
+    train = meta.get("train")
+    if not isinstance(train, dict) or train.get("format") != FORMAT:
+        raise CheckpointError(f"{path} holds a generator but no training state (not written by ddn-train)")
+    if tensor_digest(tensors) != train.get("digest"):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its tensor bytes do not match the digest written with them")
+    model = model_from_tensors(tensors, config, path)
+    params = list(model.parameters())
+    optimizer_state: dict[int, dict[str, torch.Tensor]] = {}
+    rng: dict[str, dict[int, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        parts = name.split("/")
+        if parts[0] == "optimizer" and len(parts) == 3 and parts[1].isdigit():
+            index = int(parts[1])
+            if index >= len(params) or (value.ndim and value.shape != params[index].shape):
+                raise CheckpointError(f"{path}: optimizer state {name} does not fit the model's parameters")
+            optimizer_state.setdefault(index, {})[parts[2]] = value
+        elif parts[0] == "rng" and len(parts) == 3 and parts[2].isdigit():
+            rng.setdefault(parts[1], {})[int(parts[2])] = value
+    per_rank = {}
+    for stream, states in rng.items():
+        if sorted(states) != list(range(len(states))):
+            raise CheckpointError(f"{path}: RNG states of stream {stream!r} are incomplete")
+        per_rank[stream] = [states[r] for r in range(len(states))]
+    return RunState(Path(path), model, optimizer_state, per_rank, train)
+
+
+def find_resumable(out_dir: Path) -> RunState:
+    """The newest good checkpoint of a run folder: last, else previous (a bad last is moved aside).
+
+    Raises CheckpointError when neither exists or both are bad.
+    """
+    out_dir = Path(out_dir)
+    last, previous = out_dir / LAST, out_dir / PREVIOUS
+    if not last.exists() and not previous.exists():
+        raise CheckpointError(f"nothing to resume: no {LAST} or {PREVIOUS} in {out_dir}")
+    try:
+        return read_run_checkpoint(last)
+    except CheckpointError as exc:
+        if not previous.exists():
+            raise
+        last_error = str(exc)
+    try:
+        state = read_run_checkpoint(previous)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{last_error}; and {exc}") from None
+    if last.exists():
+        aside = last.with_name(LAST + ".bad")
+        os.replace(last, aside)  # so that the next rotation does not push it over the good previous
+        state.notes.append(f"{last_error}; moved it to {aside.name} and resuming from {PREVIOUS} "
+                           f"(step {state.train['step']})")
+    else:
+        state.notes.append(f"{LAST} is missing (interrupted write?); resuming from {PREVIOUS} "
+                           f"(step {state.train['step']})")
+    return state
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[int, dict[str, torch.Tensor]]) -> None:
+    """Put per-parameter tensors back into an optimizer built over the same parameters."""
+    full = optimizer.state_dict()
+    full["state"] = {i: dict(s) for i, s in state.items()}
+    optimizer.load_state_dict(full)
