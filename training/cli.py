@@ -1,0 +1,101 @@
+"""``ddn-train``: train a DDN generator; with no arguments, a small one on scikit-learn's 8x8 digits.
+
+Data-parallel: ``torchrun --nproc_per_node N $(which ddn-train) ...`` (gloo on
+CPU, nccl on GPU); ``--batch`` is the global batch.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import click
+import torch
+from click.core import ParameterSource
+
+from .checkpoint import CheckpointError
+from .train_loop import TrainConfig, train
+from .train_state import LAST, PREVIOUS
+
+DEFAULTS = TrainConfig()
+
+
+def _default_out(dataset: str, kind: str, resume: bool) -> Path:
+    """runs/<dataset>-<kind>, or the first free runs/<dataset>-<kind>-<n> for a new run."""
+    label = dataset if dataset == "digits" else (Path(dataset).stem or Path(dataset).name or "data")
+    base = Path("runs") / f"{label}-{kind}"
+    if resume:
+        return base
+    candidate, n = base, 1
+    while (candidate / LAST).exists() or (candidate / PREVIOUS).exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--dataset", default=DEFAULTS.dataset,
+              help='"digits" (scikit-learn, 8x8), an .npz file, an image folder or MNIST IDX files')
+@click.option("--image-size", type=int, default=None, help="resize/pad images to this power of two [default: native]")
+@click.option("--kind", type=click.Choice(["single_shot", "recurrence"]), default=DEFAULTS.kind,
+              help="single_shot: one DDL per block, resolution 1,2,4,..; recurrence: one block+DDL repeated")
+@click.option("--channels", type=int, default=DEFAULTS.channels, help="feature channels of every block")
+@click.option("--blocks-per-scale", type=int, default=DEFAULTS.blocks_per_scale, help="single_shot: blocks per resolution")
+@click.option("--iterations", type=int, default=DEFAULTS.iterations, help="recurrence: how often the block repeats")
+@click.option("--k", "-k", "k", type=int, default=DEFAULTS.k, help="branches (candidates) per DDL")
+@click.option("--steps", type=int, default=DEFAULTS.steps, help="total optimizer steps")
+@click.option("--images", type=int, default=None, help="total training images instead of --steps")
+@click.option("--batch", type=int, default=DEFAULTS.batch, help="global batch size (split over ranks)")
+@click.option("--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate")
+@click.option("--beta1", type=float, default=DEFAULTS.beta1, help="Adam beta1")
+@click.option("--beta2", type=float, default=DEFAULTS.beta2, help="Adam beta2")
+@click.option("--chain-dropout", type=click.FloatRange(0, 1), default=DEFAULTS.chain_dropout,
+              help="probability that a layer takes random branches for the whole batch")
+@click.option("--split-and-prune/--no-split-and-prune", default=DEFAULTS.split_and_prune,
+              help="split over-used and prune under-used branches after every step")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="run folder [default: runs/<dataset>-<kind>, numbered if taken]")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=DEFAULTS.checkpoint_every,
+              help="steps between checkpoints (and sample grids); 0: only at the end")
+@click.option("--log-every", type=click.IntRange(min=1), default=DEFAULTS.log_every, help="steps between log lines")
+@click.option("--sample-seeds", type=click.IntRange(min=1), default=DEFAULTS.sample_seeds,
+              help="samples in each grid (seeds 0..N-1)")
+@click.option("--seed", type=int, default=DEFAULTS.seed, help="seed of the initial weights, data order and dropout")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=DEFAULTS.device)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=DEFAULTS.precision,
+              help="autocast dtype for forward passes (fp16 with loss scaling, CUDA only)")
+@click.option("--minutes", type=float, default=None, help="stop (with a checkpoint) after this much wall time")
+@click.option("--threads", type=click.IntRange(min=0), default=0,
+              help="CPU threads for torch (0: torch's default); 1 is often faster for small models on a busy machine")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its newest good checkpoint")
+@click.option("--progress/--no-progress", default=True, help="show a progress bar")
+@click.pass_context
+def main(ctx: click.Context, images: int | None, out: Path | None, minutes: float | None, threads: int,
+         resume: bool, progress: bool, **options) -> None:
+    """Train a Discrete Distribution Network generator (guided sampler, Adam, split-and-prune)."""
+    explicit = {name for name in options
+                if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+    if images is not None:
+        if images < 1:
+            raise click.BadParameter("must be at least 1", param_hint="--images")
+        options["steps"] = math.ceil(images / options["batch"])
+        explicit.add("steps")
+    config = TrainConfig(**options)
+    if threads:
+        torch.set_num_threads(threads)
+    if out is None:
+        out = _default_out(config.dataset, config.kind, resume)
+    try:
+        result = train(config, out, resume=resume, explicit=explicit, progress=progress,
+                       max_seconds=None if minutes is None else minutes * 60)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except (ValueError, CheckpointError, OSError) as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise click.ClickException(message) from None
+    click.echo(f"{result.step} steps, {result.splits} splits; checkpoint: {result.out_dir / LAST}", err=True)
+
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node N -m ddn.training.cli ...
+    main()
