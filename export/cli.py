@@ -27,9 +27,28 @@ def _report(report: EntryReport) -> None:
                    + ", ".join(f"{op} {count}" for op, count in operators.items()))
 
 
-def _progress(label: str, total: int):
-    """A bar on stderr, advanced as each entry starts (the reports go to stdout)."""
-    return click.progressbar(length=total, label=label, file=sys.stderr, item_show_func=lambda entry: entry or "")
+class _Progress:
+    """A bar on stderr advanced as each entry starts (the reports go to stdout); one line per entry off a terminal."""
+
+    def __init__(self, label: str, total: int):
+        self.label = label
+        self.bar = click.progressbar(length=total, label=label, file=sys.stderr,
+                                     item_show_func=lambda entry: entry or "") if sys.stderr.isatty() else None
+
+    def __enter__(self) -> "_Progress":
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def step(self, entry: str) -> None:
+        if self.bar is not None:
+            self.bar.update(1, entry)
+        else:
+            click.echo(f"{self.label}: {entry}", err=True)
 
 
 @click.command()
@@ -62,13 +81,14 @@ def main(checkpoint: Path, name: str, version: int, repository: Path, max_batch:
     try:
         job = ModelExport(checkpoint, name, repository, version, max_batch, superres_factor, instance_kind)
         kinds = job.kinds(kinds)
-        with _progress("ONNX", len(kinds)) as bar:
-            reports = job.write_onnx(kinds, step=lambda entry: bar.update(1, entry))
+        with _Progress("ONNX", len(kinds)) as progress:
+            reports = job.write_onnx(kinds, step=progress.step)
     except (CheckpointError, ExportError, RepositoryError) as exc:
         raise click.ClickException(str(exc)) from None
     except (VerificationError, onnx.checker.ValidationError) as exc:
         raise click.ClickException(f"verification failed, nothing written: {exc}") from None
-    click.echo(f"wrote {len(reports)} graphs (+ python twins) into {job.repository}")
+    plural = "s" if len(reports) != 1 else ""
+    click.echo(f"wrote {len(reports)} graph{plural} (each with a python-backend twin) into {job.repository}")
     for report in reports:
         _report(report)
     if not trt:
@@ -80,9 +100,9 @@ def main(checkpoint: Path, name: str, version: int, repository: Path, max_batch:
     if missing:
         raise click.ClickException(f"--trt needs {' and '.join(missing)}; the ONNX entries were written")
     try:
-        with _progress("TensorRT", len(kinds)) as bar:
+        with _Progress("TensorRT", len(kinds)) as progress:
             trt_reports = job.write_tensorrt(kinds, fp16=fp16, timing_cache=timing_cache.expanduser(),
-                                             step=lambda entry: bar.update(1, entry))
+                                             step=progress.step)
     except TensorRTError as exc:
         raise click.ClickException(f"{exc}; the ONNX entries were written, no TensorRT entry was") from None
     for report in trt_reports:
