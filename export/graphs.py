@@ -31,8 +31,11 @@ from ddn.training.networks import DDNGenerator
 
 
 def pixels_to_model(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, H, W, C] -> float [B, C, H, W] in [-1, 1] (inverse of :func:`model_to_pixels` up to rounding)."""
-    return pixels.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    """uint8 [B, H, W, C] -> float [B, C, H, W] in [-1, 1] (inverse of :func:`float_to_pixels` up to rounding).
+
+    The cast comes first: TensorRT accepts a uint8 network input only when a Cast consumes it.
+    """
+    return pixels.float().permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
 def model_to_float(images: torch.Tensor) -> torch.Tensor:
@@ -41,7 +44,10 @@ def model_to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def float_to_pixels(images_hwc: torch.Tensor) -> torch.Tensor:
-    """float [B, H, W, C] -> uint8: round((x + 1) * 127.5) clamped to [0, 255] (as ddn.images.to_uint8)."""
+    """float [B, H, W, C] -> uint8: round((x + 1) * 127.5) clamped to [0, 255] (as ddn.images.to_uint8).
+
+    Round is half-to-even in torch, numpy and ONNX alike; the uint8 cast is the last op (TensorRT needs that).
+    """
     return torch.round((images_hwc + 1.0) * 127.5).clamp(0, 255).to(torch.uint8)
 
 
@@ -189,7 +195,7 @@ class InpaintingGraph(GeneratorGraph):
         return _pixels(self._decoded(batch, rng)), mask
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        known = (mask > 0).permute(0, 3, 1, 2).float()
+        known = (mask.float() > 0).float().permute(0, 3, 1, 2)  # cast first, as in pixels_to_model
         return self._guided(Inpainting(pixels_to_model(image), known))
 
 
