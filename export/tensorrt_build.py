@@ -54,6 +54,10 @@ def build_engine(onnx_path: Path, max_batch: int, fp16: bool = False, timing_cac
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
+    else:
+        # TF32 (on by default on Ampere and later) rounds matmul inputs to 10 mantissa bits:
+        # enough to flip a guided argmin or move a pixel by more than one level.
+        config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
