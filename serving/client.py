@@ -84,18 +84,23 @@ class DDNClient:
 
     ``model`` is the generation graph's name (``ddn-export --name``); the
     encoder and conditional graphs are found as ``<model>_encode`` and
-    ``<model>_<kind>``. ``batch_size`` caps the rows per request (default:
-    the model's max_batch_size); ``concurrency`` bounds requests in flight.
+    ``<model>_<kind>``. ``variant`` picks another entry of the same graphs
+    by suffix, e.g. ``"_trt"`` for the TensorRT entries (``<model>_trt``,
+    ``<model>_encode_trt``) on a GPU server. ``batch_size`` caps the rows per
+    request (default: the model's max_batch_size); ``concurrency`` bounds
+    requests in flight.
     """
 
     def __init__(self, url: str = "localhost:8001", model: str = "ddn", concurrency: int = 8,
-                 batch_size: int | None = None, timeout_s: float = 60.0, connect_timeout_s: float = 5.0):
+                 batch_size: int | None = None, timeout_s: float = 60.0, connect_timeout_s: float = 5.0,
+                 variant: str = ""):
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.url = url
         self.model = model
+        self.variant = variant
         self.concurrency = concurrency
         self.batch_size = batch_size
         self.timeout_s = timeout_s
@@ -109,9 +114,14 @@ class DDNClient:
         if not live:
             self._client.close()
             raise ServingError(f"the Triton server at {url} is not live")
-        self.info = self.model_info(model)
+        self.info = self.model_info(self.graph("generate"))
 
     # -- model discovery ---------------------------------------------------------
+    def graph(self, kind: str) -> str:
+        """The served name of one of this model's graphs (ddn-export's naming)."""
+        base = self.model if kind == "generate" else f"{self.model}_{kind}"
+        return base + self.variant
+
     def available_models(self) -> list[str]:
         """Names of the models the server has loaded and ready."""
         index = self._call(lambda: self._client.get_model_repository_index(as_json=True), "list models")
@@ -160,12 +170,12 @@ class DDNClient:
             try:
                 codes = validate_codes(codes, self.info.num_layers, self.info.branch_counts)
             except ValueError as exc:
-                raise ServingError(f"{self.model}: {exc}") from None
-        return self.infer(self.model, {"codes": codes}, [output])[output]
+                raise ServingError(f"{self.info.name}: {exc}") from None
+        return self.infer(self.info.name, {"codes": codes}, [output])[output]
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """Codes int32 [B, L] of the guided path towards uint8 images [B, H, W, C]."""
-        name = f"{self.model}_encode"
+        name = self.graph("encode")
         return self.infer(name, {self._only_input(name): images}, ["codes"])["codes"]
 
     def conditional(self, kind: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
@@ -173,7 +183,7 @@ class DDNClient:
 
         e.g. ``conditional("superres", low_res=x)`` or ``conditional("inpaint", image=x, mask=m)``.
         """
-        return self.infer(f"{self.model}_{kind}", inputs)
+        return self.infer(self.graph(kind), inputs)
 
     # -- the request engine ----------------------------------------------------------
     def infer(self, model: str, inputs: Mapping[str, np.ndarray],

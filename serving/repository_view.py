@@ -98,6 +98,30 @@ def build_cpu_view(repository: str | Path, view: str | Path, edit: ConfigEdit | 
     return entries
 
 
+def cpu_settings(instances: int | None = None, ort_threads: int | None = None,
+                 dynamic_batching: bool = True) -> ConfigEdit | None:
+    """A config edit for this host: python-backend instances, ONNX Runtime threads each, batching on/off.
+
+    ``None`` keeps what the export wrote (and with nothing to change, no edit
+    is returned, so the view stays plain links). On a CPU server, one
+    single-threaded instance per core keeps every core busy without the
+    threads of one instance spinning against each other.
+    """
+    if instances is None and ort_threads is None and dynamic_batching:
+        return None
+
+    def edit(config: model_config_pb2.ModelConfig) -> None:
+        if instances is not None:
+            del config.instance_group[:]
+            config.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_CPU, count=instances)
+        if ort_threads is not None:
+            config.parameters["ort_intra_op_threads"].string_value = str(ort_threads)
+        if not dynamic_batching:
+            config.ClearField("dynamic_batching")
+
+    return edit
+
+
 @contextmanager
 def cpu_repository_view(repository: str | Path, edit: ConfigEdit | None = None) -> Iterator[Path]:
     """A temporary CPU view of ``repository`` (see :func:`build_cpu_view`), removed on exit."""

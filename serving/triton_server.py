@@ -153,6 +153,11 @@ class TritonServer:
         return f"http://{self._client_host}:{self.metrics_port}/metrics"
 
     @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs; also the id of its process group (its stubs included)."""
+        return self._process.pid if self._process else None
+
+    @property
     def log_path(self) -> Path | None:
         """The server's log file while it runs (removed by stop)."""
         return self._workdir / "tritonserver.log" if self._workdir else None

@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("tritonclient.grpc")
 
 from ddn.serving.repository_view import (  # noqa: E402
-    RepositoryError, build_cpu_view, cpu_repository_view, python_entries, read_config)
+    RepositoryError, build_cpu_view, cpu_repository_view, cpu_settings, python_entries, read_config)
 
 PRODUCTION = 'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: 8\ndynamic_batching { }\n'
 TWIN = 'backend: "python"\nmax_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 500 }\n'
@@ -62,3 +62,12 @@ def test_repository_without_twins_is_refused(tmp_path: Path) -> None:
         python_entries(tmp_path / "repo")
     with pytest.raises(RepositoryError, match="not found"):
         python_entries(tmp_path / "missing")
+
+
+def test_cpu_settings_rewrite_instances_threads_and_batching(repository: Path) -> None:
+    assert cpu_settings() is None
+    with cpu_repository_view(repository, cpu_settings(instances=3, ort_threads=1, dynamic_batching=False)) as view:
+        config = read_config(view / "mnist")
+    assert [(g.kind, g.count) for g in config.instance_group] == [(config.instance_group[0].KIND_CPU, 3)]
+    assert config.parameters["ort_intra_op_threads"].string_value == "1"
+    assert not config.HasField("dynamic_batching") and config.max_batch_size == 8
