@@ -1,0 +1,280 @@
+"""Load test of the CPU serving path: a real local Triton server, gRPC clients, JSON out.
+
+The model is the default MNIST-sized generator (SingleShotGenerator(32, 1,
+channels=64, blocks_per_scale=2, k=64), random weights, L = 12, K = 64),
+exported with ddn-export's API; the server is the nvidia-pytriton binary on the
+repository's CPU view (python-backend twins running the ONNX file with ONNX
+Runtime). Measured:
+
+* in-process ONNX Runtime, batch 1 (the floor a server can approach);
+* gRPC, one image per request, closed loop with 1, 4, 16, 64 concurrent
+  clients: p50/p99 latency, images/s, failed requests, and the CPU time the
+  server (all its processes) and the client spent per image; for two server
+  configs -- ``exported`` (the python twin's config as ddn-export wrote it) and
+  ``cpu_tuned`` (one single-threaded ORT instance per core) -- each with the
+  config's dynamic batching and with dynamic batching removed, all else equal;
+* DDNClient.generate at concurrency 1 (the library's own overhead);
+* a soak (default 60 s) at the saturating concurrency of the faster
+  dynamic-batching config, counting failed requests.
+
+All servers run at once and every point is measured in alternating rounds,
+so load from other work on the machine hits every variant alike; wall-clock
+numbers still move with that load (see machine.load_average_*), CPU time per
+image does not.
+
+Usage: python benchmarks/serve_load.py [--point-seconds 6 --rounds 3 --soak-seconds 60 --out result.json]
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import click
+import numpy as np
+import torch
+from google.protobuf.json_format import MessageToDict
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException
+
+from ddn.codes import codes_from_seed
+from ddn.export.exporter import ModelExport
+from ddn.serving.client import DDNClient
+from ddn.serving.onnx_model import OnnxModel
+from ddn.serving.repository_view import cpu_repository_view, cpu_settings, read_config
+from ddn.serving.triton_server import TritonServer
+from ddn.training.checkpoint import save_checkpoint
+from ddn.training.networks import SingleShotGenerator
+
+NAME = "mnist"
+MODEL_CONFIG = dict(image_size=32, image_channels=1, channels=64, blocks_per_scale=2, k=64)
+TARGET_GAP_MS = 2.0
+TARGET_BATCHING_GAIN = 2.0
+
+
+MODEL_SHAPE = (MODEL_CONFIG["image_size"], MODEL_CONFIG["image_size"], MODEL_CONFIG["image_channels"])
+
+
+def merge(parts: list[dict]) -> dict:
+    """Stats over measurement slices ``{"latencies": [s], "failures": [str], "elapsed": s}``."""
+    latencies = [x for p in parts for x in p["latencies"]]
+    failures = [x for p in parts for x in p["failures"]]
+    elapsed = sum(p["elapsed"] for p in parts)
+    ms = np.asarray(latencies or [np.nan]) * 1e3
+    stats = {"requests": len(latencies) + len(failures), "failed": len(failures),
+             "p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
+             "images_per_s": round(len(latencies) / elapsed, 1)}
+    for side in ("server", "client"):
+        if latencies and all(f"{side}_cpu" in p for p in parts):
+            stats[f"{side}_cpu_ms_per_image"] = round(1e3 * sum(p[f"{side}_cpu"] for p in parts) / len(latencies), 3)
+    return {**stats, "first_failure": failures[0]} if failures else stats
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU time of every live process in process group ``pgid`` (Linux /proc)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path("/proc", entry, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[2]) == pgid:  # fields after the command: state ppid pgrp ... utime(11) stime(12)
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_loop(call: Callable[[int], None], seconds: float) -> dict:
+    """One caller calling ``call(i)`` back to back for ``seconds`` (a :func:`merge` slice)."""
+    latencies = []
+    begin, cpu = time.perf_counter(), own_cpu_seconds()
+    while time.perf_counter() - begin < seconds:
+        start = time.perf_counter()
+        call(len(latencies))
+        latencies.append(time.perf_counter() - start)
+    return {"latencies": latencies, "failures": [], "elapsed": time.perf_counter() - begin,
+            "client_cpu": own_cpu_seconds() - cpu}
+
+
+async def _closed_loop(url: str, codes: np.ndarray, concurrency: int, seconds: float) -> dict:
+    """``concurrency`` clients, each sending one-image requests back to back for ``seconds``."""
+    client = aioclient.InferenceServerClient(url)
+    latencies: list[float] = []
+    failures: list[str] = []
+
+    async def user(first: int) -> None:
+        i = first
+        while time.perf_counter() < deadline:
+            tensor = grpcclient.InferInput("codes", [1, codes.shape[1]], "INT32")
+            tensor.set_data_from_numpy(codes[i % len(codes)][None])
+            start = time.perf_counter()
+            try:
+                result = await client.infer(NAME, [tensor], outputs=[grpcclient.InferRequestedOutput("images")],
+                                            client_timeout=30)
+                shape = result.as_numpy("images").shape
+                if shape != (1, *MODEL_SHAPE):
+                    failures.append(f"wrong shape {shape}")
+                else:
+                    latencies.append(time.perf_counter() - start)
+            except InferenceServerException as exc:
+                failures.append(exc.message() or str(exc))
+            i += concurrency
+
+    begin = time.perf_counter()
+    deadline = begin + seconds
+    try:
+        await asyncio.gather(*(user(u) for u in range(concurrency)))
+    finally:
+        await client.close()
+    return {"latencies": latencies, "failures": failures, "elapsed": time.perf_counter() - begin}
+
+
+def closed_loop(server: TritonServer, codes: np.ndarray, concurrency: int, seconds: float) -> dict:
+    """One :func:`merge` slice against ``server``, with the CPU time it and this client spent."""
+    server_cpu, client_cpu = group_cpu_seconds(server.pid), own_cpu_seconds()
+    part = asyncio.run(_closed_loop(server.grpc_url, codes, concurrency, seconds))
+    part["server_cpu"] = group_cpu_seconds(server.pid) - server_cpu
+    part["client_cpu"] = own_cpu_seconds() - client_cpu
+    return part
+
+
+def server_settings(config) -> dict:
+    """The parts of the python twin's config that decide throughput."""
+    as_dict = MessageToDict(config)
+    return {"max_batch_size": config.max_batch_size, "dynamic_batching": as_dict.get("dynamicBatching"),
+            "instance_group": as_dict.get("instanceGroup"),
+            "ort_intra_op_threads": config.parameters["ort_intra_op_threads"].string_value}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--point-seconds", type=float, default=6.0, help="measuring time per point, split over the rounds")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, help="alternating rounds per point")
+@click.option("--soak-seconds", type=float, default=60.0, help="length of the soak at the saturating concurrency")
+@click.option("--concurrency", "levels", default="1,4,16,64", help="client concurrency levels")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="also write the JSON here")
+def main(point_seconds: float, rounds: int, soak_seconds: float, levels: str, out: Path | None) -> None:
+    concurrencies = [int(c) for c in levels.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="ddn-serve-load-"))
+    torch.manual_seed(0)
+    model = SingleShotGenerator(**MODEL_CONFIG)
+    checkpoint = work / "mnist.safetensors"
+    save_checkpoint(checkpoint, model)
+    repository = work / "model_repository"
+    log("exporting ...")
+    ModelExport(checkpoint, NAME, repository, max_batch=64).write_onnx(["generate"])
+    codes = codes_from_seed(range(4096), model.num_layers, model.branch_counts)
+
+    report: dict = {
+        "model": {"config": MODEL_CONFIG, "num_layers": model.num_layers, "k": MODEL_CONFIG["k"],
+                  "image_shape": list(MODEL_SHAPE)},
+        "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
+        "server_config": server_settings(read_config(repository / f"{NAME}_python")),
+    }
+
+    # "exported": the twin's config as ddn-export wrote it; "cpu_tuned": one
+    # single-threaded instance per core (the profile showed ORT's per-image cost
+    # does not shrink with batch size on this CPU, and two ORT threads of one
+    # instance spin against each other on a busy machine).
+    configs = {"exported": {}, "cpu_tuned": {"instances": os.cpu_count(), "ort_threads": 1}}
+    report["cpu_tuned_settings"] = configs["cpu_tuned"]
+    locals_ = {"exported": OnnxModel.from_repository(repository, NAME),
+               "cpu_tuned": OnnxModel.from_repository(repository, NAME, threads=1)}
+    for local in locals_.values():
+        local.generate(codes=codes[:64])
+    variants = {f"{name}/{mode}": cpu_settings(**settings, dynamic_batching=mode == "dynamic_batching")
+                for name, settings in configs.items() for mode in ("dynamic_batching", "no_batching")}
+
+    # All servers run side by side and every point is measured in rounds that
+    # alternate between them (and the in-process baselines), so load drifting on
+    # a shared machine hits every variant alike.
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, TritonServer] = {}
+        for variant, edit in variants.items():
+            log(f"starting {variant} ...")
+            view = stack.enter_context(cpu_repository_view(repository, edit))
+            servers[variant] = stack.enter_context(TritonServer(view))
+            closed_loop(servers[variant], codes, 4, 1.0)  # warm up connections and instances
+        ddn_client = stack.enter_context(DDNClient(servers["exported/dynamic_batching"].grpc_url, NAME))
+        slice_s = point_seconds / rounds
+        parts: dict[tuple[str, int], list[dict]] = {}
+        baseline: dict[str, list[dict]] = {}
+        for r in range(rounds):
+            log(f"round {r + 1}/{rounds} ...")
+            for name, local in locals_.items():
+                baseline.setdefault(name, []).append(
+                    timed_loop(lambda i, m=local: m.generate(codes=codes[i % len(codes)][None]), slice_s))
+            baseline.setdefault("ddn_client", []).append(
+                timed_loop(lambda i: ddn_client.generate(codes=codes[i % len(codes)][None]), slice_s))
+            for c in concurrencies:
+                for variant in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
+                    parts.setdefault((variant, c), []).append(closed_loop(servers[variant], codes, c, slice_s))
+        report["in_process_onnxruntime_batch1"] = {name: merge(baseline[name]) for name in configs}
+        report["ddn_client_batch1_exported_dynamic_batching"] = merge(baseline["ddn_client"])
+        sweeps = {v: [{"concurrency": c, **merge(parts[(v, c)])} for c in concurrencies] for v in variants}
+        report["grpc_one_image_per_request"] = sweeps
+
+        best_variant = max((v for v in variants if v.endswith("/dynamic_batching")),
+                           key=lambda v: max(r["images_per_s"] for r in sweeps[v]))
+        best = max(r["images_per_s"] for r in sweeps[best_variant])
+        saturating = min(r["concurrency"] for r in sweeps[best_variant] if r["images_per_s"] >= 0.95 * best)
+        log(f"soak: {soak_seconds:g} s, {best_variant}, {saturating} clients ...")
+        soak = closed_loop(servers[best_variant], codes, saturating, soak_seconds)
+        report["soak"] = {"variant": best_variant, "seconds": soak_seconds, "concurrency": saturating,
+                          **merge([soak])}
+
+    def at(variant: str, concurrency: int, key: str) -> float | None:
+        return next((r[key] for r in sweeps[variant] if r["concurrency"] == concurrency), None)
+
+    targets: dict = {}
+    for name in configs:
+        grpc_p50, gain = at(f"{name}/dynamic_batching", 1, "p50_ms"), None
+        on, off = at(f"{name}/dynamic_batching", 16, "images_per_s"), at(f"{name}/no_batching", 16, "images_per_s")
+        if grpc_p50 is not None:
+            gap = round(grpc_p50 - report["in_process_onnxruntime_batch1"][name]["p50_ms"], 3)
+            targets[f"{name}: batch-1 gRPC p50 minus in-process ORT p50 (ms)"] = {
+                "value": gap, "target": f"<= {TARGET_GAP_MS}", "met": gap <= TARGET_GAP_MS}
+            # The same comparison in CPU time, which a busy machine does not distort:
+            # what the round trip costs beyond running the graph.
+            served = at(f"{name}/dynamic_batching", 1, "server_cpu_ms_per_image") + \
+                at(f"{name}/dynamic_batching", 1, "client_cpu_ms_per_image")
+            report.setdefault("batch1_serving_cpu_overhead_ms", {})[name] = round(
+                served - report["in_process_onnxruntime_batch1"][name]["client_cpu_ms_per_image"], 3)
+        if on and off:
+            gain = round(on / off, 2)
+            targets[f"{name}: images/s at 16 clients, dynamic batching / off"] = {
+                "value": gain, "target": f">= {TARGET_BATCHING_GAIN}", "met": gain >= TARGET_BATCHING_GAIN}
+    # CPU time per image does not depend on how much of the machine others take,
+    # so it shows what batching saves even where wall-clock throughput is noisy.
+    report["server_cpu_ms_per_image_at_16_clients"] = {
+        v: at(v, 16, "server_cpu_ms_per_image") for v in variants} if 16 in concurrencies else None
+    targets["soak failed requests"] = {"value": report["soak"]["failed"], "target": 0,
+                                       "met": report["soak"]["failed"] == 0}
+    report["targets"] = targets
+    report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
