@@ -238,3 +238,16 @@ def test_serving_clients_do_not_import_torch() -> None:
             "ddn.serving.repository_view; print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_ddn_generate_dispatches_conditions_to_the_checkpoint(repository: Path, tmp_path: Path) -> None:
+    from ddn.images import save_png
+
+    low_res = save_png(tmp_path / "low.png", np.full((2, 2, 1), 200, np.uint8))
+    args = ["--checkpoint", str(repository.parent / "tiny.safetensors"), "--condition", "superres",
+            "--input", str(low_res), "--n", "2", "--out", str(tmp_path / "zscg")]
+    result = CliRunner().invoke(generate_main, args)
+    assert result.exit_code == 0, result.output
+    assert {"result_000.png", "result_001.png"} <= {p.name for p in (tmp_path / "zscg").iterdir()}
+    result = CliRunner().invoke(generate_main, args[:4] + ["--n", "2", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "--condition needs --input" in result.output
