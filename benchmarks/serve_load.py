@@ -10,9 +10,9 @@ Runtime). Measured:
 * gRPC, one image per request, closed loop with 1, 4, 16, 64 concurrent
   clients: p50/p99 latency, images/s, failed requests, and the CPU time the
   server (all its processes) and the client spent per image; for two server
-  configs -- ``exported`` (the python twin's config as ddn-export wrote it) and
-  ``cpu_tuned`` (one single-threaded ORT instance per core) -- each with the
-  config's dynamic batching and with dynamic batching removed, all else equal;
+  configs -- ``exported`` (the python twin's config as ddn-export wrote it)
+  and ``cpu_tuned`` (one single-threaded ORT instance per core, queue delay
+  0) -- each with dynamic batching and with it removed, all else equal;
 * DDNClient.generate at concurrency 1 (the library's own overhead);
 * a soak (default 60 s) at the saturating concurrency of the faster
   dynamic-batching config, counting failed requests.
@@ -190,10 +190,10 @@ def main(point_seconds: float, rounds: int, soak_seconds: float, levels: str, ou
     }
 
     # "exported": the twin's config as ddn-export wrote it; "cpu_tuned": one
-    # single-threaded instance per core (the profile showed ORT's per-image cost
-    # does not shrink with batch size on this CPU, and two ORT threads of one
-    # instance spin against each other on a busy machine).
-    configs = {"exported": {}, "cpu_tuned": {"instances": os.cpu_count(), "ort_threads": 1}}
+    # single-threaded instance per core and no queue delay (the profile showed
+    # ORT's per-image cost does not shrink with batch size on this CPU, and two
+    # ORT threads of one instance spin against each other on a busy machine).
+    configs = {"exported": {}, "cpu_tuned": {"instances": os.cpu_count(), "ort_threads": 1, "max_queue_delay_us": 0}}
     report["cpu_tuned_settings"] = configs["cpu_tuned"]
     locals_ = {"exported": OnnxModel.from_repository(repository, NAME),
                "cpu_tuned": OnnxModel.from_repository(repository, NAME, threads=1)}

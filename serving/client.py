@@ -135,7 +135,8 @@ class DDNClient:
         if name not in available:
             raise ServingError(f"model {name!r} is not served by {self.url}; available models: "
                                f"{', '.join(available) or '(none)'}")
-        config = self._call(lambda: self._client.get_model_config(name, as_json=True), f"read config of {name!r}")["config"]
+        config = self._call(lambda: self._client.get_model_config(name, as_json=True),
+                            f"read config of {name!r}")["config"]
         meta = self._call(lambda: self._client.get_model_metadata(name, as_json=True), f"read metadata of {name!r}")
         batched = int(config.get("max_batch_size", 0)) > 0
 
@@ -229,9 +230,9 @@ class DDNClient:
                 tensor.set_data_from_numpy(part)
                 request.append(tensor)
             try:
-                self._client.async_infer(model, request, callback=lambda result, error, i=index: on_done(i, result, error),
-                                         outputs=[grpcclient.InferRequestedOutput(n) for n in names],
-                                         client_timeout=self.timeout_s)
+                self._client.async_infer(
+                    model, request, callback=lambda result, error, i=index: on_done(i, result, error),
+                    outputs=[grpcclient.InferRequestedOutput(n) for n in names], client_timeout=self.timeout_s)
             except InferenceServerException as exc:
                 slots.release()
                 errors.append(_one_line(exc))

@@ -95,7 +95,8 @@ def open_generator(onnx: str | None, repository: str | None, url: str | None, mo
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="seed of the first image; image i uses seed + i")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="folder for the PNG files")
-@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), help=f"also write the first {GRID_MAX} images as one PNG grid")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"also write the first {GRID_MAX} images as one PNG grid")
 @click.option("--codes", "codes_path", type=click.Path(dir_okay=False, path_type=Path),
               help="also write the seeds and their codes [N, L] to this .npz")
 @click.option("--onnx", type=click.Path(dir_okay=False), help="exported model.onnx, run locally with ONNX Runtime")
@@ -109,7 +110,8 @@ def open_generator(onnx: str | None, repository: str | None, url: str | None, mo
 @click.option("--input", "input_path", type=click.Path(dir_okay=False), help="condition image (with --condition)")
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False), help="inpainting mask (with --condition inpaint)")
 @click.option("--selection", type=click.Choice(["top1", "top2"]), default="top2",
-              help="with --condition: top1 keeps the best candidate per layer (all N equal), top2 draws between the two best")
+              help="with --condition: top1 keeps the best candidate per layer (all N equal), "
+                   "top2 draws between the two best")
 @click.option("--progress/--no-progress", default=True, help="show a progress bar")
 def main(count: int, seed: int, out_dir: Path, grid: Path | None, codes_path: Path | None, onnx: str | None,
          repository: str | None, url: str | None, model: str | None, batch: int, concurrency: int,

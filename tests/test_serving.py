@@ -197,7 +197,8 @@ def test_ddn_generate_onnx_and_server_write_identical_pngs_and_resume(
     common = ["--n", "21", "--seed", "40", "--no-progress"]
     onnx_file = repository / NAME / "1" / "model.onnx"
     local_run = runner.invoke(generate_main, [*common, "--onnx", str(onnx_file), "--out", str(tmp_path / "local"),
-                                              "--codes", str(tmp_path / "codes.npz"), "--grid", str(tmp_path / "grid.png")])
+                                              "--codes", str(tmp_path / "codes.npz"),
+                                              "--grid", str(tmp_path / "grid.png")])
     assert local_run.exit_code == 0, local_run.output
     served_args = [*common, "--url", server.grpc_url, "--model", NAME, "--out", str(tmp_path / "served"),
                    "--batch", "3", "--concurrency", "2"]

@@ -66,6 +66,8 @@ def test_repository_without_twins_is_refused(tmp_path: Path) -> None:
 
 def test_cpu_settings_rewrite_instances_threads_and_batching(repository: Path) -> None:
     assert cpu_settings() is None
+    with cpu_repository_view(repository, cpu_settings(instances=3, ort_threads=1, max_queue_delay_us=0)) as view:
+        assert read_config(view / "mnist").dynamic_batching.max_queue_delay_microseconds == 0
     with cpu_repository_view(repository, cpu_settings(instances=3, ort_threads=1, dynamic_batching=False)) as view:
         config = read_config(view / "mnist")
     assert [(g.kind, g.count) for g in config.instance_group] == [(config.instance_group[0].KIND_CPU, 3)]
