@@ -36,19 +36,20 @@ def _default_out(dataset: str, kind: str, resume: bool) -> Path:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--dataset", default=DEFAULTS.dataset,
               help='"digits" (scikit-learn, 8x8), an .npz file, an image folder or MNIST IDX files')
-@click.option("--image-size", type=int, default=None, help="resize/pad images to this power of two [default: native]")
+@click.option("--image-size", type=int, default=None,
+              help="resize images to this power of two [default: the dataset's size, padded up to a power of two]")
 @click.option("--kind", type=click.Choice(["single_shot", "recurrence"]), default=DEFAULTS.kind,
               help="single_shot: one DDL per block, resolution 1,2,4,..; recurrence: one block+DDL repeated")
-@click.option("--channels", type=int, default=DEFAULTS.channels, help="feature channels of every block")
-@click.option("--blocks-per-scale", type=int, default=DEFAULTS.blocks_per_scale, help="single_shot: blocks per resolution")
-@click.option("--iterations", type=int, default=DEFAULTS.iterations, help="recurrence: how often the block repeats")
-@click.option("--k", "-k", "k", type=int, default=DEFAULTS.k, help="branches (candidates) per DDL")
-@click.option("--steps", type=int, default=DEFAULTS.steps, help="total optimizer steps")
-@click.option("--images", type=int, default=None, help="total training images instead of --steps")
-@click.option("--batch", type=int, default=DEFAULTS.batch, help="global batch size (split over ranks)")
-@click.option("--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate")
-@click.option("--beta1", type=float, default=DEFAULTS.beta1, help="Adam beta1")
-@click.option("--beta2", type=float, default=DEFAULTS.beta2, help="Adam beta2")
+@click.option("--channels", type=click.IntRange(min=2), default=DEFAULTS.channels, help="feature channels of every block")
+@click.option("--blocks-per-scale", type=click.IntRange(min=1), default=DEFAULTS.blocks_per_scale, help="single_shot: blocks per resolution")
+@click.option("--iterations", type=click.IntRange(min=1), default=DEFAULTS.iterations, help="recurrence: how often the block repeats")
+@click.option("--k", "-k", "k", type=click.IntRange(min=1), default=DEFAULTS.k, help="branches (candidates) per DDL")
+@click.option("--steps", type=click.IntRange(min=1), default=DEFAULTS.steps, help="total optimizer steps")
+@click.option("--images", type=click.IntRange(min=1), default=None, help="total training images instead of --steps")
+@click.option("--batch", type=click.IntRange(min=1), default=DEFAULTS.batch, help="global batch size (split over ranks)")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr, help="Adam learning rate")
+@click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.beta1, help="Adam beta1")
+@click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.beta2, help="Adam beta2")
 @click.option("--chain-dropout", type=click.FloatRange(0, 1), default=DEFAULTS.chain_dropout,
               help="probability that a layer takes random branches for the whole batch")
 @click.option("--split-and-prune/--no-split-and-prune", default=DEFAULTS.split_and_prune,
@@ -64,7 +65,7 @@ def _default_out(dataset: str, kind: str, resume: bool) -> Path:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=DEFAULTS.device)
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=DEFAULTS.precision,
               help="autocast dtype for forward passes (fp16 with loss scaling, CUDA only)")
-@click.option("--minutes", type=float, default=None, help="stop (with a checkpoint) after this much wall time")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None, help="stop (with a checkpoint) after this much wall time")
 @click.option("--threads", type=click.IntRange(min=0), default=0,
               help="CPU threads for torch (0: torch's default); 1 is often faster for small models on a busy machine")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its newest good checkpoint")
@@ -76,8 +77,6 @@ def main(ctx: click.Context, images: int | None, out: Path | None, minutes: floa
     explicit = {name for name in options
                 if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
     if images is not None:
-        if images < 1:
-            raise click.BadParameter("must be at least 1", param_hint="--images")
         options["steps"] = math.ceil(images / options["batch"])
         explicit.add("steps")
     config = TrainConfig(**options)
@@ -93,8 +92,8 @@ def main(ctx: click.Context, images: int | None, out: Path | None, minutes: floa
     except (ValueError, CheckpointError, OSError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         raise click.ClickException(message) from None
-    click.echo(f"{result.step} steps, {result.splits} splits; checkpoint: {result.out_dir / LAST}", err=True)
-
+    if result.rank == 0:
+        click.echo(f"{result.step} steps, {result.splits} splits; checkpoint: {result.out_dir / LAST}", err=True)
 
 
 if __name__ == "__main__":  # torchrun --nproc_per_node N -m ddn.training.cli ...

@@ -248,6 +248,7 @@ class TrainResult:
     splits: int
     out_dir: Path
     config: TrainConfig
+    rank: int = 0
     stopped_early: bool = False  # interrupted or out of time; the checkpoint is there to resume
 
 
@@ -286,7 +287,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, explic
     out_dir = Path(out_dir)
     if not resume and ((out_dir / LAST).exists() or (out_dir / PREVIOUS).exists()):
         raise ValueError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
-    state = find_resumable(out_dir) if resume else None
+    # Under torchrun every rank reads the checkpoint; only rank 0 may move a bad one aside.
+    state = find_resumable(out_dir, move_bad=os.environ.get("RANK", "0") == "0") if resume else None
     if state is not None:
         config = resume_config(state.train["config"], config, explicit)
     ranks = Ranks.from_env(config.device)
@@ -389,7 +391,8 @@ def _train(config, out_dir, state, ranks: Ranks, progress, max_seconds, log) -> 
             bar.update(1)
 
             at_log = step % config.log_every == 0 or step == config.steps
-            out_of_time = at_log and max_seconds is not None and ranks.agree(time.perf_counter() - run_start > max_seconds)
+            out_of_time = max_seconds is not None and ranks.agree(time.perf_counter() - run_start > max_seconds)
+            at_log = at_log or out_of_time
             if at_log:
                 ranks.all_reduce(loss_sum)
                 elapsed = time.perf_counter() - interval_start
@@ -418,5 +421,5 @@ def _train(config, out_dir, state, ranks: Ranks, progress, max_seconds, log) -> 
         say(f"{why} at step {step}: checkpoint saved in {out_dir / LAST}; continue with --resume")
     if stop.requested:
         raise KeyboardInterrupt
-    return TrainResult(model, optimizer, step, splits, out_dir, config, stopped_early)
+    return TrainResult(model, optimizer, step, splits, out_dir, config, ranks.rank, stopped_early)
 

@@ -114,10 +114,12 @@ def read_run_checkpoint(path: Path) -> RunState:
     return RunState(Path(path), model, optimizer_state, per_rank, train)
 
 
-def find_resumable(out_dir: Path) -> RunState:
-    """The newest good checkpoint of a run folder: last, else previous (a bad last is moved aside).
+def find_resumable(out_dir: Path, move_bad: bool = True) -> RunState:
+    """The newest good checkpoint of a run folder: last, else previous.
 
-    Raises CheckpointError when neither exists or both are bad.
+    With ``move_bad`` (the one process that writes: rank 0) a bad last is moved
+    aside to ``last.safetensors.bad``. Raises CheckpointError when neither
+    exists or both are bad.
     """
     out_dir = Path(out_dir)
     last, previous = out_dir / LAST, out_dir / PREVIOUS
@@ -133,7 +135,9 @@ def find_resumable(out_dir: Path) -> RunState:
         state = read_run_checkpoint(previous)
     except CheckpointError as exc:
         raise CheckpointError(f"{last_error}; and {exc}") from None
-    if last.exists():
+    if not move_bad:
+        state.notes.append(f"{last_error}; resuming from {PREVIOUS} (step {state.train['step']})")
+    elif last.exists():
         aside = last.with_name(LAST + ".bad")
         os.replace(last, aside)  # so that the next rotation does not push it over the good previous
         state.notes.append(f"{last_error}; moved it to {aside.name} and resuming from {PREVIOUS} "
