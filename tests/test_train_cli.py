@@ -1,0 +1,129 @@
+"""ddn-train through its command line: the no-argument path, run files, and one-line errors."""
+import gzip
+import json
+import struct
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ddn.training.checkpoint import load_generator
+from ddn.training.cli import main as ddn_train
+from ddn.training.train_loop import TrainConfig
+from ddn.training.train_state import LAST, read_run_checkpoint
+from train_helpers import one_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY_ARGS = ["--channels", "16", "--blocks-per-scale", "1", "--k", "8", "--batch", "16", "--no-progress"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(ddn_train, [str(a) for a in args])
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+def test_defaults_follow_the_official_recipe():
+    d = TrainConfig()
+    assert (d.dataset, d.lr, d.beta1, d.beta2, d.chain_dropout, d.split_and_prune) == ("digits", 1e-3, 0.9, 0.999, 0.05, True)
+
+
+def test_no_argument_run_leaves_a_usable_checkpoint_and_run_files(tmp_path, monkeypatch):
+    """``ddn-train`` with nothing but a shorter --steps: the default model on the bundled digits."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke("--steps", 6, "--log-every", 3, "--no-progress")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "digits-single_shot"
+    model = load_generator(run / LAST)
+    assert model.config() == {**TrainConfig().model_config(1, 8), "leak_channels": None}
+    assert model.sample(seed=[0, 1]).shape == (2, 1, 8, 8)
+    assert (run / "samples" / "step_0000006.png").exists() and (run / "training.png").exists()
+    entries = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in entries] == [3, 6]
+    assert entries[0]["images_per_s"] > 0 and len(entries[0]["usage_entropy"]) == len(model.ddls())
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 6
+
+    again = invoke("--steps", 1, "--no-progress")  # a second default run gets its own folder
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "runs" / "digits-single_shot-2" / LAST).exists()
+
+
+def test_images_option_sets_the_step_count(tmp_path):
+    result = invoke("--images", 100, "--out", tmp_path / "run", *TINY_ARGS)
+    assert result.exit_code == 0, result.output
+    assert read_run_checkpoint(tmp_path / "run" / LAST).train["step"] == 7  # ceil(100 / 16)
+
+
+def test_time_limit_stops_with_a_checkpoint_that_resumes(tmp_path):
+    run = tmp_path / "run"
+    result = invoke("--steps", 50, "--minutes", 1e-6, "--log-every", 2, "--out", run, *TINY_ARGS)
+    assert result.exit_code == 0, result.output
+    assert "out of time at step 1" in result.output
+    result = invoke("--resume", "--steps", 4, "--out", run, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert read_run_checkpoint(run / LAST).train["step"] == 4
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path):
+    assert invoke("--steps", 1, "--out", tmp_path / "run", *TINY_ARGS).exit_code == 0
+    assert "already holds a run; pass --resume" in one_line_error(invoke("--steps", 1, "--out", tmp_path / "run", *TINY_ARGS))
+
+
+def test_fp16_needs_cuda(tmp_path):
+    error = one_line_error(invoke("--device", "cpu", "--precision", "fp16", "--steps", 1, "--out", tmp_path / "r", *TINY_ARGS))
+    assert "fp16 mixed precision needs --device cuda" in error
+
+
+def _idx(path, magic):
+    path.write_bytes(struct.pack(">IIII", magic, 1, 2, 2) + bytes(4))
+
+
+def _bad_dataset(kind, tmp_path):
+    if kind == "missing":
+        return tmp_path / "nope.npz"
+    if kind == "not_zip":
+        (tmp_path / "junk.npz").write_bytes(b"\x80\x04 pickle-looking bytes")
+        return tmp_path / "junk.npz"
+    if kind == "no_images_key":
+        np.savez(tmp_path / "x.npz", pixels=np.zeros((2, 8, 8), np.uint8))
+        return tmp_path / "x.npz"
+    if kind == "empty_folder":
+        (tmp_path / "empty").mkdir()
+        return tmp_path / "empty"
+    if kind == "broken_png":
+        (tmp_path / "imgs").mkdir()
+        (tmp_path / "imgs" / "a.png").write_bytes(b"not a png")
+        return tmp_path / "imgs"
+    if kind == "idx_labels":
+        _idx(tmp_path / "train-images-idx3-ubyte", 2049)
+        return tmp_path / "train-images-idx3-ubyte"
+    if kind == "idx_bad_gzip":
+        (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"x" * 40)[:20])
+        return tmp_path / "t10k-images-idx3-ubyte.gz"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "dataset not found"),
+    ("not_zip", "not a zip archive"),
+    ("no_images_key", "has no 'images' array"),
+    ("empty_folder", "no PNG/JPEG images"),
+    ("broken_png", "cannot read image"),
+    ("idx_labels", "bad magic 2049"),
+    ("idx_bad_gzip", "corrupt gzip"),
+])
+def test_each_bad_dataset_is_one_line_error(tmp_path, kind, message):
+    error = one_line_error(invoke("--dataset", _bad_dataset(kind, tmp_path), "--out", tmp_path / "run", *TINY_ARGS))
+    assert message in error
+    assert not (tmp_path / "run" / LAST).exists()
+
+
+def test_bad_image_size_is_one_line_error(tmp_path):
+    assert "image_size must be a power of two" in one_line_error(
+        invoke("--image-size", 12, "--out", tmp_path / "run", *TINY_ARGS))
