@@ -1,0 +1,104 @@
+"""Training throughput and the share of step time spent in split-and-prune, as JSON.
+
+Two models measured side by side in one process (rounds alternate between them,
+so machine load drifts hit both alike):
+
+* ``digits_default``: ddn-train's default model on 8x8 digits, batch 64;
+* ``mnist_32``: SingleShotGenerator(32, 1, channels=64, blocks_per_scale=2, k=64), batch 64.
+
+A step is the trainer's own ``train_step`` (loss, backward, Adam) plus
+``usage_step`` (fold usage statistics, split and prune); the second is timed on
+its own too. Usage: python benchmarks/train_speed.py [--rounds 5 --steps 10 --device cpu --threads N]
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import click
+import torch
+
+from ddn.training.datasets import batch_stream, load_images
+from ddn.training.networks import SingleShotGenerator, build_generator
+from ddn.training.train_loop import Ranks, TrainConfig, resolve_device, train_step, usage_step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Bench:
+    def __init__(self, name: str, model: torch.nn.Module, images: torch.Tensor, batch: int, device: torch.device):
+        self.name, self.batch, self.device = name, batch, device
+        self.model = model.to(device).train()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3, betas=(0.9, 0.999))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=False)
+        self.ranks = Ranks(device=device)
+        self.dropout = torch.Generator().manual_seed(1)
+        self.batches = batch_stream(images, batch, torch.Generator().manual_seed(0))
+        self.step_s, self.usage_s, self.steps, self.splits = 0.0, 0.0, 0, 0
+
+    def run(self, steps: int, record: bool = True) -> None:
+        for _ in range(steps):
+            batch = next(self.batches).to(self.device)
+            _sync(self.device)
+            start = time.perf_counter()
+            train_step(self.model, self.optimizer, batch, 0.05, self.dropout, self.ranks, self.scaler)
+            _sync(self.device)
+            middle = time.perf_counter()
+            splits = usage_step(self.model, self.optimizer, True, self.ranks)
+            _sync(self.device)
+            end = time.perf_counter()
+            if record:
+                self.step_s += end - start
+                self.usage_s += end - middle
+                self.steps += 1
+                self.splits += splits
+
+    def report(self) -> dict:
+        params = sum(p.numel() for p in self.model.parameters())
+        return {
+            "config": self.model.config(),
+            "parameters": params,
+            "batch": self.batch,
+            "steps_timed": self.steps,
+            "ms_per_step": 1000 * self.step_s / self.steps,
+            "images_per_s": self.batch * self.steps / self.step_s,
+            "split_and_prune_ms_per_step": 1000 * self.usage_s / self.steps,
+            "split_and_prune_share": self.usage_s / self.step_s,
+            "splits_per_step": self.splits / self.steps,
+        }
+
+
+@click.command()
+@click.option("--rounds", type=int, default=5, help="alternating rounds per model")
+@click.option("--steps", type=int, default=10, help="timed steps per model per round")
+@click.option("--warmup", type=int, default=5, help="untimed steps per model first")
+@click.option("--device", default="cpu", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+def main(rounds: int, steps: int, warmup: int, device: str, threads: int) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    torch.manual_seed(0)
+    default = TrainConfig()
+    digits = load_images("digits")
+    mnist_sized = load_images("digits", image_size=32)  # digits padded/resized to MNIST's 32x32 training size
+    benches = [
+        Bench("digits_default", build_generator(default.model_config(digits.shape[1], digits.shape[-1])),
+              digits, default.batch, dev),
+        Bench("mnist_32", SingleShotGenerator(32, 1, channels=64, blocks_per_scale=2, k=64), mnist_sized, 64, dev),
+    ]
+    for bench in benches:
+        bench.run(warmup, record=False)
+    for _ in range(rounds):
+        for bench in benches:
+            bench.run(steps)
+    result = {"device": str(dev), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+              "split_and_prune_target_share": 0.03, **{b.name: b.report() for b in benches}}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
