@@ -31,12 +31,13 @@ GRID_MAX = 64  # the grid shows the first images of the run; thousands of tiles 
 
 
 class Generator(Protocol):
-    num_layers: int
-    branch_counts: list[int]
+    """What the CLI needs of a source: OnnxModel (local) and DDNClient (Triton) both provide it."""
 
     def codes_for_seeds(self, seeds: Sequence[int]) -> np.ndarray: ...
 
     def generate(self, seeds=None, codes=None, output: str = "images") -> np.ndarray: ...
+
+    def close(self) -> None: ...
 
 
 def png_name(seed: int) -> str:
@@ -143,8 +144,7 @@ def main(count: int, seed: int, out_dir: Path, grid: Path | None, codes_path: Pa
     except (ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
-        if hasattr(generator, "close"):
-            generator.close()
+        generator.close()
     click.echo(f"{written} written, {count - written} already there, in {out_dir}", err=True)
 
 

@@ -45,6 +45,9 @@ class OnnxModel:
             raise FileNotFoundError(f"{meta_path} not found: ddn-export writes it beside the version folders; "
                                     "pass the ONNX file inside an exported repository")
         self.metadata = json.loads(meta_path.read_text())
+        if self.metadata.get("graph", "generate") != "generate":
+            raise ValueError(f"{self.path} is the {self.metadata['graph']!r} graph; ddn-generate needs the "
+                             "generation graph (the entry named after the model, without a suffix)")
         # The same session settings as the python-backend twin's model.py, so both run the same kernels.
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -91,3 +94,7 @@ class OnnxModel:
         step = self.batch_size or len(codes)
         return np.concatenate([self.session.run([output], {"codes": codes[i:i + step]})[0]
                                for i in range(0, len(codes), step)])
+
+    def close(self) -> None:
+        """Release the session (its memory and threads)."""
+        self.session = None
