@@ -29,14 +29,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError
 from .datasets import batch_stream, load_images
 from .networks import DDNGenerator, build_generator
 from .run_outputs import RunLog, plot_run, save_sample_grid
@@ -357,6 +356,8 @@ def _train(config, out_dir, state, ranks: Ranks, progress, max_seconds, log) -> 
             {"train": dataclasses.asdict(config), "model": model.config(), "world_size": ranks.world_size}, indent=2) + "\n")
         if state is not None:
             say(f"resuming {out_dir} from {state.path.name} at step {step}")
+            if step >= config.steps:
+                say(f"the run is already at step {step} of {config.steps}: nothing to train (raise --steps to continue)")
 
     def checkpoint() -> None:
         rng = {name: ranks.gather_cpu(g.get_state()) for name, g in generators.items()}
