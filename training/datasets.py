@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from ddn.images import to_float
+
 __all__ = ["load_images", "batch_stream"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -129,7 +131,7 @@ def _from_array(array: np.ndarray, path: Path) -> torch.Tensor:
     if min(array.shape[:3]) == 0:
         raise ValueError(f"'images' in {path} is empty, shape {list(array.shape)}")
     if array.dtype == np.uint8:
-        images = array.astype(np.float32) / 127.5 - 1.0
+        images = to_float(array)
     elif np.issubdtype(array.dtype, np.floating):
         images = array.astype(np.float32)
         if not np.isfinite(images).all() or images.min() < 0.0 or images.max() > 1.0:
