@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ddn.training.ddl import area_resize
-from ddn.training.guidance import (Colorization, Condition, Inpainting, SuperResolution, TargetCondition, make_chooser,
+from ddn.training.guidance import (Colorization, Condition, Inpainting, SuperResolution, TargetCondition,
                                    to_grayscale)
 from ddn.training.networks import DDNGenerator
 
@@ -99,7 +99,7 @@ class GeneratorGraph(nn.Module):
 
     def _guided(self, condition: Condition) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-1 zero-shot path: (images uint8 [B, H, W, C], codes int32 [B, L])."""
-        image, codes, _ = self.generator.run(condition.batch_size, lambda layer: make_chooser(condition, "top1"))
+        image, codes = self.generator.guided(condition, "top1")
         return float_to_pixels(model_to_float(image)), codes.to(torch.int32)
 
 

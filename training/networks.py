@@ -151,17 +151,22 @@ class DDNGenerator(nn.Module):
         return self.guided_codes(TargetCondition(images))
 
     @torch.no_grad()
+    def guided(self, condition: Condition, selection: str = "top1",
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero-shot conditional generation: at each layer keep the candidate that best fits ``condition``.
+
+        Returns (image [B, C, H, W], codes [B, L]) of that path.
+        """
+        image, codes, _ = self.run(condition.batch_size, lambda layer: make_chooser(condition, selection, generator))
+        return image, codes
+
     def guided_codes(self, condition: Condition, selection: str = "top1",
                      generator: torch.Generator | None = None) -> torch.Tensor:
-        _, codes, _ = self.run(condition.batch_size, lambda layer: make_chooser(condition, selection, generator))
-        return codes
+        return self.guided(condition, selection, generator)[1]
 
-    @torch.no_grad()
     def guided_sample(self, condition: Condition, selection: str = "top1",
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """Zero-shot conditional generation: at each layer keep the candidate that best fits ``condition``."""
-        image, _, _ = self.run(condition.batch_size, lambda layer: make_chooser(condition, selection, generator))
-        return image
+        return self.guided(condition, selection, generator)[0]
 
     # -- input checks -------------------------------------------------------------
     def check_codes(self, codes: torch.Tensor | np.ndarray) -> torch.Tensor:
