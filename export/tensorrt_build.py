@@ -34,7 +34,7 @@ def missing_requirements() -> list[str]:
         reason = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
         missing.append(f"a CUDA GPU ({reason})")
     if importlib.util.find_spec("tensorrt") is None:
-        missing.append("the tensorrt package (pip install 'ddn-serve[tensorrt]')")
+        missing.append("the tensorrt package (pip install 'ddn-serve[gpu]')")
     return missing
 
 
