@@ -142,7 +142,8 @@ class ModelExport:
                       f"{entry_name(self.name, graph.kind)}{PYTHON_SUFFIX} (ddn-serve does) or export with "
                       "--instance-kind auto (GPU if present, else CPU)."]
         if backend == "python":
-            lines += ["Python-backend twin: runs ../<entry>/<version>/model.onnx with ONNX Runtime on the CPU.",
+            lines += ["Python-backend twin: runs ../<entry>/<version>/model.onnx with ONNX Runtime",
+                      "(ort_execution_provider: cpu, or cuda / tensorrt with onnxruntime-gpu).",
                       "No name: Triton takes it from the folder, so a CPU view can serve it as the plain entry name."]
         return "\n".join(lines)
 
@@ -177,7 +178,7 @@ class ModelExport:
                 self._write_entry(staging / entry, graph, "onnxruntime", entry, self.instance_kind, verification)
                 twin = staging / f"{entry}{PYTHON_SUFFIX}"
                 self._write_entry(twin, graph, "python", None, "KIND_CPU", verification,
-                                  {"ort_intra_op_threads": "0"})
+                                  {"ort_intra_op_threads": "0", "ort_execution_provider": "cpu"})
                 (twin / v).mkdir()
                 shutil.copyfile(PYTHON_MODEL_TEMPLATE, twin / v / "model.py")
                 (twin / v / "model.onnx").symlink_to(Path("..", "..", entry, v, "model.onnx"))

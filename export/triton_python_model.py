@@ -1,4 +1,4 @@
-"""Triton python-backend model: the exported ONNX graph run with ONNX Runtime on the CPU.
+"""Triton python-backend model: the exported ONNX graph run with ONNX Runtime.
 
 ``ddn-export`` copies this file verbatim to ``<G>_python/<version>/model.py``.
 The version folder also holds ``model.onnx``, a relative link to
@@ -6,8 +6,15 @@ The version folder also holds ``model.onnx``, a relative link to
 entries always run the same graph. Tensor names, dtypes and shapes come from
 the model config, which Triton has already checked every request against.
 
-Config parameter ``ort_intra_op_threads``: ONNX Runtime's thread count per
-instance (0 = its default, one per physical core).
+Config parameters:
+
+* ``ort_intra_op_threads``: ONNX Runtime's thread count per instance (0 = its
+  default, one per physical core);
+* ``ort_execution_provider``: ``cpu`` (default), ``cuda`` or ``tensorrt``. The
+  wheel's Triton server has only the python backend, so on a GPU host this is
+  how its instances reach the GPU (with onnxruntime-gpu installed). A provider
+  this ONNX Runtime lacks fails the model's load with a message naming the
+  providers it has, instead of ONNX Runtime's silent fallback to the CPU.
 """
 import json
 import os
@@ -15,6 +22,30 @@ import os
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+
+# Each choice's providers, fastest first; ONNX Runtime places the nodes a provider
+# cannot run on the next one.
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def session_providers(choice):
+    """The provider list for ``choice``; raises ValueError if this ONNX Runtime cannot run it."""
+    if choice not in PROVIDERS:
+        raise ValueError(f"ort_execution_provider must be one of {sorted(PROVIDERS)}, got {choice!r}")
+    if choice != "cpu" and hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu finds the CUDA and cuDNN libraries of the nvidia-* wheels only once
+        # they are loaded; this stub process has not imported torch, which would load them.
+        ort.preload_dlls()
+    missing = [p for p in PROVIDERS[choice] if p not in ort.get_available_providers()]
+    if missing:
+        raise ValueError(f"ort_execution_provider {choice!r} needs {', '.join(missing)}, which this onnxruntime "
+                         f"{ort.__version__} lacks (it has {', '.join(ort.get_available_providers())}); "
+                         "on a GPU host install onnxruntime-gpu in place of onnxruntime")
+    return PROVIDERS[choice]
 
 
 class TritonPythonModel:
@@ -25,7 +56,8 @@ class TritonPythonModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = int(parameters.get("ort_intra_op_threads", "0"))
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        providers = session_providers(parameters.get("ort_execution_provider", "cpu"))
+        self.session = ort.InferenceSession(path, options, providers=providers)
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
 

@@ -99,8 +99,8 @@ def build_cpu_view(repository: str | Path, view: str | Path, edit: ConfigEdit | 
 
 
 def cpu_settings(instances: int | None = None, ort_threads: int | None = None, max_queue_delay_us: int | None = None,
-                 dynamic_batching: bool = True) -> ConfigEdit | None:
-    """A config edit for this host: python-backend instances, ONNX Runtime threads each, batching.
+                 dynamic_batching: bool = True, ort_provider: str | None = None) -> ConfigEdit | None:
+    """A config edit for this host: python-backend instances, ONNX Runtime threads and provider, batching.
 
     ``None`` keeps what the export wrote (and with nothing to change, no edit
     is returned, so the view stays plain links). On a CPU server, one
@@ -109,8 +109,12 @@ def cpu_settings(instances: int | None = None, ort_threads: int | None = None, m
     0 stops a lone request from waiting for company: ONNX Runtime's cost per
     image on a CPU hardly falls with batch size, so waiting buys nothing
     (requests that queue while the instances are busy are still batched).
+    ``ort_provider`` (cpu, cuda, tensorrt) is the ONNX Runtime execution
+    provider the twins run on: on a GPU host the wheel's server reaches the GPU
+    this way, its instances still being python-backend (KIND_CPU) processes.
     """
-    if instances is None and ort_threads is None and max_queue_delay_us is None and dynamic_batching:
+    if instances is None and ort_threads is None and max_queue_delay_us is None and dynamic_batching \
+            and ort_provider is None:
         return None
 
     def edit(config: model_config_pb2.ModelConfig) -> None:
@@ -119,6 +123,8 @@ def cpu_settings(instances: int | None = None, ort_threads: int | None = None, m
             config.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_CPU, count=instances)
         if ort_threads is not None:
             config.parameters["ort_intra_op_threads"].string_value = str(ort_threads)
+        if ort_provider is not None:
+            config.parameters["ort_execution_provider"].string_value = ort_provider
         if max_queue_delay_us is not None and config.HasField("dynamic_batching"):
             config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
         if not dynamic_batching:

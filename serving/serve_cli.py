@@ -23,13 +23,17 @@ from ddn.serving.triton_server import TritonServer
               help="Model instances per graph (default: as exported, 1); one per core suits a CPU host.")
 @click.option("--ort-threads", type=click.IntRange(min=0),
               help="ONNX Runtime threads per instance (default: as exported, 0 = one per core).")
+@click.option("--ort-provider", type=click.Choice(["cpu", "cuda", "tensorrt"]),
+              help="ONNX Runtime execution provider of every instance (default: as exported, cpu); "
+                   "cuda and tensorrt run on a GPU and need onnxruntime-gpu.")
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0),
               help="Dynamic batching queue delay in microseconds (default: as exported); 0 suits a CPU host.")
 @click.option("--dynamic-batching/--no-dynamic-batching", default=True, show_default=True,
               help="Keep the exported dynamic batching, or serve every request on its own.")
 @click.option("--verbose", is_flag=True, help="Verbose server log (its path is printed).")
 def main(repository: Path, host: str, grpc_port: int, http_port: int, metrics_port: int, instances: int | None,
-         ort_threads: int | None, max_queue_delay_us: int | None, dynamic_batching: bool, verbose: bool) -> None:
+         ort_threads: int | None, ort_provider: str | None, max_queue_delay_us: int | None, dynamic_batching: bool,
+         verbose: bool) -> None:
     """Start Triton on REPOSITORY's python-backend models, print the endpoints, serve until Ctrl-C."""
     # SIGTERM (kill, systemd, docker stop) unwinds like Ctrl-C, so the server,
     # which runs in its own process group, is stopped instead of orphaned.
@@ -37,7 +41,7 @@ def main(repository: Path, host: str, grpc_port: int, http_port: int, metrics_po
     try:
         # The wheel's server has only the python backend: serve the CPU view, where
         # each G_python twin appears under its production name G.
-        settings = cpu_settings(instances, ort_threads, max_queue_delay_us, dynamic_batching)
+        settings = cpu_settings(instances, ort_threads, max_queue_delay_us, dynamic_batching, ort_provider)
         with cpu_repository_view(repository, settings) as view, TritonServer(
                 view, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, host=host,
                 log_verbose=int(verbose)) as server:

@@ -28,7 +28,7 @@ from ddn.export.exporter import ModelExport  # noqa: E402
 from ddn.serving.client import DDNClient, ServingError  # noqa: E402
 from ddn.serving.generate_cli import main as generate_main  # noqa: E402
 from ddn.serving.onnx_model import OnnxModel  # noqa: E402
-from ddn.serving.repository_view import cpu_repository_view  # noqa: E402
+from ddn.serving.repository_view import cpu_repository_view, cpu_settings, read_config  # noqa: E402
 from ddn.serving.triton_server import TritonServer, _free_ports  # noqa: E402
 from ddn.training.checkpoint import save_checkpoint  # noqa: E402
 from ddn.training.networks import SingleShotGenerator  # noqa: E402
@@ -82,6 +82,21 @@ def test_served_names_and_parameters(client: DDNClient) -> None:
     info = client.info
     assert (info.num_layers, info.branch_counts, info.image_shape) == (8, [8] * 8, (8, 8, 1))
     assert info.max_batch_size == MAX_BATCH
+
+
+def test_twins_are_exported_on_the_cpu_provider(repository: Path) -> None:
+    config = read_config(repository / f"{NAME}_python")
+    assert config.parameters["ort_execution_provider"].string_value == "cpu"
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),
+                    reason="this onnxruntime has the CUDA provider: the twin would load")
+def test_twin_asked_for_cuda_without_it_fails_to_load_naming_the_provider(repository: Path) -> None:
+    with cpu_repository_view(repository, cpu_settings(ort_provider="cuda")) as view:
+        with pytest.raises(RuntimeError, match="failed to load") as error:
+            TritonServer(view, startup_timeout=60).start()
+    assert "ort_execution_provider 'cuda' needs CUDAExecutionProvider" in str(error.value)
+    assert "install onnxruntime-gpu" in str(error.value)
 
 
 def test_generate_from_seeds_is_byte_identical_to_local_onnx(client: DDNClient, local: OnnxModel) -> None:

@@ -73,3 +73,10 @@ def test_cpu_settings_rewrite_instances_threads_and_batching(repository: Path) -
     assert [(g.kind, g.count) for g in config.instance_group] == [(config.instance_group[0].KIND_CPU, 3)]
     assert config.parameters["ort_intra_op_threads"].string_value == "1"
     assert not config.HasField("dynamic_batching") and config.max_batch_size == 8
+
+
+def test_cpu_settings_set_the_execution_provider_and_keep_the_rest(repository: Path) -> None:
+    with cpu_repository_view(repository, cpu_settings(ort_provider="cuda")) as view:
+        config = read_config(view / "mnist")
+    assert config.parameters["ort_execution_provider"].string_value == "cuda"
+    assert config.dynamic_batching.max_queue_delay_microseconds == 500 and not config.instance_group

@@ -123,7 +123,9 @@ def test_model_failing_initialize_fails_start(tmp_path: Path) -> None:
 def test_serve_help() -> None:
     result = CliRunner().invoke(serve_main, ["--help"])
     assert result.exit_code == 0, result.output
-    assert "--repository" in result.output and "--grpc-port" in result.output
+    assert "--repository" in result.output and "--grpc-port" in result.output and "--ort-provider" in result.output
+    bad = CliRunner().invoke(serve_main, ["--ort-provider", "rocm"])
+    assert bad.exit_code == 2 and "'rocm' is not one of 'cpu', 'cuda', 'tensorrt'" in bad.output
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
