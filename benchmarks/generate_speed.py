@@ -60,6 +60,14 @@ def time_calls(fn: Callable[[], object], seconds: float, min_calls: int = 3) -> 
     return times
 
 
+def pytorch_call(generator: DDNGenerator, codes: torch.Tensor, all_k: bool) -> Callable[[], torch.Tensor]:
+    """One generation call for ``codes`` [B, L]: every DDL computes all K candidates, or only the chosen one."""
+    def call() -> torch.Tensor:
+        with torch.inference_mode():
+            return generator.run(len(codes), lambda layer: codes[:, layer], all_k=all_k)[0]
+    return call
+
+
 def multiply_adds_per_image(generator: DDNGenerator) -> dict[str, int]:
     """Multiply-adds of the blocks' convolutions and of the DDL heads (all K vs the chosen branch)."""
     blocks = head_gathered = head_all_k = 0
@@ -128,12 +136,7 @@ def main(batches: str, seconds: float) -> None:
             if method == "onnxruntime":
                 return lambda: sessions[threads].run(["images"], {"codes": codes})
             torch.set_num_threads(threads)
-            all_k = method == "pytorch_all_k"
-
-            def call():
-                with torch.inference_mode():
-                    return generator.run(batch, lambda layer: codes_torch[:, layer], all_k=all_k)
-            return call
+            return pytorch_call(generator, codes_torch, all_k=method == "pytorch_all_k")
 
         row: dict[str, dict] = {}
         for method in ("pytorch_all_k", "pytorch_gathered", "onnxruntime"):

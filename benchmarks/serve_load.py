@@ -110,8 +110,9 @@ def timed_loop(call: Callable[[int], None], seconds: float) -> dict:
             "client_cpu": own_cpu_seconds() - cpu}
 
 
-async def _closed_loop(url: str, codes: np.ndarray, concurrency: int, seconds: float) -> dict:
-    """``concurrency`` clients, each sending one-image requests back to back for ``seconds``."""
+async def _closed_loop(url: str, codes: np.ndarray, concurrency: int, seconds: float, model: str = NAME,
+                       image_shape: tuple[int, ...] = MODEL_SHAPE) -> dict:
+    """``concurrency`` clients, each sending one-image requests of ``model`` back to back for ``seconds``."""
     client = aioclient.InferenceServerClient(url)
     latencies: list[float] = []
     failures: list[str] = []
@@ -123,10 +124,10 @@ async def _closed_loop(url: str, codes: np.ndarray, concurrency: int, seconds: f
             tensor.set_data_from_numpy(codes[i % len(codes)][None])
             start = time.perf_counter()
             try:
-                result = await client.infer(NAME, [tensor], outputs=[grpcclient.InferRequestedOutput("images")],
+                result = await client.infer(model, [tensor], outputs=[grpcclient.InferRequestedOutput("images")],
                                             client_timeout=30)
                 shape = result.as_numpy("images").shape
-                if shape != (1, *MODEL_SHAPE):
+                if shape != (1, *image_shape):
                     failures.append(f"wrong shape {shape}")
                 else:
                     latencies.append(time.perf_counter() - start)
@@ -143,13 +144,34 @@ async def _closed_loop(url: str, codes: np.ndarray, concurrency: int, seconds: f
     return {"latencies": latencies, "failures": failures, "elapsed": time.perf_counter() - begin}
 
 
-def closed_loop(server: TritonServer, codes: np.ndarray, concurrency: int, seconds: float) -> dict:
+def closed_loop(server: TritonServer, codes: np.ndarray, concurrency: int, seconds: float, model: str = NAME,
+                image_shape: tuple[int, ...] = MODEL_SHAPE) -> dict:
     """One :func:`merge` slice against ``server``, with the CPU time it and this client spent."""
     server_cpu, client_cpu = group_cpu_seconds(server.pid), own_cpu_seconds()
-    part = asyncio.run(_closed_loop(server.grpc_url, codes, concurrency, seconds))
+    part = asyncio.run(_closed_loop(server.grpc_url, codes, concurrency, seconds, model, image_shape))
     part["server_cpu"] = group_cpu_seconds(server.pid) - server_cpu
     part["client_cpu"] = own_cpu_seconds() - client_cpu
     return part
+
+
+def sweep_round(servers: dict[str, TritonServer], codes: np.ndarray, concurrencies: list[int], seconds: float,
+                parts: dict[tuple[str, int], list[dict]], reverse: bool = False, model: str = NAME,
+                image_shape: tuple[int, ...] = MODEL_SHAPE) -> None:
+    """One round: a ``seconds`` slice per concurrency and server, appended to ``parts[(server name, concurrency)]``.
+
+    ``reverse`` takes the servers in the opposite order; alternating it between
+    rounds gives no server a fixed place in the sequence.
+    """
+    for c in concurrencies:
+        for variant in (list(servers)[::-1] if reverse else list(servers)):
+            parts.setdefault((variant, c), []).append(
+                closed_loop(servers[variant], codes, c, seconds, model, image_shape))
+
+
+def sweep_results(parts: dict[tuple[str, int], list[dict]], variants: list[str],
+                  concurrencies: list[int]) -> dict[str, list[dict]]:
+    """Server name -> merged stats per concurrency, from the slices :func:`sweep_round` collected."""
+    return {v: [{"concurrency": c, **merge(parts[(v, c)])} for c in concurrencies] for v in variants}
 
 
 def server_settings(config) -> dict:
@@ -223,12 +245,10 @@ def main(point_seconds: float, rounds: int, soak_seconds: float, levels: str, ou
                     timed_loop(lambda i, m=local: m.generate(codes=codes[i % len(codes)][None]), slice_s))
             baseline.setdefault("ddn_client", []).append(
                 timed_loop(lambda i: ddn_client.generate(codes=codes[i % len(codes)][None]), slice_s))
-            for c in concurrencies:
-                for variant in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
-                    parts.setdefault((variant, c), []).append(closed_loop(servers[variant], codes, c, slice_s))
+            sweep_round(servers, codes, concurrencies, slice_s, parts, reverse=r % 2 == 1)
         report["in_process_onnxruntime_batch1"] = {name: merge(baseline[name]) for name in configs}
         report["ddn_client_batch1_exported_dynamic_batching"] = merge(baseline["ddn_client"])
-        sweeps = {v: [{"concurrency": c, **merge(parts[(v, c)])} for c in concurrencies] for v in variants}
+        sweeps = sweep_results(parts, list(variants), concurrencies)
         report["grpc_one_image_per_request"] = sweeps
 
         best_variant = max((v for v in variants if v.endswith("/dynamic_batching")),

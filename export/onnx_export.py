@@ -70,14 +70,18 @@ def operator_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
-def ort_session(path: Path | str | bytes, threads: int = 0) -> ort.InferenceSession:
-    """A CPU ONNX Runtime session with all graph optimisations; ``threads`` 0 means ORT's default."""
+def ort_session(path: Path | str | bytes, threads: int = 0,
+                providers: Sequence[str] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
+    """An ONNX Runtime session (CPU unless ``providers`` say otherwise) with all graph optimisations.
+
+    ``threads`` 0 means ORT's default.
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     source = str(path) if isinstance(path, Path) else path
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source, options, providers=list(providers))
 
 
 def torch_outputs(graph: GeneratorGraph, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
