@@ -42,7 +42,8 @@ import onnxruntime as ort
 import torch
 
 from ddn.export.graphs import GenerateGraph
-from ddn.export.onnx_export import export_onnx, operator_counts, ort_session
+from ddn.export.onnx_export import export_onnx, operator_counts
+from ddn.repository_contract import onnxruntime_session
 from ddn.training.networks import DDNGenerator, SingleShotGenerator
 
 DEFAULT_MODEL = dict(image_size=32, image_channels=1, channels=64, blocks_per_scale=2, k=64)
@@ -119,7 +120,7 @@ def main(batches: str, seconds: float) -> None:
         export_onnx(GenerateGraph(generator), path, max_batch=max(sizes))
         export_s = time.perf_counter() - start
         operators = operator_counts(onnx.load(str(path)))
-        sessions = {threads: ort_session(path, threads) for threads in thread_counts}
+        sessions = {threads: onnxruntime_session(path, threads) for threads in thread_counts}
 
     macs = multiply_adds_per_image(generator)
     gathered_flop = 2 * (macs["blocks"] + macs["head_gathered"])

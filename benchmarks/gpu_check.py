@@ -355,11 +355,11 @@ def cuda_session(onnx_path: Path):
     """An ONNX Runtime session that really runs on the GPU (ORT would fall back to the CPU silently)."""
     import onnxruntime as ort
 
-    from ddn.export.onnx_export import ort_session
+    from ddn.repository_contract import EXECUTION_PROVIDERS, onnxruntime_session
 
     if hasattr(ort, "preload_dlls"):  # the CUDA/cuDNN libraries of the nvidia-* wheels, if torch did not load them
         ort.preload_dlls()
-    session = ort_session(onnx_path, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+    session = onnxruntime_session(onnx_path, providers=EXECUTION_PROVIDERS["cuda"])
     if session.get_providers()[0] != "CUDAExecutionProvider":
         raise RuntimeError(f"ONNX Runtime {ort.__version__} has no CUDA provider "
                            f"(it has {', '.join(ort.get_available_providers())}): install onnxruntime-gpu")

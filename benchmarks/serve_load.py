@@ -47,6 +47,7 @@ from tritonclient.utils import InferenceServerException
 
 from ddn.codes import codes_from_seed
 from ddn.export.exporter import ModelExport
+from ddn.repository_contract import ORT_THREADS_PARAMETER, PYTHON_SUFFIX, entry_name
 from ddn.serving.client import DDNClient
 from ddn.serving.onnx_model import OnnxModel
 from ddn.serving.repository_view import cpu_repository_view, cpu_settings, read_config
@@ -179,7 +180,7 @@ def server_settings(config) -> dict:
     as_dict = MessageToDict(config)
     return {"max_batch_size": config.max_batch_size, "dynamic_batching": as_dict.get("dynamicBatching"),
             "instance_group": as_dict.get("instanceGroup"),
-            "ort_intra_op_threads": config.parameters["ort_intra_op_threads"].string_value}
+            ORT_THREADS_PARAMETER: config.parameters[ORT_THREADS_PARAMETER].string_value}
 
 
 def log(message: str) -> None:
@@ -208,7 +209,7 @@ def main(point_seconds: float, rounds: int, soak_seconds: float, levels: str, ou
         "model": {"config": MODEL_CONFIG, "num_layers": model.num_layers, "k": MODEL_CONFIG["k"],
                   "image_shape": list(MODEL_SHAPE)},
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
-        "server_config": server_settings(read_config(repository / f"{NAME}_python")),
+        "server_config": server_settings(read_config(repository / entry_name(NAME, "generate", PYTHON_SUFFIX))),
     }
 
     # "exported": the twin's config as ddn-export wrote it; "cpu_tuned": one

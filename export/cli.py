@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 import onnx
 
+from ddn.repository_contract import GRAPH_KINDS, RepositoryError
 from ddn.training.checkpoint import CheckpointError
 
-from .exporter import GRAPH_KINDS, EntryReport, ExportError, ModelExport
+from .exporter import EntryReport, ExportError, ModelExport
 from .onnx_export import VerificationError
-from .repository import RepositoryError
 from .triton_config import INSTANCE_KINDS
 
 DEFAULT_TIMING_CACHE = Path("~/.cache/ddn-serve/tensorrt-timing.cache")

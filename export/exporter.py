@@ -6,13 +6,13 @@ For each graph kind (see :mod:`ddn.export.graphs`) the entry names are::
     colorize -> NAME_colorize (RGB models only)     inpaint  -> NAME_inpaint
 
 each with a python-backend twin ``<entry>_python`` and, with TensorRT,
-``<entry>_trt``. All ONNX graphs are exported and verified in a staging folder
-before the first entry is moved into the repository (:mod:`ddn.export.repository`).
+``<entry>_trt``; names, files and ddn.json follow :mod:`ddn.repository_contract`.
+All ONNX graphs are exported and verified in a staging folder before the first
+entry is moved into the repository (:mod:`ddn.export.repository`).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,16 +21,16 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ddn.codes import SEED_RULE
+from ddn.repository_contract import (CONFIG_FILE, GRAPH_KINDS, ONNX_FILE, ORT_PROVIDER_PARAMETER, ORT_THREADS_PARAMETER,
+                                     PLAN_FILE, PYTHON_MODEL_FILE, PYTHON_SUFFIX, TRT_SUFFIX, EntryDescription,
+                                     entry_name, write_description)
 from ddn.training.checkpoint import load_generator
 
 from .graphs import GeneratorGraph, build_graphs
 from .onnx_export import OPSET, export_onnx, verify_onnx
 from .repository import check_model_name, commit_entry, staging_folder
-from .triton_config import FORMAT, INSTANCE_KINDS, model_parameters, render_config, tensor_json
+from .triton_config import INSTANCE_KINDS, render_config
 
-GRAPH_KINDS = ("generate", "encode", "superres", "colorize", "inpaint")
-PYTHON_SUFFIX, TRT_SUFFIX = "_python", "_trt"
 PYTHON_MODEL_TEMPLATE = Path(__file__).with_name("triton_python_model.py")
 TRT_VERIFY_BATCHES = (1, 3)
 
@@ -47,10 +47,6 @@ class EntryReport:
     kind: str
     backend: str
     verification: dict = field(default_factory=dict)
-
-
-def entry_name(name: str, kind: str) -> str:
-    return name if kind == "generate" else f"{name}_{kind}"
 
 
 def sha256_file(path: Path) -> str:
@@ -98,40 +94,20 @@ class ModelExport:
                                   f"{self.generator.image_channels} channel(s)")
         return list(dict.fromkeys(requested))
 
-    def parameters(self, graph: GeneratorGraph) -> dict[str, str]:
-        g = self.generator
-        extra = {"ddn_superres_factor": str(graph.factor)} if graph.kind == "superres" else {}
-        return model_parameters(graph.kind, g.num_layers, g.branch_counts, g.image_size, g.image_channels, extra)
-
-    def description(self, graph: GeneratorGraph, backend: str, verification: dict) -> dict:
+    def description(self, graph: GeneratorGraph, backend: str, verification: dict) -> EntryDescription:
         """The ddn.json beside an entry's config."""
-        g = self.generator
-        h, w, c = graph.image_shape
-        info = {
-            "format": FORMAT,
-            "graph": graph.kind,
+        details = {
             "model": self.name,
             "version": self.version,
             "backend": backend,
-            "num_layers": g.num_layers,
-            "branch_counts": g.branch_counts,
-            "image_size": g.image_size,
-            "image_channels": g.image_channels,
-            "image_shape": [h, w, c],
-            "seed_rule": SEED_RULE,
             "checkpoint": {"file": self.checkpoint.name, "sha256": self.checkpoint_sha256},
-            "generator_config": g.config(),
-            "inputs": tensor_json(graph.inputs()),
-            "outputs": tensor_json(graph.outputs()),
-            "max_batch_size": self.max_batch,
+            "generator_config": self.generator.config(),
             "onnx": {"opset": OPSET, "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}"},
             "verification": verification,
         }
-        if graph.kind == "superres":
-            info["superres_factor"] = graph.factor
         if graph.kind == "inpaint":
-            info["mask"] = "uint8 [B, H, W, 1]; nonzero = known pixel, 0 = to fill"
-        return info
+            details["mask"] = "uint8 [B, H, W, 1]; nonzero = known pixel, 0 = to fill"
+        return EntryDescription(graph.layout(), tuple(graph.inputs()), tuple(graph.outputs()), self.max_batch, details)
 
     def _comment(self, graph: GeneratorGraph, backend: str) -> str:
         lines = [f"Written by ddn-export: graph {graph.kind!r} of {self.checkpoint.name} "
@@ -139,7 +115,7 @@ class ModelExport:
         if backend == "onnxruntime" and self.instance_kind == "KIND_GPU":
             lines += ["KIND_GPU: Triton refuses to load this entry on a host without a visible GPU",
                       "(\"has kind KIND_GPU but no GPUs are available\"). There, serve the python twin",
-                      f"{entry_name(self.name, graph.kind)}{PYTHON_SUFFIX} (ddn-serve does) or export with "
+                      f"{entry_name(self.name, graph.kind, PYTHON_SUFFIX)} (ddn-serve does) or export with "
                       "--instance-kind auto (GPU if present, else CPU)."]
         if backend == "python":
             lines += ["Python-backend twin: runs ../<entry>/<version>/model.onnx with ONNX Runtime",
@@ -150,11 +126,12 @@ class ModelExport:
     def _write_entry(self, folder: Path, graph: GeneratorGraph, backend: str, name: str | None,
                      instance_kind: str, verification: dict, extra_parameters: dict[str, str] | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        parameters = {**self.parameters(graph), **(extra_parameters or {})}
-        (folder / "config.pbtxt").write_text(render_config(
-            name=name, backend=backend, max_batch=self.max_batch, inputs=graph.inputs(), outputs=graph.outputs(),
-            parameters=parameters, instance_kind=instance_kind, comment=self._comment(graph, backend)))
-        (folder / "ddn.json").write_text(json.dumps(self.description(graph, backend, verification), indent=2) + "\n")
+        description = self.description(graph, backend, verification)
+        (folder / CONFIG_FILE).write_text(render_config(
+            name=name, backend=backend, max_batch=self.max_batch, inputs=description.inputs,
+            outputs=description.outputs, parameters={**description.layout.parameters(), **(extra_parameters or {})},
+            instance_kind=instance_kind, comment=self._comment(graph, backend)))
+        write_description(folder, description)
 
     # -- ONNX ------------------------------------------------------------------------
     def write_onnx(self, kinds: Sequence[str] | None = None,
@@ -171,23 +148,23 @@ class ModelExport:
             for kind in kinds:
                 graph, entry = self.graphs[kind], entry_name(self.name, kind)
                 step(entry)
-                onnx_path = staging / entry / v / "model.onnx"
+                onnx_path = staging / entry / v / ONNX_FILE
                 onnx_path.parent.mkdir(parents=True)
                 export_onnx(graph, onnx_path, self.max_batch)
                 verification = verify_onnx(graph, onnx_path)
                 self._write_entry(staging / entry, graph, "onnxruntime", entry, self.instance_kind, verification)
-                twin = staging / f"{entry}{PYTHON_SUFFIX}"
+                twin = staging / entry_name(self.name, kind, PYTHON_SUFFIX)
                 self._write_entry(twin, graph, "python", None, "KIND_CPU", verification,
-                                  {"ort_intra_op_threads": "0", "ort_execution_provider": "cpu"})
+                                  {ORT_THREADS_PARAMETER: "0", ORT_PROVIDER_PARAMETER: "cpu"})
                 (twin / v).mkdir()
-                shutil.copyfile(PYTHON_MODEL_TEMPLATE, twin / v / "model.py")
-                (twin / v / "model.onnx").symlink_to(Path("..", "..", entry, v, "model.onnx"))
+                shutil.copyfile(PYTHON_MODEL_TEMPLATE, twin / v / PYTHON_MODEL_FILE)
+                (twin / v / ONNX_FILE).symlink_to(Path("..", "..", entry, v, ONNX_FILE))
                 reports.append(EntryReport(entry, kind, "onnxruntime", verification))
             # Production entries first: each python twin's model.onnx links into one.
             for report in reports:
                 commit_entry(staging / report.entry, self.repository / report.entry, self.version)
             for report in reports:
-                twin = f"{report.entry}{PYTHON_SUFFIX}"
+                twin = entry_name(self.name, report.kind, PYTHON_SUFFIX)
                 commit_entry(staging / twin, self.repository / twin, self.version)
         return reports
 
@@ -209,16 +186,16 @@ class ModelExport:
         with staging_folder(self.repository) as staging:
             for kind in kinds:
                 graph, entry = self.graphs[kind], entry_name(self.name, kind)
-                step(f"{entry}{TRT_SUFFIX}")
-                onnx_path = self.repository / entry / v / "model.onnx"
+                step(entry_name(self.name, kind, TRT_SUFFIX))
+                onnx_path = self.repository / entry / v / ONNX_FILE
                 half = fp16 and kind == "generate"
                 plan = build_engine(onnx_path, self.max_batch, fp16=half, timing_cache=timing_cache)
                 names = [spec.name for spec in graph.inputs()]
                 examples = [dict(zip(names, graph.example_inputs(b, rng))) for b in (*TRT_VERIFY_BATCHES, self.max_batch)]
                 verification = verify_engine(plan, onnx_path, examples, fp16=half)
-                folder = staging / f"{entry}{TRT_SUFFIX}"
+                folder = staging / entry_name(self.name, kind, TRT_SUFFIX)
                 (folder / v).mkdir(parents=True)
-                (folder / v / "model.plan").write_bytes(plan)
+                (folder / v / PLAN_FILE).write_bytes(plan)
                 self._write_entry(folder, graph, "tensorrt", folder.name, "KIND_GPU", verification)
                 reports.append(EntryReport(folder.name, kind, "tensorrt", verification))
             for report in reports:

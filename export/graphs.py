@@ -17,13 +17,14 @@ Every graph is a static graph with a dynamic batch axis; argmin runs inside it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from ddn.repository_contract import GraphLayout, TensorSpec
 from ddn.training.ddl import area_resize
 from ddn.training.guidance import (Colorization, Condition, Inpainting, SuperResolution, TargetCondition,
                                    to_grayscale)
@@ -55,15 +56,6 @@ def _pixels(images: torch.Tensor) -> np.ndarray:
     return float_to_pixels(model_to_float(images)).numpy()
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output; ``shape`` is per sample (the batch axis is implicit)."""
-
-    name: str
-    dtype: np.dtype
-    shape: tuple[int, ...]
-
-
 class GeneratorGraph(nn.Module):
     """Base of the exported graphs: holds the generator and describes the graph's io."""
 
@@ -77,6 +69,11 @@ class GeneratorGraph(nn.Module):
     def image_shape(self) -> tuple[int, int, int]:
         g = self.generator
         return g.image_size, g.image_size, g.image_channels
+
+    def layout(self) -> GraphLayout:
+        """What the entry's config and ddn.json say about this graph."""
+        g = self.generator
+        return GraphLayout(self.kind, g.num_layers, tuple(g.branch_counts), g.image_size, g.image_channels)
 
     def inputs(self) -> list[TensorSpec]:
         raise NotImplementedError
@@ -147,6 +144,9 @@ class SuperResolutionGraph(GeneratorGraph):
         if factor < 1 or factor & (factor - 1) or size % factor:
             raise ValueError(f"super-resolution factor must be a power of two dividing the image size {size}, got {factor}")
         self.factor = factor
+
+    def layout(self) -> GraphLayout:
+        return dataclasses.replace(super().layout(), superres_factor=self.factor)
 
     def inputs(self) -> list[TensorSpec]:
         h, w, c = self.image_shape

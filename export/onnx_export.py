@@ -29,6 +29,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from ddn.repository_contract import onnxruntime_session
+
 from .graphs import GeneratorGraph
 
 OPSET = 18
@@ -68,20 +70,6 @@ def operator_counts(model: onnx.ModelProto) -> dict[str, int]:
     """Op type -> number of nodes in the main graph, most frequent first."""
     counts = collections.Counter(node.op_type for node in model.graph.node)
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
-
-
-def ort_session(path: Path | str | bytes, threads: int = 0,
-                providers: Sequence[str] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
-    """An ONNX Runtime session (CPU unless ``providers`` say otherwise) with all graph optimisations.
-
-    ``threads`` 0 means ORT's default.
-    """
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    source = str(path) if isinstance(path, Path) else path
-    return ort.InferenceSession(source, options, providers=list(providers))
 
 
 def torch_outputs(graph: GeneratorGraph, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -129,7 +117,7 @@ def verify_onnx(graph: GeneratorGraph, path: Path, batches: Sequence[int] = VERI
     actual_io = ([i.name for i in model.graph.input], [o.name for o in model.graph.output])
     if actual_io != expected_io:
         raise VerificationError(f"graph io is {actual_io}, expected {expected_io}")
-    session = ort_session(path)
+    session = onnxruntime_session(path)
     rng = np.random.default_rng(seed)
     max_errors: dict[str, float] = {}
     for batch in batches:

@@ -33,14 +33,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from ddn.repository_contract import CONFIG_FILE, DESCRIPTION_FILE, RepositoryError
+
 # Triton model names become folder names and URL path segments.
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
-ENTRY_FILES = ("config.pbtxt", "ddn.json")
-
-
-class RepositoryError(RuntimeError):
-    """The repository cannot be written (bad name, wrong filesystem, ...)."""
+ENTRY_FILES = (CONFIG_FILE, DESCRIPTION_FILE)
 
 
 def check_model_name(name: str) -> str:

@@ -18,7 +18,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .onnx_export import VerificationError, compare_outputs, ort_session
+from ddn.repository_contract import onnxruntime_session
+
+from .onnx_export import VerificationError, compare_outputs
 
 WORKSPACE_BYTES = 1 << 30
 
@@ -127,7 +129,7 @@ def verify_engine(plan: bytes, onnx_path: Path, example_inputs: Sequence[dict[st
     are allowed 0.05 on float outputs and 7 uint8 levels (about 0.05 in [-1, 1]).
     """
     runner = EngineRunner(plan)
-    session = ort_session(onnx_path)
+    session = onnxruntime_session(onnx_path)
     float_atol, levels = (0.05, 7) if fp16 else (1e-3, 1)
     max_errors: dict[str, float] = {}
     for inputs in example_inputs:

@@ -1,7 +1,8 @@
-"""config.pbtxt and ddn.json for the Triton model repository entries ``ddn-export`` writes.
+"""config.pbtxt for the Triton model repository entries ``ddn-export`` writes.
 
 Three kinds of entry share one io description, dynamic batching, warmup and
-``ddn_*`` parameters (so clients can validate codes from the model config alone):
+``ddn_*`` parameters (:class:`ddn.repository_contract.GraphLayout`, so clients
+can validate codes from the model config alone):
 
 * ``G``         ONNX Runtime backend (``platform: onnxruntime_onnx``), GPU instances by default;
 * ``G_python``  python backend running the same ONNX file with ONNX Runtime on the CPU,
@@ -23,14 +24,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ddn.codes import SEED_RULE
-
-from .graphs import TensorSpec
+from ddn.repository_contract import TensorSpec
 
 TRITON_TYPES = {np.dtype(np.uint8): "TYPE_UINT8", np.dtype(np.int32): "TYPE_INT32", np.dtype(np.float32): "TYPE_FP32"}
 INSTANCE_KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU", "auto": "KIND_AUTO"}
 MAX_QUEUE_DELAY_US = 500
-FORMAT = "ddn-export/1"
 
 
 def _quote(text: str) -> str:
@@ -50,21 +48,6 @@ def _tensors(specs: Sequence[TensorSpec]) -> str:
 def preferred_batch_sizes(max_batch: int) -> list[int]:
     """A quarter of the maximum and the maximum: sizes the scheduler waits to form."""
     return sorted({max(1, max_batch // 4), max_batch})
-
-
-def model_parameters(graph_kind: str, num_layers: int, branch_counts: Sequence[int], image_size: int,
-                     image_channels: int, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The ``parameters`` of every entry: what a client needs to validate requests."""
-    params = {
-        "ddn_graph": graph_kind,
-        "ddn_num_layers": str(num_layers),
-        "ddn_branch_counts": ",".join(str(int(k)) for k in branch_counts),
-        "ddn_image_size": str(image_size),
-        "ddn_image_channels": str(image_channels),
-        "ddn_seed_rule": SEED_RULE,
-    }
-    params.update(extra or {})
-    return params
 
 
 def render_config(*, name: str | None, backend: str, max_batch: int, inputs: Sequence[TensorSpec],
@@ -100,8 +83,3 @@ def render_config(*, name: str | None, backend: str, max_batch: int, inputs: Seq
     for key, value in parameters.items():
         lines.append(f"parameters {{ key: {_quote(key)} value: {{ string_value: {_quote(value)} }} }}")
     return "\n".join(lines) + "\n"
-
-
-def tensor_json(specs: Sequence[TensorSpec]) -> list[dict]:
-    """io for ddn.json; shapes include the batch axis as -1."""
-    return [{"name": s.name, "dtype": s.dtype.name, "shape": [-1, *map(int, s.shape)]} for s in specs]

@@ -3,8 +3,12 @@
 ``ddn-export`` copies this file verbatim to ``<G>_python/<version>/model.py``.
 The version folder also holds ``model.onnx``, a relative link to
 ``../../<G>/<version>/model.onnx`` (the production entry's file), so both
-entries always run the same graph. Tensor names, dtypes and shapes come from
-the model config, which Triton has already checked every request against.
+entries always run the same graph. The session comes from
+:func:`ddn.repository_contract.onnxruntime_session`, as ddn-generate's does, so
+both run the same kernels; the server's Python therefore needs the ``ddn``
+package installed (this import needs numpy and onnxruntime, not torch).
+Tensor names, dtypes and shapes come from the model config, which Triton has
+already checked every request against.
 
 Config parameters:
 
@@ -20,44 +24,19 @@ import json
 import os
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-# Each choice's providers, fastest first; ONNX Runtime places the nodes a provider
-# cannot run on the next one.
-PROVIDERS = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-}
-
-
-def session_providers(choice):
-    """The provider list for ``choice``; raises ValueError if this ONNX Runtime cannot run it."""
-    if choice not in PROVIDERS:
-        raise ValueError(f"ort_execution_provider must be one of {sorted(PROVIDERS)}, got {choice!r}")
-    if choice != "cpu" and hasattr(ort, "preload_dlls"):
-        # onnxruntime-gpu finds the CUDA and cuDNN libraries of the nvidia-* wheels only once
-        # they are loaded; this stub process has not imported torch, which would load them.
-        ort.preload_dlls()
-    missing = [p for p in PROVIDERS[choice] if p not in ort.get_available_providers()]
-    if missing:
-        raise ValueError(f"ort_execution_provider {choice!r} needs {', '.join(missing)}, which this onnxruntime "
-                         f"{ort.__version__} lacks (it has {', '.join(ort.get_available_providers())}); "
-                         "on a GPU host install onnxruntime-gpu in place of onnxruntime")
-    return PROVIDERS[choice]
+from ddn.repository_contract import (ONNX_FILE, ORT_PROVIDER_PARAMETER, ORT_THREADS_PARAMETER, execution_providers,
+                                     onnxruntime_session)
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = int(parameters.get("ort_intra_op_threads", "0"))
-        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
-        providers = session_providers(parameters.get("ort_execution_provider", "cpu"))
-        self.session = ort.InferenceSession(path, options, providers=providers)
+        path = os.path.join(args["model_repository"], args["model_version"], ONNX_FILE)
+        providers = execution_providers(parameters.get(ORT_PROVIDER_PARAMETER, "cpu"))
+        self.session = onnxruntime_session(path, int(parameters.get(ORT_THREADS_PARAMETER, "0")), providers)
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
 

@@ -5,9 +5,9 @@
     codes = client.encode(images)                       # int32 [16, L]
     out = client.conditional("superres", low_res=small) # {"images": ..., "codes": ...}
 
-The client reads the model's config (``ddn_*`` parameters, max_batch_size) and
-metadata (input/output names, dtypes, shapes) once, checks every request
-against them before it leaves the process (codes through
+The client reads the model's config (``ddn_*`` parameters, see
+:class:`ddn.repository_contract.GraphLayout`; max_batch_size) and metadata
+(input/output names, dtypes, shapes) once and checks every request against them before it leaves the process (codes through
 :func:`ddn.codes.validate_codes`), splits requests larger than the model's
 max batch size into chunks that run concurrently (at most ``concurrency`` in
 flight) and puts the results back together in request order. Failures raise
@@ -24,17 +24,11 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
 from ddn.codes import codes_from_seed, validate_codes
+from ddn.repository_contract import GraphLayout, RepositoryError, TensorSpec, entry_name
 
 
 class ServingError(RuntimeError):
     """A request the server or the client refused, or a server that cannot be reached."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: np.dtype
-    shape: tuple[int, ...]  # per-sample shape (batch axis removed); -1 is a free axis
 
 
 @dataclass(frozen=True)
@@ -48,23 +42,12 @@ class ModelInfo:
     parameters: Mapping[str, str]
 
     @property
-    def num_layers(self) -> int:
-        return int(self._parameter("ddn_num_layers"))
-
-    @property
-    def branch_counts(self) -> list[int]:
-        return [int(k) for k in self._parameter("ddn_branch_counts").split(",")]
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        size = int(self._parameter("ddn_image_size"))
-        return size, size, int(self._parameter("ddn_image_channels"))
-
-    def _parameter(self, key: str) -> str:
-        if key not in self.parameters:
-            raise ServingError(f"model {self.name!r} has no parameter {key!r} in its config; "
-                               "was it written by ddn-export?")
-        return self.parameters[key]
+    def layout(self) -> GraphLayout:
+        """L, K per layer and image shape, from the config's ``ddn_*`` parameters."""
+        try:
+            return GraphLayout.from_parameters(self.parameters)
+        except RepositoryError as exc:
+            raise ServingError(f"model {self.name!r} has {exc}") from None
 
 
 def _one_line(exc: InferenceServerException) -> str:
@@ -117,10 +100,14 @@ class DDNClient:
         self.info = self.model_info(self.graph("generate"))
 
     # -- model discovery ---------------------------------------------------------
+    @property
+    def layout(self) -> GraphLayout:
+        """The generation graph's L, K per layer and image shape."""
+        return self.info.layout
+
     def graph(self, kind: str) -> str:
         """The served name of one of this model's graphs (ddn-export's naming)."""
-        base = self.model if kind == "generate" else f"{self.model}_{kind}"
-        return base + self.variant
+        return entry_name(self.model, kind, self.variant)
 
     def available_models(self) -> list[str]:
         """Names of the models the server has loaded and ready."""
@@ -154,7 +141,8 @@ class DDNClient:
     # -- DDN operations ------------------------------------------------------------
     def codes_for_seeds(self, seeds: int | Sequence[int]) -> np.ndarray:
         """The codes [B, L] the project's seed rule gives for ``seeds`` on this model."""
-        return codes_from_seed(seeds, self.info.num_layers, self.info.branch_counts)
+        layout = self.layout
+        return codes_from_seed(seeds, layout.num_layers, layout.branch_counts)
 
     def generate(self, seeds: int | Sequence[int] | None = None, codes: np.ndarray | None = None,
                  output: str = "images") -> np.ndarray:
@@ -168,8 +156,9 @@ class DDNClient:
         if seeds is not None:
             codes = self.codes_for_seeds(seeds)
         else:
+            layout = self.layout
             try:
-                codes = validate_codes(codes, self.info.num_layers, self.info.branch_counts)
+                codes = validate_codes(codes, layout.num_layers, layout.branch_counts)
             except ValueError as exc:
                 raise ServingError(f"{self.info.name}: {exc}") from None
         return self.infer(self.info.name, {"codes": codes}, [output])[output]

@@ -23,18 +23,15 @@ from typing import Callable, Iterator
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-PYTHON_SUFFIX = "_python"
+from ddn.repository_contract import (CONFIG_FILE, ORT_PROVIDER_PARAMETER, ORT_THREADS_PARAMETER, RepositoryError,
+                                     served_name)
 
 ConfigEdit = Callable[[model_config_pb2.ModelConfig], None]
 
 
-class RepositoryError(ValueError):
-    """A model repository that is missing or has nothing this server can run."""
-
-
 def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
     """Parse ``model_dir/config.pbtxt`` (protobuf text format) or raise RepositoryError naming the file."""
-    path = model_dir / "config.pbtxt"
+    path = model_dir / CONFIG_FILE
     try:
         return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
     except (OSError, text_format.ParseError) as exc:
@@ -51,14 +48,14 @@ def python_entries(repository: str | Path) -> dict[str, Path]:
     if not root.is_dir():
         raise RepositoryError(f"model repository not found: {root}")
     entries: dict[str, Path] = {}
-    for model_dir in sorted(p for p in root.iterdir() if (p / "config.pbtxt").is_file()):
+    for model_dir in sorted(p for p in root.iterdir() if (p / CONFIG_FILE).is_file()):
         config = read_config(model_dir)
         if config.backend != "python":
             continue
-        name = model_dir.name.removesuffix(PYTHON_SUFFIX) if model_dir.name.endswith(PYTHON_SUFFIX) else model_dir.name
+        name = served_name(model_dir.name)
         if config.name and config.name != name:
             raise RepositoryError(
-                f"{model_dir / 'config.pbtxt'} sets name {config.name!r}; a CPU view serves it as {name!r}, "
+                f"{model_dir / CONFIG_FILE} sets name {config.name!r}; a CPU view serves it as {name!r}, "
                 "so the config must not set a name (Triton then takes it from the directory)")
         if name in entries:
             raise RepositoryError(f"two python-backend entries would both be served as {name!r}: "
@@ -90,11 +87,11 @@ def build_cpu_view(repository: str | Path, view: str | Path, edit: ConfigEdit | 
             continue
         target.mkdir()
         for item in source.iterdir():
-            if item.name != "config.pbtxt":
+            if item.name != CONFIG_FILE:
                 (target / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
         config = read_config(source)
         edit(config)
-        (target / "config.pbtxt").write_text(text_format.MessageToString(config))
+        (target / CONFIG_FILE).write_text(text_format.MessageToString(config))
     return entries
 
 
@@ -122,9 +119,9 @@ def cpu_settings(instances: int | None = None, ort_threads: int | None = None, m
             del config.instance_group[:]
             config.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_CPU, count=instances)
         if ort_threads is not None:
-            config.parameters["ort_intra_op_threads"].string_value = str(ort_threads)
+            config.parameters[ORT_THREADS_PARAMETER].string_value = str(ort_threads)
         if ort_provider is not None:
-            config.parameters["ort_execution_provider"].string_value = ort_provider
+            config.parameters[ORT_PROVIDER_PARAMETER].string_value = ort_provider
         if max_queue_delay_us is not None and config.HasField("dynamic_batching"):
             config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
         if not dynamic_batching:

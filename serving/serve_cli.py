@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from ddn.serving.repository_view import RepositoryError, cpu_repository_view, cpu_settings
+from ddn.repository_contract import EXECUTION_PROVIDERS, RepositoryError
+from ddn.serving.repository_view import cpu_repository_view, cpu_settings
 from ddn.serving.triton_server import TritonServer
 
 
@@ -23,7 +24,7 @@ from ddn.serving.triton_server import TritonServer
               help="Model instances per graph (default: as exported, 1); one per core suits a CPU host.")
 @click.option("--ort-threads", type=click.IntRange(min=0),
               help="ONNX Runtime threads per instance (default: as exported, 0 = one per core).")
-@click.option("--ort-provider", type=click.Choice(["cpu", "cuda", "tensorrt"]),
+@click.option("--ort-provider", type=click.Choice(list(EXECUTION_PROVIDERS)),
               help="ONNX Runtime execution provider of every instance (default: as exported, cpu); "
                    "cuda and tensorrt run on a GPU and need onnxruntime-gpu.")
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0),

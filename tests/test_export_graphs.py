@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from ddn.export.graphs import GenerateGraph
-from ddn.export.onnx_export import EXPORT_BATCH, export_onnx, operator_counts, ort_session, verify_onnx
+from ddn.export.onnx_export import EXPORT_BATCH, export_onnx, operator_counts, verify_onnx
+from ddn.repository_contract import onnxruntime_session
 from ddn.images import to_uint8
 from ddn.training.networks import RecurrenceGenerator, SingleShotGenerator
 
@@ -21,7 +22,7 @@ def exported(request, tmp_path_factory):
     model = GENERATORS[request.param]().eval()
     path = tmp_path_factory.mktemp(request.param) / "model.onnx"
     export_onnx(GenerateGraph(model), path, max_batch=64)
-    return model, path, ort_session(path)
+    return model, path, onnxruntime_session(path)
 
 
 def run(session, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ddn.export.graphs import build_graphs, float_to_pixels, model_to_float, pixels_to_model
-from ddn.export.onnx_export import export_onnx, ort_session
+from ddn.export.onnx_export import export_onnx
+from ddn.repository_contract import onnxruntime_session
 from ddn.training.guidance import Colorization, Inpainting, SuperResolution
 from ddn.training.networks import SingleShotGenerator
 
@@ -25,7 +26,7 @@ def sessions(model, tmp_path_factory):
     out = {}
     for kind in ("generate", "encode", "superres", "colorize", "inpaint"):
         export_onnx(graphs[kind], folder / f"{kind}.onnx", max_batch=16)
-        out[kind] = ort_session(folder / f"{kind}.onnx")
+        out[kind] = onnxruntime_session(folder / f"{kind}.onnx")
     return out
 
 

@@ -8,7 +8,8 @@ from click.testing import CliRunner
 
 from ddn.export.cli import main
 from ddn.export.graphs import GenerateGraph
-from ddn.export.onnx_export import export_onnx, ort_session
+from ddn.export.onnx_export import export_onnx
+from ddn.repository_contract import onnxruntime_session
 from ddn.export.tensorrt_build import EngineRunner, build_engine, missing_requirements, verify_engine
 from ddn.training.checkpoint import save_checkpoint
 from ddn.training.networks import RecurrenceGenerator, SingleShotGenerator
@@ -47,7 +48,7 @@ def test_engine_clamps_out_of_range_codes(generate_onnx):
     codes = np.random.default_rng(1).integers(0, 8, (3, model.num_layers)).astype(np.int32)
     codes[0, 0], codes[1, 1], codes[2, 2] = 8, -1, 10 ** 6
     out = runner({"codes": codes})
-    want = ort_session(path).run(["images_float"], {"codes": np.clip(codes, 0, 7)})[0]
+    want = onnxruntime_session(path).run(["images_float"], {"codes": np.clip(codes, 0, 7)})[0]
     np.testing.assert_allclose(out["images_float"], want, atol=1e-3)
 
 

@@ -25,16 +25,20 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from ddn.codes import codes_from_seed  # noqa: E402
 from ddn.export.exporter import ModelExport  # noqa: E402
+from ddn.export.graphs import build_graphs  # noqa: E402
+from ddn.repository_contract import (ORT_PROVIDER_PARAMETER, PYTHON_SUFFIX, GraphLayout, entry_name,  # noqa: E402
+                                     onnxruntime_session, read_description)
 from ddn.serving.client import DDNClient, ServingError  # noqa: E402
 from ddn.serving.generate_cli import main as generate_main  # noqa: E402
 from ddn.serving.onnx_model import OnnxModel  # noqa: E402
-from ddn.serving.repository_view import cpu_repository_view, cpu_settings, read_config  # noqa: E402
+from ddn.serving.repository_view import cpu_repository_view, cpu_settings, python_entries, read_config  # noqa: E402
 from ddn.serving.triton_server import TritonServer, _free_ports  # noqa: E402
-from ddn.training.checkpoint import save_checkpoint  # noqa: E402
+from ddn.training.checkpoint import load_generator, save_checkpoint  # noqa: E402
 from ddn.training.networks import SingleShotGenerator  # noqa: E402
 
 NAME = "tiny"
 MAX_BATCH = 8
+KINDS = ("generate", "encode", "inpaint")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +48,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     checkpoint = folder / "tiny.safetensors"
     save_checkpoint(checkpoint, SingleShotGenerator(image_size=8, channels=16, k=8))
     repository = folder / "model_repository"
-    ModelExport(checkpoint, NAME, repository, max_batch=MAX_BATCH).write_onnx(["generate", "encode", "inpaint"])
+    ModelExport(checkpoint, NAME, repository, max_batch=MAX_BATCH).write_onnx(KINDS)
     return repository
 
 
@@ -79,14 +83,44 @@ def assert_still_serving(client: DDNClient, local: OnnxModel) -> None:
 
 def test_served_names_and_parameters(client: DDNClient) -> None:
     assert client.available_models() == [NAME, f"{NAME}_encode", f"{NAME}_inpaint"]
-    info = client.info
-    assert (info.num_layers, info.branch_counts, info.image_shape) == (8, [8] * 8, (8, 8, 1))
-    assert info.max_batch_size == MAX_BATCH
+    layout = client.layout
+    assert (layout.num_layers, layout.branch_counts, layout.image_shape) == (8, (8,) * 8, (8, 8, 1))
+    assert client.info.max_batch_size == MAX_BATCH
+
+
+def test_every_reader_reads_back_what_the_exporter_wrote(repository: Path, client: DDNClient,
+                                                        local: OnnxModel) -> None:
+    """ddn.json, config.pbtxt, the CPU view, the local runner, the Triton client and the twin's model.py."""
+    model = load_generator(repository.parent / "tiny.safetensors")
+    graphs = build_graphs(model)
+    for kind in KINDS:
+        layout = GraphLayout(kind, model.num_layers, tuple(model.branch_counts), model.image_size,
+                             model.image_channels)
+        io = (tuple(graphs[kind].inputs()), tuple(graphs[kind].outputs()))
+        for entry in (entry_name(NAME, kind), entry_name(NAME, kind, PYTHON_SUFFIX)):
+            description = read_description(repository / entry)
+            assert (description.layout, description.max_batch_size) == (layout, MAX_BATCH)
+            assert (description.inputs, description.outputs) == io
+            config = read_config(repository / entry)
+            assert GraphLayout.from_parameters({k: v.string_value for k, v in config.parameters.items()}) == layout
+            assert config.max_batch_size == MAX_BATCH
+            assert [(t.name, tuple(t.dims)) for t in config.input] == [(s.name, s.shape) for s in io[0]]
+        info = client.model_info(client.graph(kind))
+        assert (info.layout, info.max_batch_size, (info.inputs, info.outputs)) == (layout, MAX_BATCH, io)
+    assert python_entries(repository) == {entry_name(NAME, kind): repository / entry_name(NAME, kind, PYTHON_SUFFIX)
+                                          for kind in KINDS}
+    # The local runner takes its layout from ddn.json; the twin behind the client runs the same
+    # session settings: 2 * MAX_BATCH + 3 codes, served in batches of MAX_BATCH, match one whole-batch run.
+    assert local.layout == client.layout
+    codes = local.codes_for_seeds(range(2 * MAX_BATCH + 3))
+    whole = onnxruntime_session(repository / NAME / "1" / "model.onnx").run(["images"], {"codes": codes})[0]
+    np.testing.assert_array_equal(local.generate(codes=codes), whole)
+    np.testing.assert_array_equal(client.generate(codes=codes), whole)
 
 
 def test_twins_are_exported_on_the_cpu_provider(repository: Path) -> None:
-    config = read_config(repository / f"{NAME}_python")
-    assert config.parameters["ort_execution_provider"].string_value == "cpu"
+    config = read_config(repository / entry_name(NAME, "generate", PYTHON_SUFFIX))
+    assert config.parameters[ORT_PROVIDER_PARAMETER].string_value == "cpu"
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),
@@ -250,8 +284,8 @@ def test_ddn_generate_explains_a_missing_source(tmp_path: Path) -> None:
 
 
 def test_serving_clients_do_not_import_torch() -> None:
-    code = ("import sys, ddn.serving.client, ddn.serving.generate_cli, ddn.serving.onnx_model, "
-            "ddn.serving.repository_view; print('torch' in sys.modules)")
+    code = ("import sys, ddn.repository_contract, ddn.serving.client, ddn.serving.generate_cli, "
+            "ddn.serving.onnx_model, ddn.serving.repository_view; print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 

@@ -1,0 +1,232 @@
+"""What an entry of a ``ddn-export`` model repository holds: the one contract its writer and readers share.
+
+    <repository>/<entry>/config.pbtxt          Triton's config; its ``ddn_*`` parameters are a GraphLayout
+    <repository>/<entry>/ddn.json              EntryDescription: the layout, io, batch limit, provenance
+    <repository>/<entry>/<version>/model.onnx  (model.plan for TensorRT, model.py for the python twin)
+
+Graph kind ``generate`` of model NAME is the entry NAME, every other kind
+``NAME_<kind>``; the python-backend twin of an entry is ``<entry>_python``
+(served under the entry's own name by a CPU view), its TensorRT engine
+``<entry>_trt``. ``ddn.export`` writes through this module; ``ddn.serving``
+and the twin's model.py read through it. Only numpy is imported (ONNX Runtime
+when a session is opened): Triton clients import this without torch.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from ddn.codes import SEED_RULE
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+GRAPH_KINDS = ("generate", "encode", "superres", "colorize", "inpaint")
+PYTHON_SUFFIX = "_python"
+TRT_SUFFIX = "_trt"
+CONFIG_FILE = "config.pbtxt"
+DESCRIPTION_FILE = "ddn.json"
+ONNX_FILE = "model.onnx"
+PLAN_FILE = "model.plan"
+PYTHON_MODEL_FILE = "model.py"
+FORMAT = "ddn-export/1"
+# Config parameters of the python twin: ONNX Runtime threads per instance (0 = one per physical core)
+# and its execution provider, a key of EXECUTION_PROVIDERS.
+ORT_THREADS_PARAMETER = "ort_intra_op_threads"
+ORT_PROVIDER_PARAMETER = "ort_execution_provider"
+# Each choice's ONNX Runtime providers, fastest first; ORT places the nodes a provider cannot run on the next one.
+EXECUTION_PROVIDERS = {
+    "cpu": ("CPUExecutionProvider",),
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+
+
+class RepositoryError(ValueError):
+    """A model repository or entry that is missing, malformed, or cannot be written as asked."""
+
+
+def entry_name(model: str, kind: str, variant: str = "") -> str:
+    """The entry of graph ``kind`` of ``model``; ``variant`` is a suffix such as TRT_SUFFIX."""
+    return (model if kind == "generate" else f"{model}_{kind}") + variant
+
+
+def served_name(entry: str) -> str:
+    """The name a CPU view serves an entry under: a python twin takes its production entry's name."""
+    return entry.removesuffix(PYTHON_SUFFIX)
+
+
+def latest_version(entry_dir: Path) -> Path:
+    """The highest numbered version folder of an entry."""
+    versions = [p for p in entry_dir.iterdir() if p.is_dir() and p.name.isdigit()] if entry_dir.is_dir() else []
+    if not versions:
+        raise RepositoryError(f"no version folder (1/, 2/, ...) in {entry_dir}")
+    return max(versions, key=lambda p: int(p.name))
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output; ``shape`` is per sample (the batch axis is implicit), -1 a free axis."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """ddn.json's form: the shape includes the batch axis as -1."""
+        return {"name": self.name, "dtype": self.dtype.name, "shape": [-1, *map(int, self.shape)]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
+        return cls(data["name"], np.dtype(data["dtype"]), tuple(int(d) for d in data["shape"][1:]))
+
+
+@dataclass(frozen=True)
+class GraphLayout:
+    """What a client needs to build and check requests: the graph, L, K per layer, the image shape.
+
+    Written twice into every entry, as the config's ``ddn_*`` parameters (what a
+    Triton client sees) and into ddn.json (what a local reader sees).
+    """
+
+    graph: str
+    num_layers: int
+    branch_counts: tuple[int, ...]
+    image_size: int
+    image_channels: int
+    superres_factor: int | None = None  # the superres graph's low-res factor
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.image_size, self.image_size, self.image_channels
+
+    def parameters(self) -> dict[str, str]:
+        """The ``ddn_*`` config parameters."""
+        params = {
+            "ddn_graph": self.graph,
+            "ddn_num_layers": str(self.num_layers),
+            "ddn_branch_counts": ",".join(str(int(k)) for k in self.branch_counts),
+            "ddn_image_size": str(self.image_size),
+            "ddn_image_channels": str(self.image_channels),
+            "ddn_seed_rule": SEED_RULE,
+        }
+        if self.superres_factor is not None:
+            params["ddn_superres_factor"] = str(self.superres_factor)
+        return params
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, str]) -> GraphLayout:
+        """The layout in a config's parameters; RepositoryError naming a missing one."""
+        missing = [key for key in ("ddn_graph", "ddn_num_layers", "ddn_branch_counts", "ddn_image_size",
+                                   "ddn_image_channels") if key not in parameters]
+        if missing:
+            raise RepositoryError(f"no parameter {missing[0]!r} in its config; was it written by ddn-export?")
+        factor = parameters.get("ddn_superres_factor")
+        return cls(parameters["ddn_graph"], int(parameters["ddn_num_layers"]),
+                   tuple(int(k) for k in parameters["ddn_branch_counts"].split(",")),
+                   int(parameters["ddn_image_size"]), int(parameters["ddn_image_channels"]),
+                   None if factor is None else int(factor))
+
+    def to_json(self) -> dict[str, Any]:
+        data = {"graph": self.graph, "num_layers": self.num_layers, "branch_counts": list(self.branch_counts),
+                "image_size": self.image_size, "image_channels": self.image_channels,
+                "image_shape": list(self.image_shape), "seed_rule": SEED_RULE}
+        if self.superres_factor is not None:
+            data["superres_factor"] = self.superres_factor
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GraphLayout:
+        return cls(data["graph"], int(data["num_layers"]), tuple(int(k) for k in data["branch_counts"]),
+                   int(data["image_size"]), int(data["image_channels"]), data.get("superres_factor"))
+
+
+@dataclass(frozen=True)
+class EntryDescription:
+    """An entry's ddn.json: its layout, io and batch limit, plus ``details`` for people (provenance, checks)."""
+
+    layout: GraphLayout
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, **self.layout.to_json(), "inputs": [s.to_json() for s in self.inputs],
+                "outputs": [s.to_json() for s in self.outputs], "max_batch_size": self.max_batch_size,
+                **self.details}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EntryDescription:
+        layout = GraphLayout.from_json(data)
+        read = {"format", "inputs", "outputs", "max_batch_size", *layout.to_json()}
+        return cls(layout, tuple(map(TensorSpec.from_json, data["inputs"])),
+                   tuple(map(TensorSpec.from_json, data["outputs"])), int(data["max_batch_size"]),
+                   {key: value for key, value in data.items() if key not in read})
+
+
+def write_description(entry_dir: Path, description: EntryDescription) -> None:
+    (entry_dir / DESCRIPTION_FILE).write_text(json.dumps(description.to_json(), indent=2) + "\n")
+
+
+def read_description(entry_dir: Path) -> EntryDescription:
+    """The ddn.json of an entry; RepositoryError naming the file if it is missing or not ddn-export's."""
+    path = entry_dir / DESCRIPTION_FILE
+    if not path.is_file():
+        raise RepositoryError(f"{path} not found: ddn-export writes it beside an entry's version folders")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RepositoryError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else None
+        raise RepositoryError(f"{path} is not a ddn-export description (format {found!r}, expected {FORMAT!r})")
+    try:
+        return EntryDescription.from_json(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RepositoryError(f"{path} is incomplete or malformed: {type(exc).__name__}: {exc}") from None
+
+
+def execution_providers(choice: str) -> tuple[str, ...]:
+    """The providers of an EXECUTION_PROVIDERS choice; ValueError if this ONNX Runtime cannot run them.
+
+    ONNX Runtime itself would fall back to the CPU silently; a twin asked for
+    the GPU should fail its load instead, naming what is missing.
+    """
+    import onnxruntime as ort
+
+    if choice not in EXECUTION_PROVIDERS:
+        raise ValueError(f"{ORT_PROVIDER_PARAMETER} must be one of {sorted(EXECUTION_PROVIDERS)}, got {choice!r}")
+    if choice != "cpu" and hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu finds the CUDA and cuDNN libraries of the nvidia-* wheels only once
+        # they are loaded; a process that has not imported torch has not loaded them.
+        ort.preload_dlls()
+    missing = [p for p in EXECUTION_PROVIDERS[choice] if p not in ort.get_available_providers()]
+    if missing:
+        raise ValueError(f"{ORT_PROVIDER_PARAMETER} {choice!r} needs {', '.join(missing)}, which this onnxruntime "
+                         f"{ort.__version__} lacks (it has {', '.join(ort.get_available_providers())}); "
+                         "on a GPU host install onnxruntime-gpu in place of onnxruntime")
+    return EXECUTION_PROVIDERS[choice]
+
+
+def onnxruntime_session(model: str | Path | bytes, threads: int = 0,
+                        providers: Sequence[str] = EXECUTION_PROVIDERS["cpu"]) -> onnxruntime.InferenceSession:
+    """An ONNX Runtime session with every graph optimisation; ``threads`` 0 means ORT's default.
+
+    Everything that runs an exported graph opens it here (the python twin,
+    ddn-generate, the exporter's checks), so all of them run the same kernels
+    and a seed gives the same bytes everywhere. CPU unless ``providers`` say
+    otherwise (see :func:`execution_providers`).
+    """
+    import onnxruntime as ort  # here, not above: a Triton client needs the names, not ONNX Runtime
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # errors only
+    source = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(source, options, providers=list(providers))
