@@ -5,9 +5,10 @@
     codes = client.encode(images)                       # int32 [16, L]
     out = client.conditional("superres", low_res=small) # {"images": ..., "codes": ...}
 
-The client reads the model's config (``ddn_*`` parameters, see
-:class:`ddn.repository_contract.GraphLayout`; max_batch_size) and metadata
-(input/output names, dtypes, shapes) once and checks every request against them before it leaves the process (codes through
+Constructing a client talks to nobody. On first use of a model it reads the
+model's config (``ddn_*`` parameters, see :class:`ddn.repository_contract.GraphLayout`;
+max_batch_size) and metadata (input/output names, dtypes, shapes) once; it
+checks every request against them before it leaves the process (codes through
 :func:`ddn.codes.validate_codes`), splits requests larger than the model's
 max batch size into chunks that run concurrently (at most ``concurrency`` in
 flight) and puts the results back together in request order. Failures raise
@@ -25,6 +26,9 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype, tri
 
 from ddn.codes import codes_from_seed, validate_codes
 from ddn.repository_contract import GraphLayout, RepositoryError, TensorSpec, entry_name
+
+# gRPC status of a call that never reached a server (nothing listening, or no answer in time).
+_UNREACHABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
 
 
 class ServingError(RuntimeError):
@@ -71,7 +75,9 @@ class DDNClient:
     by suffix, e.g. ``"_trt"`` for the TensorRT entries (``<model>_trt``,
     ``<model>_encode_trt``) on a GPU server. ``batch_size`` caps the rows per
     request (default: the model's max_batch_size); ``concurrency`` bounds
-    requests in flight.
+    requests in flight. ``timeout_s`` bounds each inference request,
+    ``connect_timeout_s`` each call that reads the server's models (the first
+    of them is where an unreachable server shows).
     """
 
     def __init__(self, url: str = "localhost:8001", model: str = "ddn", concurrency: int = 8,
@@ -87,19 +93,16 @@ class DDNClient:
         self.concurrency = concurrency
         self.batch_size = batch_size
         self.timeout_s = timeout_s
-        self._client = grpcclient.InferenceServerClient(_strip_scheme(url))
+        self.connect_timeout_s = connect_timeout_s
+        self._client = grpcclient.InferenceServerClient(_strip_scheme(url))  # connects on the first call
         self._infos: dict[str, ModelInfo] = {}
-        try:
-            live = self._client.is_server_live(client_timeout=connect_timeout_s)
-        except InferenceServerException as exc:
-            self._client.close()
-            raise ServingError(f"cannot reach the Triton server at {url} (gRPC): {_one_line(exc)}") from None
-        if not live:
-            self._client.close()
-            raise ServingError(f"the Triton server at {url} is not live")
-        self.info = self.model_info(self.graph("generate"))
 
     # -- model discovery ---------------------------------------------------------
+    @property
+    def info(self) -> ModelInfo:
+        """The generation graph's config and metadata (read from the server on first use)."""
+        return self.model_info(self.graph("generate"))
+
     @property
     def layout(self) -> GraphLayout:
         """The generation graph's L, K per layer and image shape."""
@@ -111,7 +114,8 @@ class DDNClient:
 
     def available_models(self) -> list[str]:
         """Names of the models the server has loaded and ready."""
-        index = self._call(lambda: self._client.get_model_repository_index(as_json=True), "list models")
+        index = self._call(lambda: self._client.get_model_repository_index(
+            as_json=True, client_timeout=self.connect_timeout_s), "list models")
         return sorted(m["name"] for m in index.get("models", []) if m.get("state") == "READY")
 
     def model_info(self, name: str) -> ModelInfo:
@@ -122,9 +126,10 @@ class DDNClient:
         if name not in available:
             raise ServingError(f"model {name!r} is not served by {self.url}; available models: "
                                f"{', '.join(available) or '(none)'}")
-        config = self._call(lambda: self._client.get_model_config(name, as_json=True),
-                            f"read config of {name!r}")["config"]
-        meta = self._call(lambda: self._client.get_model_metadata(name, as_json=True), f"read metadata of {name!r}")
+        config = self._call(lambda: self._client.get_model_config(
+            name, as_json=True, client_timeout=self.connect_timeout_s), f"read config of {name!r}")["config"]
+        meta = self._call(lambda: self._client.get_model_metadata(
+            name, as_json=True, client_timeout=self.connect_timeout_s), f"read metadata of {name!r}")
         batched = int(config.get("max_batch_size", 0)) > 0
 
         def specs(entries: Iterable[dict]) -> tuple[TensorSpec, ...]:
@@ -272,6 +277,8 @@ class DDNClient:
         try:
             return fn()
         except InferenceServerException as exc:
+            if exc.status() in _UNREACHABLE:
+                raise ServingError(f"cannot reach the Triton server at {self.url} (gRPC): {_one_line(exc)}") from None
             raise ServingError(f"{self.url}: could not {what}: {_one_line(exc)}") from None
 
     # -- lifetime ------------------------------------------------------------------------

@@ -180,16 +180,18 @@ def test_out_of_range_codes_are_clamped_by_the_graph(server: TritonServer, clien
 
 
 def test_unknown_model_lists_the_served_ones(server: TritonServer, client: DDNClient) -> None:
-    with pytest.raises(ServingError, match=r"model 'nope' is not served by .*; available models: tiny, tiny_encode"):
-        DDNClient(server.grpc_url, model="nope")
+    with DDNClient(server.grpc_url, model="nope") as unknown, pytest.raises(
+            ServingError, match=r"model 'nope' is not served by .*; available models: tiny, tiny_encode"):
+        unknown.generate(seeds=[0])
     with pytest.raises(ServingError, match="'tiny_colorize' is not served"):
         client.conditional("colorize", gray=np.zeros((1, 8, 8, 1), np.uint8))
 
 
-def test_unreachable_server_names_the_url() -> None:
+def test_client_connects_on_first_use_and_names_an_unreachable_url() -> None:
     url = f"127.0.0.1:{_free_ports('127.0.0.1', 1)[0]}"
-    with pytest.raises(ServingError, match=f"cannot reach the Triton server at {url}"):
-        DDNClient(url, model=NAME, connect_timeout_s=2)
+    with DDNClient(url, model=NAME, connect_timeout_s=2) as unreachable:  # constructing talks to nobody
+        with pytest.raises(ServingError, match=f"cannot reach the Triton server at {url}"):
+            unreachable.generate(seeds=[0])
 
 
 def test_request_over_max_batch_is_split_and_reassembled(client: DDNClient, local: OnnxModel) -> None:
