@@ -5,7 +5,7 @@ It offers the generation half of :class:`ddn.serving.client.DDNClient`
 benchmarks treat a local file and a Triton server alike, and the same seed
 gives the same pixels through either.
 
-The model's layout (L, K per layer, image shape) comes from the
+The model's layout (L, K per layer, image shape) and batch limit come from the
 entry's ``ddn.json`` (:func:`ddn.repository_contract.read_description`): for
 ``<repo>/<G>/<version>/model.onnx`` that is ``<repo>/<G>/ddn.json``.
 """
@@ -22,7 +22,11 @@ from ddn.repository_contract import (ONNX_FILE, GraphLayout, RepositoryError, la
 
 
 class OnnxModel:
-    """A generation graph (``codes`` int32 [B, L] -> ``images`` uint8 [B, H, W, C]) in ONNX Runtime."""
+    """A generation graph (``codes`` int32 [B, L] -> ``images`` uint8 [B, H, W, C]) in ONNX Runtime.
+
+    ``batch_size`` caps the rows per session call; the entry's max batch size
+    (what the graph was exported and verified for) caps it too.
+    """
 
     def __init__(self, onnx_path: str | Path, entry_dir: str | Path | None = None,
                  batch_size: int | None = None, threads: int = 0):
@@ -35,7 +39,8 @@ class OnnxModel:
         if self.layout.graph != "generate":
             raise RepositoryError(f"{self.path} is the {self.layout.graph!r} graph; ddn-generate needs the "
                                   "generation graph (the entry named after the model, without a suffix)")
-        self.batch_size = batch_size
+        self.max_batch_size = self.description.max_batch_size
+        self.batch_size = min(batch_size or self.max_batch_size, self.max_batch_size)
         self.session = onnxruntime_session(self.path, threads)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -55,10 +60,7 @@ class OnnxModel:
 
     def generate(self, seeds: int | Sequence[int] | None = None, codes: np.ndarray | None = None,
                  output: str = "images") -> np.ndarray:
-        """Same contract as :meth:`DDNClient.generate`: uint8 [B, H, W, C] for seeds or checked codes.
-
-        Runs ``batch_size`` rows per session call (all at once when None).
-        """
+        """Same contract as :meth:`DDNClient.generate`: uint8 [B, H, W, C] for seeds or checked codes."""
         if (seeds is None) == (codes is None):
             raise ValueError("generate() takes exactly one of seeds or codes")
         codes = self.codes_for_seeds(seeds) if seeds is not None else validate_codes(
@@ -68,7 +70,7 @@ class OnnxModel:
         if len(codes) == 0:  # the graph's reshapes cannot take an empty batch
             spec = next(s for s in self.description.outputs if s.name == output)
             return np.zeros((0, *spec.shape), spec.dtype)
-        step = self.batch_size or len(codes)
+        step = self.batch_size
         return np.concatenate([self.session.run([output], {"codes": codes[i:i + step]})[0]
                                for i in range(0, len(codes), step)])
 

@@ -109,9 +109,10 @@ def test_every_reader_reads_back_what_the_exporter_wrote(repository: Path, clien
         assert (info.layout, info.max_batch_size, (info.inputs, info.outputs)) == (layout, MAX_BATCH, io)
     assert python_entries(repository) == {entry_name(NAME, kind): repository / entry_name(NAME, kind, PYTHON_SUFFIX)
                                           for kind in KINDS}
-    # The local runner takes its layout from ddn.json; the twin behind the client runs the same
-    # session settings: 2 * MAX_BATCH + 3 codes, served in batches of MAX_BATCH, match one whole-batch run.
-    assert local.layout == client.layout
+    # The local runner takes its layout and batch limit from ddn.json; the twin behind the client runs
+    # the same session settings: 2 * MAX_BATCH + 3 codes, in batches of MAX_BATCH, match one whole-batch run.
+    assert (local.layout, local.batch_size) == (client.layout, MAX_BATCH)
+    assert OnnxModel.from_repository(repository, NAME, batch_size=10 * MAX_BATCH).batch_size == MAX_BATCH
     codes = local.codes_for_seeds(range(2 * MAX_BATCH + 3))
     whole = onnxruntime_session(repository / NAME / "1" / "model.onnx").run(["images"], {"codes": codes})[0]
     np.testing.assert_array_equal(local.generate(codes=codes), whole)
