@@ -20,7 +20,8 @@ import torch
 
 from ddn.training.datasets import batch_stream, load_images
 from ddn.training.networks import SingleShotGenerator, build_generator
-from ddn.training.train_loop import Ranks, TrainConfig, resolve_device, train_step, usage_step
+from ddn.training.distributed import Ranks, resolve_device
+from ddn.training.train_loop import TrainConfig, train_step, usage_step
 
 
 def _sync(device: torch.device) -> None:

@@ -16,7 +16,8 @@ Data-parallel: launched by ``torchrun`` (the WORLD_SIZE/RANK environment), each
 rank trains on its own shard (``images[rank::world]``) with ``batch / world``
 images per step; gradients are averaged by all-reduce and the split-and-prune
 statistics are summed before each decision, so every rank takes the same
-decision and the replicas stay identical. Only rank 0 writes files.
+decision and the replicas stay identical (:mod:`distributed`). Only rank 0
+writes files.
 """
 from __future__ import annotations
 
@@ -24,23 +25,23 @@ import contextlib
 import dataclasses
 import json
 import os
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from .datasets import batch_stream, load_images
+from .distributed import Ranks
+from .distributed import resolve_device  # noqa: F401 (benchmarks/quality.py imports it from here)
 from .networks import DDNGenerator, build_generator
 from .run_outputs import RunLog, plot_run, save_sample_grid
 from .split_and_prune import split_and_prune_
-from .train_state import LAST, PREVIOUS, find_resumable, load_optimizer_state, write_run_checkpoint
+from .stop_request import StopRequest
+from .train_state import LAST, PREVIOUS, RunState, find_resumable, load_optimizer_state, write_run_checkpoint
 
 RNG_STREAMS = ("data", "dropout")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -111,95 +112,6 @@ def stream_seed(seed: int, rank: int, stream: str, restart_step: int = 0) -> int
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
 
 
-# -- data-parallel plumbing ---------------------------------------------------------
-
-@dataclass
-class Ranks:
-    """This process's place in a (possibly single-process) data-parallel run."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    owns_group: bool = False  # we called init_process_group, so we tear it down
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls, device: str) -> "Ranks":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-        resolved = resolve_device(device, local_rank if world > 1 else None)
-        owns = False
-        if world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
-            owns = True
-        if resolved.type == "cuda":
-            torch.cuda.set_device(resolved)
-        return cls(rank, world, resolved, owns)
-
-    def all_reduce(self, tensor: torch.Tensor) -> None:
-        """Sum in place over ranks (a no-op alone)."""
-        if self.world_size > 1:
-            dist.all_reduce(tensor)
-
-    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """One flat all-reduce of all gradients, divided by the number of ranks."""
-        if self.world_size == 1:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world_size
-        offset = 0
-        for p, g in zip(params, grads):
-            p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
-            offset += g.numel()
-
-    def broadcast_module(self, module: torch.nn.Module) -> None:
-        """Make every rank start from rank 0's parameters and buffers."""
-        if self.world_size > 1:
-            for tensor in module.state_dict().values():
-                dist.broadcast(tensor, 0)
-
-    def gather_cpu(self, tensor: torch.Tensor) -> list[torch.Tensor]:
-        """Every rank's copy of an equally shaped CPU tensor (on every rank)."""
-        if self.world_size == 1:
-            return [tensor.clone()]
-        comm = tensor.to(self.device)
-        parts = [torch.empty_like(comm) for _ in range(self.world_size)]
-        dist.all_gather(parts, comm)
-        return [p.cpu() for p in parts]
-
-    def agree(self, flag: bool) -> bool:
-        """True on every rank if it is true on any rank."""
-        if self.world_size == 1:
-            return flag
-        t = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-
-    def close(self, finished: bool) -> None:
-        if self.owns_group and dist.is_initialized():
-            if finished:
-                dist.barrier()  # rank 0 may still be writing the last checkpoint
-            dist.destroy_process_group()
-
-
-def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but no CUDA device is available")
-        return torch.device("cuda", local_rank or 0)
-    return torch.device("cpu")
-
-
 def autocast_for(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -251,29 +163,6 @@ class TrainResult:
     stopped_early: bool = False  # interrupted or out of time; the checkpoint is there to resume
 
 
-class _StopRequest:
-    """Turns the first Ctrl-C / SIGTERM into "finish this step, checkpoint, stop" (single process)."""
-
-    def __init__(self, active: bool):
-        self.requested = False
-        self.active = active and threading.current_thread() is threading.main_thread()
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self):
-        if self.active:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-        signal.signal(signum, self._previous[signum])  # a second one stops at once
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, explicit: set[str] | None = None,
           progress: bool = True, max_seconds: float | None = None,
           log: Callable[[str], None] = lambda message: tqdm.write(message)) -> TrainResult:
@@ -293,15 +182,64 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, explic
     ranks = Ranks.from_env(config.device)
     finished = False
     try:
-        result = _train(config, out_dir, state, ranks, progress, max_seconds, log)
+        say = log if ranks.is_main else (lambda message: None)
+        run = _start(config, out_dir, state, ranks, say)
+        result = _train_until_done(run, progress, max_seconds, say)
         finished = True
         return result
     finally:
         ranks.close(finished)
 
 
-def _train(config, out_dir, state, ranks: Ranks, progress, max_seconds, log) -> TrainResult:
-    say = log if ranks.is_main else (lambda message: None)
+@dataclass
+class _Run:
+    """A run in progress on this rank: what a step changes and what a checkpoint keeps."""
+
+    config: TrainConfig
+    out_dir: Path
+    ranks: Ranks
+    model: DDNGenerator
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    generators: dict[str, torch.Generator]  # one per RNG stream
+    batches: Iterator[torch.Tensor]
+    dataset_info: dict[str, Any]
+    run_log: RunLog
+    step: int = 0
+    splits: int = 0
+    images_seen: int = 0
+
+    def train_one_step(self) -> tuple[torch.Tensor, int]:
+        """One optimizer step and the split-and-prune after it; returns (detached loss, splits made)."""
+        batch = next(self.batches).to(self.ranks.device, non_blocking=True)
+        loss = train_step(self.model, self.optimizer, batch, self.config.chain_dropout, self.generators["dropout"],
+                          self.ranks, self.scaler, self.autocast)
+        made = usage_step(self.model, self.optimizer, self.config.split_and_prune, self.ranks)
+        self.step += 1
+        self.splits += made
+        self.images_seen += self.config.batch
+        return loss, made
+
+    def checkpoint(self) -> None:
+        """Checkpoint, sample grid and training plot (written by rank 0; every rank gives its RNG states)."""
+        rng = {name: self.ranks.gather_cpu(g.get_state()) for name, g in self.generators.items()}
+        if not self.ranks.is_main:
+            return
+        train_meta = {"step": self.step, "splits": self.splits, "images_seen": self.images_seen,
+                      "world_size": self.ranks.world_size, "config": dataclasses.asdict(self.config),
+                      "dataset": self.dataset_info, "scaler": self.scaler.state_dict()}
+        write_run_checkpoint(self.out_dir, self.model, self.optimizer, rng, train_meta)
+        self.model.eval()
+        save_sample_grid(self.model, self.out_dir / "samples" / f"step_{self.step:07d}.png",
+                         range(self.config.sample_seeds))
+        self.model.train()
+        plot_run(self.run_log.read(), self.out_dir / "training.png", [ddl.k for ddl in self.model.ddls()])
+
+
+def _start(config: TrainConfig, out_dir: Path, state: RunState | None, ranks: Ranks,
+           say: Callable[[str], None]) -> _Run:
+    """A new run, or the one ``state`` was saved from, ready for its next step; rank 0 writes config.json."""
     for note in state.notes if state else []:
         say(f"warning: {note}")
     if config.batch % ranks.world_size:
@@ -313,7 +251,6 @@ def _train(config, out_dir, state, ranks: Ranks, progress, max_seconds, log) -> 
     images = load_images(config.dataset, config.image_size)  # [N, C, S, S], S a power of two
     dataset_info = {"n": int(images.shape[0]), "shape": list(images.shape[1:])}
     shard = images[ranks.rank::ranks.world_size]
-
     if state is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
@@ -326,101 +263,113 @@ def _train(config, out_dir, state, ranks: Ranks, progress, max_seconds, log) -> 
     ranks.broadcast_module(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
     scaler = torch.amp.GradScaler(ranks.device.type, enabled=config.precision == "fp16")
-
-    step, splits, images_seen = 0, 0, 0
     generators = {name: torch.Generator().manual_seed(stream_seed(config.seed, ranks.rank, name)) for name in RNG_STREAMS}
     batches = batch_stream(shard, config.batch // ranks.world_size, generators["data"])
+    run = _Run(config, out_dir, ranks, model, optimizer, scaler, autocast, generators, batches, dataset_info,
+               RunLog(out_dir / "log.jsonl"))
     if state is not None:
-        step, splits, images_seen = state.train["step"], state.train["splits"], state.train["images_seen"]
-        load_optimizer_state(optimizer, state.optimizer_state)
-        if state.train.get("scaler"):
-            scaler.load_state_dict(state.train["scaler"])
-        if state.train["world_size"] == ranks.world_size:
-            generators["dropout"].set_state(state.rng["dropout"][ranks.rank])
-            for _ in range(step):  # replay the data order up to where the run stopped
-                next(batches)
-            if not torch.equal(generators["data"].get_state(), state.rng["data"][ranks.rank]):
-                say("warning: the data order differs from the interrupted run's (dataset changed?)")
-        else:
-            say(f"warning: the checkpoint was written by {state.train['world_size']} rank(s), now {ranks.world_size}: "
-                "continuing with fresh data order and dropout streams (not bitwise reproducible)")
-            for name in RNG_STREAMS:
-                generators[name].manual_seed(stream_seed(config.seed, ranks.rank, name, restart_step=step))
-            batches = batch_stream(shard, config.batch // ranks.world_size, generators["data"])
+        _resume(run, state, shard, say)
 
-    run_log = RunLog(out_dir / "log.jsonl")
     if ranks.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        run_log.truncate_after(step)
+        run.run_log.truncate_after(run.step)
         (out_dir / "config.json").write_text(json.dumps(
             {"train": dataclasses.asdict(config), "model": model.config(), "world_size": ranks.world_size}, indent=2) + "\n")
         if state is not None:
-            say(f"resuming {out_dir} from {state.path.name} at step {step}")
-            if step >= config.steps:
-                say(f"the run is already at step {step} of {config.steps}: nothing to train (raise --steps to continue)")
+            say(f"resuming {out_dir} from {state.path.name} at step {run.step}")
+            if run.step >= config.steps:
+                say(f"the run is already at step {run.step} of {config.steps}: nothing to train (raise --steps to continue)")
+    return run
 
-    def checkpoint() -> None:
-        rng = {name: ranks.gather_cpu(g.get_state()) for name, g in generators.items()}
-        if not ranks.is_main:
-            return
-        train_meta = {"step": step, "splits": splits, "images_seen": images_seen, "world_size": ranks.world_size,
-                      "config": dataclasses.asdict(config), "dataset": dataset_info, "scaler": scaler.state_dict()}
-        write_run_checkpoint(out_dir, model, optimizer, rng, train_meta)
-        model.eval()
-        save_sample_grid(model, out_dir / "samples" / f"step_{step:07d}.png", range(config.sample_seeds))
-        model.train()
-        plot_run(run_log.read(), out_dir / "training.png", [ddl.k for ddl in model.ddls()])
 
-    bar = tqdm(total=config.steps, initial=step, disable=not (progress and ranks.is_main), unit="step",
-               dynamic_ncols=True, desc=out_dir.name)
-    loss_sum = torch.zeros((), device=ranks.device)
-    interval_steps, interval_splits, interval_start = 0, 0, time.perf_counter()
+def _resume(run: _Run, state: RunState, shard: torch.Tensor, say: Callable[[str], None]) -> None:
+    """Continue where ``state`` stopped: counters, Adam's moments, the loss scale and the random streams."""
+    config, ranks = run.config, run.ranks
+    run.step, run.splits, run.images_seen = state.train["step"], state.train["splits"], state.train["images_seen"]
+    load_optimizer_state(run.optimizer, state.optimizer_state)
+    if state.train.get("scaler"):
+        run.scaler.load_state_dict(state.train["scaler"])
+    if state.train["world_size"] == ranks.world_size:
+        run.generators["dropout"].set_state(state.rng["dropout"][ranks.rank])
+        for _ in range(run.step):  # replay the data order up to where the run stopped
+            next(run.batches)
+        if not torch.equal(run.generators["data"].get_state(), state.rng["data"][ranks.rank]):
+            say("warning: the data order differs from the interrupted run's (dataset changed?)")
+    else:
+        say(f"warning: the checkpoint was written by {state.train['world_size']} rank(s), now {ranks.world_size}: "
+            "continuing with fresh data order and dropout streams (not bitwise reproducible)")
+        for name in RNG_STREAMS:
+            run.generators[name].manual_seed(stream_seed(config.seed, ranks.rank, name, restart_step=run.step))
+        run.batches = batch_stream(shard, config.batch // ranks.world_size, run.generators["data"])
+
+
+@dataclass
+class _Interval:
+    """Loss and speed since the last log line (``start`` leaves out the time spent writing checkpoints)."""
+
+    loss_sum: torch.Tensor
+    steps: int = 0
+    splits: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: torch.Tensor, splits: int) -> None:
+        self.loss_sum += loss.float()
+        self.steps += 1
+        self.splits += splits
+
+    def log_entry(self, run: _Run) -> dict[str, Any]:
+        """This interval's log line (loss averaged over steps and ranks); counting starts afresh."""
+        run.ranks.all_reduce(self.loss_sum)
+        elapsed = time.perf_counter() - self.start
+        entry = {"step": run.step, "images_seen": run.images_seen,
+                 "loss": float(self.loss_sum) / (self.steps * run.ranks.world_size),
+                 "images_per_s": self.steps * run.config.batch / elapsed,
+                 "splits": run.splits, "splits_interval": self.splits,
+                 "usage_entropy": [ddl.usage.entropy() for ddl in run.model.ddls()]}
+        self.loss_sum.zero_()
+        self.steps, self.splits = 0, 0
+        return entry
+
+
+def _train_until_done(run: _Run, progress: bool, max_seconds: float | None, say: Callable[[str], None]) -> TrainResult:
+    """Step to ``config.steps``, logging and checkpointing on schedule.
+
+    Interrupted (Ctrl-C, SIGTERM) or out of ``max_seconds``, the run finishes its
+    step, writes a checkpoint and stops early.
+    """
+    config, ranks = run.config, run.ranks
+    bar = tqdm(total=config.steps, initial=run.step, disable=not (progress and ranks.is_main), unit="step",
+               dynamic_ncols=True, desc=run.out_dir.name)
+    interval = _Interval(torch.zeros((), device=ranks.device))
     run_start = time.perf_counter()
     stopped_early = False
-    with _StopRequest(active=ranks.world_size == 1) as stop:
-        while step < config.steps:
-            batch = next(batches).to(ranks.device, non_blocking=True)
-            loss = train_step(model, optimizer, batch, config.chain_dropout, generators["dropout"], ranks, scaler,
-                              autocast)
-            made = usage_step(model, optimizer, config.split_and_prune, ranks)
-            step += 1
-            splits += made
-            interval_splits += made
-            images_seen += config.batch
-            loss_sum += loss.float()
-            interval_steps += 1
+    with StopRequest(active=ranks.world_size == 1) as stop:
+        while run.step < config.steps:
+            loss, made = run.train_one_step()
+            interval.add(loss, made)
             bar.update(1)
 
-            at_log = step % config.log_every == 0 or step == config.steps
             out_of_time = max_seconds is not None and ranks.agree(time.perf_counter() - run_start > max_seconds)
-            at_log = at_log or out_of_time
+            at_log = out_of_time or run.step % config.log_every == 0 or run.step == config.steps
             if at_log:
-                ranks.all_reduce(loss_sum)
-                elapsed = time.perf_counter() - interval_start
-                entry = {"step": step, "images_seen": images_seen,
-                         "loss": float(loss_sum) / (interval_steps * ranks.world_size),
-                         "images_per_s": interval_steps * config.batch / elapsed,
-                         "splits": splits, "splits_interval": interval_splits,
-                         "usage_entropy": [ddl.usage.entropy() for ddl in model.ddls()]}
+                entry = interval.log_entry(run)
                 if ranks.is_main:
-                    run_log.append(entry)
-                bar.set_postfix(loss=f"{entry['loss']:.4f}", img_s=f"{entry['images_per_s']:.0f}", splits=splits)
-                loss_sum.zero_()
-                interval_steps, interval_splits = 0, 0
+                    run.run_log.append(entry)
+                bar.set_postfix(loss=f"{entry['loss']:.4f}", img_s=f"{entry['images_per_s']:.0f}", splits=run.splits)
             stopped_early = out_of_time or stop.requested
-            if stopped_early or step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
+            at_checkpoint = config.checkpoint_every and run.step % config.checkpoint_every == 0
+            if stopped_early or run.step == config.steps or at_checkpoint:
                 written = time.perf_counter()
-                checkpoint()
-                interval_start += time.perf_counter() - written  # images/s counts training only
+                run.checkpoint()
+                interval.start += time.perf_counter() - written  # images/s counts training only
             if at_log:
-                interval_start = time.perf_counter()
+                interval.start = time.perf_counter()
             if stopped_early:
                 break
     bar.close()
     if stopped_early and ranks.is_main:
         why = "out of time" if not stop.requested else "interrupted"
-        say(f"{why} at step {step}: checkpoint saved in {out_dir / LAST}; continue with --resume")
+        say(f"{why} at step {run.step}: checkpoint saved in {run.out_dir / LAST}; continue with --resume")
     if stop.requested:
         raise KeyboardInterrupt
-    return TrainResult(model, optimizer, step, splits, out_dir, config, ranks.rank, stopped_early)
-
+    return TrainResult(run.model, run.optimizer, run.step, run.splits, run.out_dir, config, ranks.rank, stopped_early)

@@ -1,0 +1,101 @@
+"""Data-parallel plumbing: this process's rank and device, and the collectives the training loop uses.
+
+Launched by ``torchrun`` (the WORLD_SIZE/RANK/LOCAL_RANK environment) every rank
+builds a :class:`Ranks` and joins one process group (gloo on CPU, nccl on GPU);
+alone, every collective is a no-op, so the loop has one code path for both.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """``auto``, ``cpu`` or ``cuda`` as a device; ``cuda`` takes this rank's GPU."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but no CUDA device is available")
+        return torch.device("cuda", local_rank or 0)
+    return torch.device("cpu")
+
+
+@dataclass
+class Ranks:
+    """This process's place in a (possibly single-process) data-parallel run."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False  # we called init_process_group, so we tear it down
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, device: str) -> Ranks:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+        resolved = resolve_device(device, local_rank if world > 1 else None)
+        owns = False
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
+            owns = True
+        if resolved.type == "cuda":
+            torch.cuda.set_device(resolved)
+        return cls(rank, world, resolved, owns)
+
+    def all_reduce(self, tensor: torch.Tensor) -> None:
+        """Sum in place over ranks (a no-op alone)."""
+        if self.world_size > 1:
+            dist.all_reduce(tensor)
+
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """One flat all-reduce of all gradients, divided by the number of ranks."""
+        if self.world_size == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for p, g in zip(params, grads):
+            p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
+            offset += g.numel()
+
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """Make every rank start from rank 0's parameters and buffers."""
+        if self.world_size > 1:
+            for tensor in module.state_dict().values():
+                dist.broadcast(tensor, 0)
+
+    def gather_cpu(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's copy of an equally shaped CPU tensor (on every rank)."""
+        if self.world_size == 1:
+            return [tensor.clone()]
+        comm = tensor.to(self.device)
+        parts = [torch.empty_like(comm) for _ in range(self.world_size)]
+        dist.all_gather(parts, comm)
+        return [p.cpu() for p in parts]
+
+    def agree(self, flag: bool) -> bool:
+        """True on every rank if it is true on any rank."""
+        if self.world_size == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def close(self, finished: bool) -> None:
+        if self.owns_group and dist.is_initialized():
+            if finished:
+                dist.barrier()  # rank 0 may still be writing the last checkpoint
+            dist.destroy_process_group()
