@@ -1,10 +1,11 @@
 """Checkpoints: one safetensors file holding tensors, with the JSON model config in its header.
 
-Layout of the tensors: ``model/<name>`` for the generator's state dict and, when
-saved, ``optimizer/<param index>/<state key>`` for per-parameter optimizer state
-and ``extra/<name>`` for anything else (RNG states). The header's metadata holds
-``ddn_config`` (the generator's config) and ``ddn_meta`` (step, optimizer
-hyper-parameters, ...), both JSON. No pickle is ever loaded.
+Tensors: ``model/<name>`` for the generator's state dict, plus any tensors the
+caller adds under its own names (a training checkpoint adds ``optimizer/...``
+and ``rng/...``, see :mod:`train_state`). The header's metadata holds
+``ddn_config`` (the generator's config) and ``ddn_meta`` (the caller's metadata,
+``{}`` when none; a training checkpoint's is ``{"train": ...}``), both JSON.
+No pickle is ever loaded.
 
 Writes are atomic: temp file in the same folder, fsync, rename. A crash mid-write
 leaves the previous checkpoint untouched.

@@ -61,9 +61,6 @@ class TargetCondition(Condition):
         return _per_sample_mse(candidates, area_resize(self.target, candidates.shape[-1]))
 
 
-Denoising = TargetCondition
-
-
 class SuperResolution(Condition):
     """Candidates, area-downsampled to the low-res condition's size, compared with it."""
 
