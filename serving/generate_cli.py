@@ -12,7 +12,8 @@ skipped (rerun after an interruption to finish); each PNG is written to a
 temporary name and renamed, so a crash never leaves a truncated file.
 
 With ``--checkpoint`` and ``--condition`` the command runs zero-shot
-conditional generation from a PyTorch checkpoint instead (needs torch).
+conditional generation from a PyTorch checkpoint instead (needs torch; the
+options are :mod:`ddn.training.zscg_cli`'s, shared with its ``conditional`` command).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ddn.images import load_png, save_grid, save_png
+from ddn.training.zscg_cli import condition_options, run_conditional
 
 GRID_MAX = 64  # the grid shows the first images of the run; thousands of tiles help nobody
 
@@ -106,31 +108,23 @@ def open_generator(onnx: str | None, repository: str | None, url: str | None, mo
 @click.option("--model", help="model name in the repository or on the server")
 @click.option("--batch", type=click.IntRange(min=1), default=64, help="images per request")
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, help="requests in flight (server)")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="PyTorch checkpoint (conditional generation)")
-@click.option("--condition", help="zero-shot condition for --checkpoint: superres, colorize, inpaint, ...")
-@click.option("--input", "input_path", type=click.Path(dir_okay=False), help="condition image (with --condition)")
-@click.option("--mask", "mask_path", type=click.Path(dir_okay=False), help="inpainting mask (with --condition inpaint)")
-@click.option("--selection", type=click.Choice(["top1", "top2"]), default="top2",
-              help="with --condition: top1 keeps the best candidate per layer (all N equal), "
-                   "top2 draws between the two best")
+@condition_options(required=False)
 @click.option("--progress/--no-progress", default=True, help="show a progress bar")
 def main(count: int, seed: int, out_dir: Path, grid: Path | None, codes_path: Path | None, onnx: str | None,
          repository: str | None, url: str | None, model: str | None, batch: int, concurrency: int,
-         checkpoint: str | None, condition: str | None, input_path: str | None, mask_path: str | None,
+         checkpoint: Path | None, condition: str | None, input_path: Path | None, mask_path: Path | None,
          selection: str, progress: bool) -> None:
-    """Generate N images (seeds SEED .. SEED+N-1) as PNG files into OUT."""
+    """Generate N images (seeds SEED .. SEED+N-1) as PNG files into OUT.
+
+    With --checkpoint and --condition: N zero-shot conditional samples of the
+    --input image instead (seed SEED draws the top2 choices).
+    """
     if checkpoint or condition:
         if not (checkpoint and condition):
             raise click.UsageError("conditional generation needs both --checkpoint and --condition")
         if not input_path:
             raise click.UsageError("--condition needs --input IMAGE")
-        # torch is imported only here: unconditional generation needs numpy, onnxruntime and tritonclient only.
-        from ddn.training.zscg_cli import generate_conditional
-        try:
-            paths = generate_conditional(checkpoint, condition, input_path, mask_path, selection, count, out_dir, seed)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
-        click.echo(f"{len(paths)} written in {out_dir}", err=True)
+        run_conditional(checkpoint, condition, input_path, mask_path, selection, count, out_dir, seed)
         return
     generator = open_generator(onnx, repository, url, model, batch, concurrency)
     seeds = list(range(seed, seed + count))

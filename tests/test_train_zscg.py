@@ -10,7 +10,8 @@ from ddn.training.datasets import load_images
 from ddn.training.guidance import SuperResolution
 from ddn.training.train_loop import train
 from ddn.training.train_state import LAST
-from ddn.training.zscg_cli import conditional, generate_conditional
+from ddn.training.zscg import generate_conditional
+from ddn.training.zscg_cli import conditional
 from train_helpers import tiny
 
 

@@ -1,130 +1,66 @@
-"""Zero-shot conditional generation from a checkpoint: super-resolution, colorization, inpainting, denoising.
+"""The command-line side of zero-shot conditional generation: its options, declared once.
 
-No retraining: at every layer the guided sampler keeps the candidate that best
-fits the condition (see :mod:`guidance`). ``ddn-generate --checkpoint ...
---condition ...`` dispatches here; :func:`generate_conditional` is the API.
+``ddn-generate --checkpoint ... --condition ...`` and the ``conditional``
+command both take :func:`condition_options` and run :func:`run_conditional`.
+Importing this module needs click only, so ddn-generate stays torch-free until
+a conditional run starts (:mod:`zscg` does the work).
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import click
-import numpy as np
-import torch
-
-from ddn.images import load_png, save_grid, save_png, to_float
-
-from .checkpoint import CheckpointError, load_generator
-from .guidance import Colorization, Condition, Inpainting, SuperResolution, TargetCondition
-from .networks import DDNGenerator
-from .run_outputs import grid_scale, images_to_uint8
 
 CONDITIONS = ("superres", "colorize", "inpaint", "denoise")
 SELECTIONS = ("top1", "top2")
 
-
-def _as_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 [H, W, C] -> float [1, C, H, W] in [-1, 1]."""
-    return torch.from_numpy(to_float(pixels)).permute(2, 0, 1).unsqueeze(0).contiguous()
+Command = TypeVar("Command", bound=Callable)
 
 
-def _load_square(path: str | Path, channels: int, what: str) -> np.ndarray:
-    pixels = load_png(path, channels=channels)
-    h, w = pixels.shape[:2]
-    if h != w:
-        raise ValueError(f"{what} {path} is {w}x{h}; it must be square")
-    return pixels
+def condition_options(required: bool) -> Callable[[Command], Command]:
+    """Add --checkpoint, --condition, --input, --mask and --selection to a command.
 
-
-def build_condition(model: DDNGenerator, condition: str, input_path: str | Path,
-                    mask_path: str | Path | None = None) -> tuple[Condition, torch.Tensor]:
-    """The condition for one input image, and a [1, C, S, S] picture of it for the grid."""
-    if condition not in CONDITIONS:
-        raise ValueError(f"condition must be one of {', '.join(CONDITIONS)}, got {condition!r}")
-    if mask_path is not None and condition != "inpaint":
-        raise ValueError("--mask only applies to --condition inpaint")
-    c, size = model.image_channels, model.image_size
-
-    def full_size(pixels: np.ndarray, what: str, path) -> torch.Tensor:
-        if pixels.shape[0] != size:
-            raise ValueError(f"{what} {path} is {pixels.shape[0]}x{pixels.shape[0]}, "
-                             f"but the model makes {size}x{size} images")
-        return _as_tensor(pixels)
-
-    if condition == "superres":
-        low = _load_square(input_path, c, "input")
-        side = low.shape[0]
-        if side >= size or size % side or side & (side - 1):
-            raise ValueError(f"input {input_path} is {side}x{side}; super-resolution needs a power-of-two size "
-                             f"smaller than the model's {size}x{size} (e.g. {size // 2} or {size // 4})")
-        low_res = _as_tensor(low)
-        return SuperResolution(low_res), torch.nn.functional.interpolate(low_res, size=(size, size), mode="nearest")
-    if condition == "colorize":
-        if c != 3:
-            raise ValueError(f"colorization needs an RGB model; this checkpoint makes {c}-channel images")
-        gray = full_size(_load_square(input_path, 1, "input"), "input", input_path)
-        return Colorization(gray), gray.expand(1, 3, size, size)
-    if condition == "inpaint":
-        if mask_path is None:
-            raise ValueError("--condition inpaint needs --mask (white = keep, black = fill in)")
-        image = full_size(_load_square(input_path, c, "input"), "input", input_path)
-        mask = (full_size(_load_square(mask_path, 1, "mask"), "mask", mask_path) > 0).float()
-        return Inpainting(image, mask), image * mask  # unknown pixels shown as mid-gray
-    image = full_size(_load_square(input_path, c, "input"), "input", input_path)
-    return TargetCondition(image), image
-
-
-def _repeat(condition: Condition, n: int) -> Condition:
-    """The same condition for a batch of n samples."""
-    if isinstance(condition, SuperResolution):
-        return SuperResolution(condition.low_res.expand(n, -1, -1, -1))
-    if isinstance(condition, Colorization):
-        return Colorization(condition.gray.expand(n, -1, -1, -1))
-    if isinstance(condition, Inpainting):
-        return Inpainting(condition.image.expand(n, -1, -1, -1), condition.mask.expand(n, -1, -1, -1))
-    return TargetCondition(condition.target.expand(n, -1, -1, -1))
-
-
-def generate_conditional(checkpoint: str | Path, condition: str, input_path: str | Path,
-                         mask_path: str | Path | None = None, selection: str = "top2", n: int = 8,
-                         out_dir: str | Path = "zscg", seed: int = 0) -> list[Path]:
-    """Write ``n`` samples that fit the condition as result_000.png ..., plus condition.png and grid.png.
-
-    ``selection`` "top1" keeps the best candidate per layer (deterministic, so
-    all n are equal); "top2" draws between the two best (seeded by ``seed``).
-    Returns the result paths. Raises ValueError / CheckpointError with a one-line message.
+    ``required`` False leaves the first three optional, for a command that
+    runs a conditional generation only when they are given (ddn-generate).
     """
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be top1 or top2, got {selection!r}")
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    model = load_generator(checkpoint)
-    single, preview = build_condition(model, condition, input_path, mask_path)
-    generator = torch.Generator().manual_seed(seed)
-    results = model.guided_sample(_repeat(single, n), selection=selection, generator=generator)
+    options = [
+        click.option("--checkpoint", required=required, type=click.Path(dir_okay=False, path_type=Path),
+                     help="a ddn-train checkpoint (.safetensors) to generate from with a condition"),
+        click.option("--condition", required=required, type=click.Choice(CONDITIONS),
+                     help="superres: input is the low-res image; colorize: grayscale input; "
+                          "inpaint: input + --mask; denoise: noisy input"),
+        click.option("--input", "input_path", required=required, type=click.Path(dir_okay=False, path_type=Path),
+                     help="the condition image (PNG or any format PIL reads)"),
+        click.option("--mask", "mask_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="inpaint: white = keep the input's pixel, black = fill in"),
+        click.option("--selection", type=click.Choice(SELECTIONS), default="top2",
+                     help="top1: best candidate per layer (deterministic, all N equal); "
+                          "top2: random among the best two"),
+    ]
 
-    out_dir = Path(out_dir)
-    pixels = images_to_uint8(results)
-    paths = [save_png(out_dir / f"result_{i:03d}.png", image) for i, image in enumerate(pixels)]
-    preview_pixels = images_to_uint8(preview)
-    save_png(out_dir / "condition.png", preview_pixels[0])
-    save_grid(out_dir / "grid.png", np.concatenate([preview_pixels, pixels]), ncols=min(n + 1, 9),
-              scale=grid_scale(model.image_size))
-    return paths
+    def add(command: Command) -> Command:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return add
+
+
+def run_conditional(checkpoint: Path, condition: str, input_path: Path, mask_path: Path | None, selection: str,
+                    n: int, out_dir: Path, seed: int) -> None:
+    """Write ``n`` results for a command; bad input is a one-line click error."""
+    from .zscg import generate_conditional  # torch is imported here, not when ddn-generate starts
+
+    try:
+        paths = generate_conditional(checkpoint, condition, input_path, mask_path, selection, n, out_dir, seed)
+    except (ValueError, OSError) as exc:  # CheckpointError is a ValueError
+        raise click.ClickException(" ".join(str(exc).split())) from None
+    click.echo(f"wrote {len(paths)} images and grid.png to {out_dir}", err=True)
 
 
 @click.command("conditional", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="a ddn-train checkpoint (.safetensors)")
-@click.option("--condition", required=True, type=click.Choice(CONDITIONS),
-              help="superres: input is the low-res image; colorize: grayscale input; "
-                   "inpaint: input + --mask; denoise: noisy input")
-@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="the condition image (PNG or any format PIL reads)")
-@click.option("--mask", "mask_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="inpaint: white = keep the input's pixel, black = fill in")
-@click.option("--selection", type=click.Choice(SELECTIONS), default="top2",
-              help="top1: best candidate per layer (deterministic); top2: random among the best two")
+@condition_options(required=True)
 @click.option("--n", type=click.IntRange(min=1), default=8, help="samples to generate")
 @click.option("--seed", type=int, default=0, help="seed of the top2 draws")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("zscg"),
@@ -132,8 +68,4 @@ def generate_conditional(checkpoint: str | Path, condition: str, input_path: str
 def conditional(checkpoint: Path, condition: str, input_path: Path, mask_path: Path | None, selection: str,
                 n: int, seed: int, out_dir: Path) -> None:
     """Zero-shot conditional generation with a trained DDN (no retraining)."""
-    try:
-        paths = generate_conditional(checkpoint, condition, input_path, mask_path, selection, n, out_dir, seed)
-    except (ValueError, CheckpointError, OSError) as exc:
-        raise click.ClickException(" ".join(str(exc).split())) from None
-    click.echo(f"wrote {len(paths)} images and grid.png to {out_dir}", err=True)
+    run_conditional(checkpoint, condition, input_path, mask_path, selection, n, out_dir, seed)
