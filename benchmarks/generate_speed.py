@@ -2,10 +2,9 @@
 
     python benchmarks/generate_speed.py [--batches 1,64] [--seconds 2]
 
-Prints one JSON object. The model is the default MNIST-sized generator,
-SingleShotGenerator(image_size=32, image_channels=1, channels=64,
-blocks_per_scale=2, k=64), with random weights (speed does not depend on
-training). All numbers come from one run:
+Prints one JSON object. The model is the benchmarks' shared MNIST-sized
+generator (:mod:`measured_model`), with random weights (speed does not depend
+on training). All numbers come from one run:
 
 * ``pytorch_all_k``: ``generator.run(..., all_k=True)``, every DDL computes all
   K candidates (image and leak rows) and keeps the chosen one: the official way;
@@ -44,9 +43,8 @@ import torch
 from ddn.export.graphs import GenerateGraph
 from ddn.export.onnx_export import export_onnx, operator_counts
 from ddn.repository_contract import onnxruntime_session
-from ddn.training.networks import DDNGenerator, SingleShotGenerator
-
-DEFAULT_MODEL = dict(image_size=32, image_channels=1, channels=64, blocks_per_scale=2, k=64)
+from ddn.training.networks import DDNGenerator
+from measured_model import MODEL_CONFIG, measured_model
 
 
 def time_calls(fn: Callable[[], object], seconds: float, min_calls: int = 3) -> list[float]:
@@ -109,8 +107,7 @@ def summarize(batch: int, times: list[float]) -> dict[str, float]:
 @click.option("--seconds", type=float, default=2.0, show_default=True,
               help="Timing budget per method, thread count and batch size.")
 def main(batches: str, seconds: float) -> None:
-    torch.manual_seed(0)
-    generator = SingleShotGenerator(**DEFAULT_MODEL).eval()
+    generator = measured_model().eval()
     sizes = [int(b) for b in batches.split(",")]
     cores = os.cpu_count() or 1
     thread_counts = sorted({1, cores})
@@ -129,7 +126,7 @@ def main(batches: str, seconds: float) -> None:
     rng = np.random.default_rng(0)
     results = {}
     for batch in sizes:
-        codes = rng.integers(0, DEFAULT_MODEL["k"], (batch, generator.num_layers)).astype(np.int32)
+        codes = rng.integers(0, MODEL_CONFIG["k"], (batch, generator.num_layers)).astype(np.int32)
         codes_torch = torch.from_numpy(codes).long()
 
         def prepare(method: str, threads: int) -> Callable[[], object]:
@@ -158,7 +155,7 @@ def main(batches: str, seconds: float) -> None:
     torch.set_num_threads(cores)
 
     report = {
-        "model": {"class": "SingleShotGenerator", **DEFAULT_MODEL, "num_layers": generator.num_layers,
+        "model": {**MODEL_CONFIG, "num_layers": generator.num_layers,
                   "parameters": sum(p.numel() for p in generator.parameters())},
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": cores, "torch": torch.__version__,
                     "onnxruntime": ort.__version__, "load_average_1m": round(os.getloadavg()[0], 2)},

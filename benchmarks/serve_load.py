@@ -1,8 +1,8 @@
 """Load test of the CPU serving path: a real local Triton server, gRPC clients, JSON out.
 
-The model is the default MNIST-sized generator (SingleShotGenerator(32, 1,
-channels=64, blocks_per_scale=2, k=64), random weights, L = 12, K = 64),
-exported with ddn-export's API; the server is the nvidia-pytriton binary on the
+The model is the benchmarks' shared MNIST-sized generator (:mod:`measured_model`,
+random weights, L = 12, K = 64), exported with ddn-export's API into a
+temporary folder that is removed at the end; the server is the nvidia-pytriton binary on the
 repository's CPU view (python-backend twins running the ONNX file with ONNX
 Runtime). Measured:
 
@@ -39,7 +39,6 @@ from typing import Callable
 
 import click
 import numpy as np
-import torch
 from google.protobuf.json_format import MessageToDict
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
@@ -53,14 +52,11 @@ from ddn.serving.onnx_model import OnnxModel
 from ddn.serving.repository_view import cpu_repository_view, cpu_settings, read_config
 from ddn.serving.triton_server import TritonServer
 from ddn.training.checkpoint import save_checkpoint
-from ddn.training.networks import SingleShotGenerator
+from measured_model import MODEL_CONFIG, measured_model
 
 NAME = "mnist"
-MODEL_CONFIG = dict(image_size=32, image_channels=1, channels=64, blocks_per_scale=2, k=64)
 TARGET_GAP_MS = 2.0
 TARGET_BATCHING_GAIN = 2.0
-
-
 MODEL_SHAPE = (MODEL_CONFIG["image_size"], MODEL_CONFIG["image_size"], MODEL_CONFIG["image_channels"])
 
 
@@ -187,17 +183,9 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-@click.command(context_settings={"show_default": True})
-@click.option("--point-seconds", type=float, default=6.0, help="measuring time per point, split over the rounds")
-@click.option("--rounds", type=click.IntRange(min=1), default=3, help="alternating rounds per point")
-@click.option("--soak-seconds", type=float, default=60.0, help="length of the soak at the saturating concurrency")
-@click.option("--concurrency", "levels", default="1,4,16,64", help="client concurrency levels")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="also write the JSON here")
-def main(point_seconds: float, rounds: int, soak_seconds: float, levels: str, out: Path | None) -> None:
-    concurrencies = [int(c) for c in levels.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="ddn-serve-load-"))
-    torch.manual_seed(0)
-    model = SingleShotGenerator(**MODEL_CONFIG)
+def measure(work: Path, point_seconds: float, rounds: int, soak_seconds: float, concurrencies: list[int]) -> dict:
+    """Export the model into the folder ``work``, start every server variant, measure; the report."""
+    model = measured_model()
     checkpoint = work / "mnist.safetensors"
     save_checkpoint(checkpoint, model)
     repository = work / "model_repository"
@@ -290,7 +278,18 @@ def main(point_seconds: float, rounds: int, soak_seconds: float, levels: str, ou
                                        "met": report["soak"]["failed"] == 0}
     report["targets"] = targets
     report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return report
 
+
+@click.command(context_settings={"show_default": True})
+@click.option("--point-seconds", type=float, default=6.0, help="measuring time per point, split over the rounds")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, help="alternating rounds per point")
+@click.option("--soak-seconds", type=float, default=60.0, help="length of the soak at the saturating concurrency")
+@click.option("--concurrency", "levels", default="1,4,16,64", help="client concurrency levels")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="also write the JSON here")
+def main(point_seconds: float, rounds: int, soak_seconds: float, levels: str, out: Path | None) -> None:
+    with tempfile.TemporaryDirectory(prefix="ddn-serve-load-") as work:
+        report = measure(Path(work), point_seconds, rounds, soak_seconds, [int(c) for c in levels.split(",")])
     text = json.dumps(report, indent=2)
     print(text)
     if out:

@@ -4,7 +4,7 @@ Two models measured side by side in one process (rounds alternate between them,
 so machine load drifts hit both alike):
 
 * ``digits_default``: ddn-train's default model on 8x8 digits, batch 64;
-* ``mnist_32``: SingleShotGenerator(32, 1, channels=64, blocks_per_scale=2, k=64), batch 64.
+* ``mnist_32``: the benchmarks' shared model (:mod:`measured_model`) on digits resized to 32x32, batch 64.
 
 A step is the trainer's own ``train_step`` (loss, backward, Adam) plus
 ``usage_step`` (fold usage statistics, split and prune); the second is timed on
@@ -19,9 +19,10 @@ import click
 import torch
 
 from ddn.training.datasets import batch_stream, load_images
-from ddn.training.networks import SingleShotGenerator, build_generator
+from ddn.training.networks import build_generator
 from ddn.training.distributed import Ranks, resolve_device
 from ddn.training.train_loop import TrainConfig, train_step, usage_step
+from measured_model import measured_model
 
 
 def _sync(device: torch.device) -> None:
@@ -89,7 +90,7 @@ def main(rounds: int, steps: int, warmup: int, device: str, threads: int) -> Non
     benches = [
         Bench("digits_default", build_generator(default.model_config(digits.shape[1], digits.shape[-1])),
               digits, default.batch, dev),
-        Bench("mnist_32", SingleShotGenerator(32, 1, channels=64, blocks_per_scale=2, k=64), mnist_sized, 64, dev),
+        Bench("mnist_32", measured_model(), mnist_sized, 64, dev),
     ]
     for bench in benches:
         bench.run(warmup, record=False)
