@@ -30,7 +30,7 @@ NO_TRT = bool(missing_requirements())
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_checkpoint(path, SingleShotGenerator(image_size=8, image_channels=1, channels=16, blocks_per_scale=1, k=8))
+    save_checkpoint(path, SingleShotGenerator(image_size=8, image_channels=1, channels=16, blocks=1, k=8))
     return path
 
 

@@ -3,6 +3,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch import nn
 
 from ddn.export.graphs import GenerateGraph
 from ddn.export.onnx_export import EXPORT_BATCH, export_onnx, operator_counts, verify_onnx
@@ -12,7 +13,7 @@ from ddn.training.networks import RecurrenceGenerator, SingleShotGenerator
 
 GENERATORS = {
     "single_shot": lambda: SingleShotGenerator(image_size=8, image_channels=1, channels=16, k=8),
-    "recurrence": lambda: RecurrenceGenerator(image_size=8, image_channels=3, channels=16, iterations=4, k=8),
+    "recurrence": lambda: RecurrenceGenerator(image_size=8, image_channels=3, base=8, iterations=4, k=8),
 }
 
 
@@ -59,20 +60,34 @@ def test_out_of_range_codes_raise_in_python_and_are_clamped_in_the_graph(exporte
     np.testing.assert_allclose(images_float, reference(model, np.clip(codes, 0, 7)), rtol=0, atol=1e-5)
 
 
+def block_conv_calls(model) -> int:
+    """How many Conv2d calls the blocks make in one walk (the DDLs make none on the sampled path)."""
+    calls = []
+    hooks = [m.register_forward_hook(lambda *_: calls.append(1)) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        model.decode(torch.zeros(1, model.num_layers, dtype=torch.long))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return len(calls)
+
+
 def test_graph_computes_only_the_chosen_candidate(exported):
-    """No K-wide candidate conv: convs are the blocks' 3x3 ones, each DDL is two gathered-row matmuls."""
+    """No K-wide candidate conv: the convs are the blocks', each DDL is two gathered-row matmuls."""
     model, path, _ = exported
     graph = onnx.load(str(path)).graph
     ops = operator_counts(onnx.load(str(path)))
     layers = model.num_layers
-    assert ops["Conv"] == 2 * layers  # one block per DDL call, two 3x3 convs per block
-    # Image rows and leak rows of the chosen branch; the last leak feeds nothing and is pruned.
+    assert ops["Conv"] == block_conv_calls(model)
+    # The chosen rows applied to the image half and to the leak half; the last leak feeds nothing and is pruned.
     assert ops["MatMul"] == 2 * layers - 1
     assert ops["GatherND"] == layers  # the chosen rows, once per layer
     weights = {init.name: init for init in graph.initializer}
+    k_rows = {ddl.k * model.image_channels for ddl in model.ddls()}
     for node in graph.node:
-        if node.op_type == "Conv":
-            assert list(weights[node.input[1]].dims[2:]) == [3, 3]
+        weight = weights.get(node.input[1]) if node.op_type == "Conv" else None
+        if weight is not None:  # no 1x1 conv with K * C_img outputs: no layer computes every candidate
+            assert not (list(weight.dims[2:]) == [1, 1] and weight.dims[0] in k_rows)
     assert {i.name: i.type.tensor_type.elem_type for i in graph.input} == {"codes": onnx.TensorProto.INT32}
     outputs = {o.name: o.type.tensor_type for o in graph.output}
     assert outputs["images"].elem_type == onnx.TensorProto.UINT8

@@ -16,7 +16,7 @@ FACTOR = 4
 def model():
     torch.manual_seed(0)
     # One block per scale (L = 4) halves the export time of the five graphs.
-    return SingleShotGenerator(image_size=8, image_channels=3, channels=16, blocks_per_scale=1, k=8).eval()
+    return SingleShotGenerator(image_size=8, image_channels=3, channels=16, blocks=1, k=8).eval()
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,7 @@ def test_engine_clamps_out_of_range_codes(generate_onnx):
 def test_cli_trt_writes_verified_engine_entries(tmp_path):
     torch.manual_seed(0)
     checkpoint = tmp_path / "rec.safetensors"
-    save_checkpoint(checkpoint, RecurrenceGenerator(image_size=8, image_channels=1, channels=16, iterations=4, k=8))
+    save_checkpoint(checkpoint, RecurrenceGenerator(image_size=8, image_channels=1, base=8, iterations=4, k=8))
     repository = tmp_path / "model_repository"
     result = CliRunner().invoke(main, [str(checkpoint), "--name", "rec", "--repository", str(repository),
                                        "--max-batch", "8", "--trt", "--fp16", "--timing-cache", str(tmp_path / "tc")])

@@ -11,8 +11,8 @@ from ddn.training.networks import RecurrenceGenerator, SingleShotGenerator
 from ddn.training.split_and_prune import split_and_prune_
 
 GENERATORS = {
-    "single_shot": lambda: SingleShotGenerator(image_size=8, image_channels=1, channels=16, blocks_per_scale=1, k=8),
-    "recurrence": lambda: RecurrenceGenerator(image_size=8, image_channels=1, channels=16, iterations=4, k=8),
+    "single_shot": lambda: SingleShotGenerator(image_size=8, image_channels=1, channels=16, blocks=[1, 1, 2, 2], k=8),
+    "recurrence": lambda: RecurrenceGenerator(image_size=8, image_channels=1, base=8, iterations=4, k=8),
 }
 
 
@@ -31,7 +31,7 @@ def test_gradients_reach_only_the_chosen_branches(model):
     images = digits(4)
     model.loss(images).backward()  # no chain dropout: the chosen branch is the nearest one
     for ddl in model.ddls():
-        chosen = ddl.usage.step_count > 0
+        chosen = ddl.usage.step_counts() > 0
         assert chosen.any() and not chosen.all()
         row_grad = ddl.weight.grad.abs().flatten(1).sum(1)
         assert (row_grad[~chosen] == 0).all()
@@ -164,10 +164,10 @@ def test_top2_selection_stays_among_the_two_nearest(model):
     top2 = model.guided_codes(TargetCondition(images), selection="top2", generator=gen)
     assert not torch.equal(top1, top2)
     # The first layer sees the same candidates either way: its pick is one of the two nearest.
-    block, ddl, _ = model.stages()[0]
+    block, ddl = model.stages()[0]
     with torch.no_grad():
-        features = block(model.stem.unsqueeze(0).expand(32, -1, -1, -1))
-        distances = TargetCondition(images).distance(ddl.candidates(features, torch.zeros(32, 1, *features.shape[-2:])))
+        features, image, leak = model.initial_state(32)
+        distances = TargetCondition(images).distance(ddl.candidates(block(features, image, leak), image))
     two_nearest = distances.topk(2, dim=1, largest=False).indices
     assert (top2[:, :1] == two_nearest).any(1).all()
     assert (top2[:, 0] == two_nearest[:, 1]).any()

@@ -58,14 +58,14 @@ def test_step_statistics_are_folded_before_the_decision():
     usage.fold_step()
     assert usage.count.tolist() == [0, 0, 2]
     assert usage.near2[2].tolist() == [1, 1, 0]
-    assert usage.step_count.sum() == 0
+    assert usage.step_counts().sum() == 0
 
 
 def _train_one_step(layer, optimizer):
     features = torch.randn(16, 8, 4, 4)
     prev = torch.zeros(16, 1, 4, 4)
     target = torch.randn(16, 1, 4, 4)
-    out, image, _ = layer(features, prev, lambda c: (c - target.unsqueeze(1)).pow(2).flatten(2).mean(2).argmin(1))
+    image, _, _ = layer(features, prev, lambda c: (c - target.unsqueeze(1)).pow(2).flatten(2).mean(2).argmin(1))
     optimizer.zero_grad()
     ((image - target) ** 2).mean().backward()
     optimizer.step()
@@ -81,8 +81,8 @@ def test_split_copies_weight_rows_and_every_optimizer_moment(make_optimizer):
     layer = _layer_with_counts([40, 20, 30, 10], torch.zeros(4, 4).tolist())
     optimizer = make_optimizer(layer.parameters())
     _train_one_step(layer, optimizer)
-    layer.usage.step_count.zero_()  # keep the hand-made counts in charge of the decision
-    layer.usage.step_near2.zero_()
+    layer.usage.fold_step()  # the step's own choices, then the hand-made counts again decide
+    layer.usage.count.copy_(torch.tensor([40.0, 20, 30, 10]))
     state = optimizer.state[layer.weight]
     moments = {k: v for k, v in state.items() if torch.is_tensor(v) and v.shape == layer.weight.shape}
     assert moments, "optimizer keeps no per-row state to check"

@@ -16,7 +16,7 @@ from train_helpers import one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY_ARGS = ["--channels", "16", "--blocks-per-scale", "1", "--k", "8", "--batch", "16", "--no-progress"]
+TINY_ARGS = ["--preset", "tiny", "--batch", "16", "--no-progress"]
 
 
 def invoke(*args):
@@ -35,9 +35,9 @@ def test_no_argument_run_leaves_a_usable_checkpoint_and_run_files(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     result = invoke("--steps", 6, "--log-every", 3, "--no-progress")
     assert result.exit_code == 0, result.output
-    run = tmp_path / "runs" / "digits-single_shot"
+    run = tmp_path / "runs" / "digits-cpu"
     model = load_generator(run / LAST)
-    assert model.config() == {**TrainConfig().model_config(1, 8), "leak_channels": None}
+    assert model.config() == TrainConfig().model_config(1, 8)
     assert model.sample(seed=[0, 1]).shape == (2, 1, 8, 8)
     assert (run / "samples" / "step_0000006.png").exists() and (run / "training.png").exists()
     entries = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -49,7 +49,7 @@ def test_no_argument_run_leaves_a_usable_checkpoint_and_run_files(tmp_path, monk
 
     again = invoke("--steps", 1, "--no-progress")  # a second default run gets its own folder
     assert again.exit_code == 0, again.output
-    assert (tmp_path / "runs" / "digits-single_shot-2" / LAST).exists()
+    assert (tmp_path / "runs" / "digits-cpu-2" / LAST).exists()
 
 
 def test_images_option_sets_the_step_count(tmp_path):

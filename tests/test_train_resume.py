@@ -19,13 +19,14 @@ from train_helpers import assert_bitwise_equal, one_thread, run_state, tiny  # n
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("kind", ["single_shot", "recurrence"])
-def test_resume_equals_uninterrupted(tmp_path, kind):
+@pytest.mark.parametrize("model", [dict(preset="tiny"), dict(preset="mnist-recurrence", channels=8, iterations=3, k=8)],
+                         ids=["single_shot", "recurrence"])
+def test_resume_equals_uninterrupted(tmp_path, model):
     s = 10
-    full = train(tiny(kind=kind, steps=2 * s), tmp_path / "full", progress=False)
-    first = train(tiny(kind=kind, steps=s), tmp_path / "split", progress=False)
+    full = train(tiny(**model, steps=2 * s), tmp_path / "full", progress=False)
+    first = train(tiny(**model, steps=s), tmp_path / "split", progress=False)
     assert first.step == s
-    resumed = train(tiny(kind=kind, steps=2 * s), tmp_path / "split", resume=True, progress=False)
+    resumed = train(tiny(**model, steps=2 * s), tmp_path / "split", resume=True, progress=False)
     assert full.splits > 0 and resumed.splits == full.splits
     assert_bitwise_equal(run_state(full), run_state(resumed))
     # The RNG streams (data order, chain dropout) end in the same state too.
@@ -97,7 +98,7 @@ def test_killed_process_resumes_to_the_same_bits(tmp_path):
     config = tiny(steps=300)
     full = train(config, tmp_path / "full", progress=False)
     run = tmp_path / "run"
-    args = ["--dataset", "digits", "--channels", "16", "--blocks-per-scale", "1", "--iterations", "3", "--k", "8", "--steps", "300",
+    args = ["--dataset", "digits", "--preset", "tiny", "--steps", "300",
             "--batch", "16", "--chain-dropout", "0.5", "--checkpoint-every", "5", "--log-every", "5",
             "--sample-seeds", "4", "--seed", "3", "--device", "cpu", "--out", str(run), "--no-progress"]
     code = "import sys; from ddn.training.cli import main; sys.exit(main(sys.argv[1:]))"

@@ -23,7 +23,7 @@ def trained(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         out = tmp_path_factory.mktemp("zscg") / "run"
-        result = train(tiny(channels=32, blocks_per_scale=2, k=16, steps=150, batch=64, chain_dropout=0.05),
+        result = train(tiny(preset="cpu", channels=32, k=16, steps=150, batch=64, chain_dropout=0.05),
                        out, progress=False)
     finally:
         torch.set_num_threads(threads)

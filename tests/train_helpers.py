@@ -13,8 +13,7 @@ from ddn.training.train_loop import TrainConfig, TrainResult, train
 from ddn.training.train_state import optimizer_tensors
 
 # Small enough for ~5 ms steps; high chain dropout so resumed runs must restore that stream too.
-TINY = TrainConfig(dataset="digits", kind="single_shot", channels=16, blocks_per_scale=1, iterations=3, k=8,
-                   steps=20, batch=16, chain_dropout=0.5, split_and_prune=True, checkpoint_every=0, log_every=5,
+TINY = TrainConfig(dataset="digits", preset="tiny", steps=20, batch=16, chain_dropout=0.5, split_and_prune=True, checkpoint_every=0, log_every=5,
                    sample_seeds=4, seed=3, device="cpu")
 
 

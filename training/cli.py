@@ -14,16 +14,17 @@ import torch
 from click.core import ParameterSource
 
 from .checkpoint import CheckpointError
+from .presets import PRESETS
 from .train_loop import TrainConfig, train
 from .train_state import LAST, PREVIOUS
 
 DEFAULTS = TrainConfig()
 
 
-def _default_out(dataset: str, kind: str, resume: bool) -> Path:
-    """runs/<dataset>-<kind>, or the first free runs/<dataset>-<kind>-<n> for a new run."""
+def _default_out(dataset: str, preset: str, resume: bool) -> Path:
+    """runs/<dataset>-<preset>, or the first free runs/<dataset>-<preset>-<n> for a new run."""
     label = dataset if dataset == "digits" else (Path(dataset).stem or Path(dataset).name or "data")
-    base = Path("runs") / f"{label}-{kind}"
+    base = Path("runs") / f"{label}-{preset}"
     if resume:
         return base
     candidate, n = base, 1
@@ -38,12 +39,14 @@ def _default_out(dataset: str, kind: str, resume: bool) -> Path:
               help='"digits" (scikit-learn, 8x8), an .npz file, an image folder or MNIST IDX files')
 @click.option("--image-size", type=int, default=None,
               help="resize images to this power of two [default: the dataset's size, padded up to a power of two]")
-@click.option("--kind", type=click.Choice(["single_shot", "recurrence"]), default=DEFAULTS.kind,
-              help="single_shot: one DDL per block, resolution 1,2,4,..; recurrence: one block+DDL repeated")
-@click.option("--channels", type=click.IntRange(min=2), default=DEFAULTS.channels, help="feature channels of every block")
-@click.option("--blocks-per-scale", type=click.IntRange(min=1), default=DEFAULTS.blocks_per_scale, help="single_shot: blocks per resolution")
-@click.option("--iterations", type=click.IntRange(min=1), default=DEFAULTS.iterations, help="recurrence: how often the block repeats")
-@click.option("--k", "-k", "k", type=click.IntRange(min=1), default=DEFAULTS.k, help="branches (candidates) per DDL")
+@click.option("--preset", type=click.Choice(PRESETS), default=DEFAULTS.preset,
+              help="model: cpu (sized for a CPU), cifar10 (the paper's CIFAR-10 model, for GPUs), "
+                   "mnist-recurrence (the official MNIST U-Net, repeated), tiny (tests)")
+@click.option("--channels", type=click.IntRange(min=2), default=None,
+              help="override the preset's channels (every scale; recurrence: the U-Net's base)")
+@click.option("--k", "-k", "k", type=click.IntRange(min=1), default=None, help="override the preset's branches per DDL")
+@click.option("--max-blocks", type=click.IntRange(min=1), default=None, help="single-shot presets: cap the blocks per scale")
+@click.option("--iterations", type=click.IntRange(min=1), default=None, help="recurrence: override how often the block repeats")
 @click.option("--steps", type=click.IntRange(min=1), default=DEFAULTS.steps, help="total optimizer steps")
 @click.option("--images", type=click.IntRange(min=1), default=None, help="total training images instead of --steps")
 @click.option("--batch", type=click.IntRange(min=1), default=DEFAULTS.batch, help="global batch size (split over ranks)")
@@ -55,7 +58,7 @@ def _default_out(dataset: str, kind: str, resume: bool) -> Path:
 @click.option("--split-and-prune/--no-split-and-prune", default=DEFAULTS.split_and_prune,
               help="split over-used and prune under-used branches after every step")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="run folder [default: runs/<dataset>-<kind>, numbered if taken]")
+              help="run folder [default: runs/<dataset>-<preset>, numbered if taken]")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=DEFAULTS.checkpoint_every,
               help="steps between checkpoints (and sample grids); 0: only at the end")
 @click.option("--log-every", type=click.IntRange(min=1), default=DEFAULTS.log_every, help="steps between log lines")
@@ -83,7 +86,7 @@ def main(ctx: click.Context, images: int | None, out: Path | None, minutes: floa
     if threads:
         torch.set_num_threads(threads)
     if out is None:
-        out = _default_out(config.dataset, config.kind, resume)
+        out = _default_out(config.dataset, config.preset, resume)
     try:
         result = train(config, out, resume=resume, explicit=explicit, progress=progress,
                        max_seconds=None if minutes is None else minutes * 60)

@@ -1,13 +1,14 @@
-"""The Discrete Distribution Layer (DDL).
+"""The Discrete Distribution Layer (DDL), laid out as the paper and the official code define it.
 
-A DDL turns features [B, C, H, W] into K candidate images at once and keeps
-one of them. Its weight is a bias-free 1x1 conv stored per branch as
-``weight[k]`` = [rows, C/2] with rows = image channels + leak channels:
+A DDL's only weights are a bias-free 1x1 conv stored per branch as
+``weight[k]`` = [C_img, C/2]: K branches of C_img output rows over the first
+half of the feature channels. From features [B, C, H, W] it makes
 
-* the first C/2 feature channels go through the image rows of all K branches
-  (the K candidates, each added to the previous chosen image: learning residual);
-* the last C/2 channels go through the leak rows of the chosen branch only,
-  giving a feature that tells the next block which branch was taken.
+* the K candidate images ``prev + rows_k @ first_half`` at once (with the
+  learning residual; without it the rows' output alone), of which one is kept;
+* the leak: the *chosen* branch's same rows applied to the *other* half of the
+  features, a C_img-channel map with no parameters of its own that tells the
+  next block which branch was taken.
 
 When the branch index is known in advance (sampling, decoding, the exported
 graph) only the chosen branch's rows are gathered and applied, so the head
@@ -29,7 +30,10 @@ Choice = Union[torch.Tensor, Chooser]
 
 
 def area_resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize square maps by area averaging (down) or nearest repetition (up), power-of-two factors."""
+    """Resize square maps by area averaging (down) or nearest repetition (up), power-of-two factors.
+
+    Targets and conditions are brought to a layer's resolution this way.
+    """
     current = x.shape[-1]
     if current == size:
         return x
@@ -38,68 +42,65 @@ def area_resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, scale_factor=size // current, mode="nearest")
 
 
+def bilinear_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The previous chosen image brought to a layer's resolution (the learning residual's input)."""
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
 class DiscreteDistributionLayer(nn.Module):
-    def __init__(self, channels: int, image_channels: int, k: int, leak_channels: int | None = None):
+    def __init__(self, channels: int, image_channels: int, k: int, residual: bool = True):
         super().__init__()
         if channels % 2:
             raise ValueError(f"DDL needs an even channel count, got {channels}")
-        self.channels = channels
-        self.image_channels = image_channels
-        self.k = k
-        self.leak_channels = channels // 2 if leak_channels is None else leak_channels
-        if image_channels + self.leak_channels > channels:
-            raise ValueError("image channels + leak channels must fit in the feature channels")
-        rows = image_channels + self.leak_channels
-        self.weight = nn.Parameter(torch.empty(k, rows, channels // 2))
-        nn.init.normal_(self.weight, std=(channels // 2) ** -0.5)
+        self.channels, self.image_channels, self.k, self.residual = channels, image_channels, k, residual
+        self.weight = nn.Parameter(torch.empty(k, image_channels, channels // 2))
+        bound = (channels // 2) ** -0.5  # nn.Conv2d's default init for a 1x1 conv over C/2 inputs
+        nn.init.uniform_(self.weight, -bound, bound)
         self.usage = BranchUsage(k)
+
+    def base_image(self, prev_image: torch.Tensor, size: int) -> torch.Tensor | None:
+        """What the candidates are added to: the previous image at this resolution, or nothing."""
+        return bilinear_resize(prev_image, size) if self.residual else None
 
     def candidates(self, features: torch.Tensor, prev_image: torch.Tensor) -> torch.Tensor:
         """All K candidate images [B, K, C_img, H, W]."""
-        half = features[:, : self.channels // 2]
-        w = self.weight[:, : self.image_channels].reshape(self.k * self.image_channels, -1, 1, 1)
-        deltas = F.conv2d(half, w)
-        b, _, h, wd = deltas.shape
-        return prev_image.unsqueeze(1) + deltas.view(b, self.k, self.image_channels, h, wd)
+        b, _, h, w = features.shape
+        rows = self.weight.reshape(self.k * self.image_channels, -1, 1, 1)
+        images = F.conv2d(features[:, : self.channels // 2], rows).view(b, self.k, self.image_channels, h, w)
+        base = self.base_image(prev_image, h)
+        return images if base is None else images + base.unsqueeze(1)
+
+    def leak(self, features: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The chosen rows [B, C_img, C/2] applied to the second half of the features."""
+        b, c, h, w = features.shape
+        return torch.bmm(rows, features[:, c // 2:].reshape(b, c // 2, h * w)).view(b, self.image_channels, h, w)
 
     def apply_branch(self, features: torch.Tensor, prev_image: torch.Tensor, index: torch.Tensor):
-        """Chosen image [B, C_img, H, W] and leak feature [B, C_leak, H, W] for known indices [B]."""
+        """Chosen image and leak [B, C_img, H, W] for known indices [B], from the chosen rows only."""
         b, c, h, w = features.shape
-        rows = self.weight[index]  # [B, rows, C/2]: the chosen branch's rows only
-        image_in = features[:, : c // 2].reshape(b, c // 2, h * w)
-        leak_in = features[:, c // 2 :].reshape(b, c // 2, h * w)
-        image = torch.bmm(rows[:, : self.image_channels], image_in).view(b, self.image_channels, h, w)
-        leak = torch.bmm(rows[:, self.image_channels :], leak_in).view(b, self.leak_channels, h, w)
-        return prev_image + image, leak
+        rows = self.weight[index]  # [B, C_img, C/2]
+        image = torch.bmm(rows, features[:, : c // 2].reshape(b, c // 2, h * w)).view(b, self.image_channels, h, w)
+        base = self.base_image(prev_image, h)
+        return image if base is None else image + base, self.leak(features, rows)
 
     def apply_branch_all_k(self, features: torch.Tensor, prev_image: torch.Tensor, index: torch.Tensor):
-        """The official way: compute every branch's image and leak rows, then keep the chosen one.
+        """What the official code computes: every branch's candidate, then the chosen one kept.
 
-        Same result as :meth:`apply_branch`; kept as the reference for tests and benchmarks.
+        Its leak already gathers the chosen rows (as the official code does), so
+        this differs from :meth:`apply_branch` in the candidates only. Same
+        result; the reference for tests and benchmarks.
         """
-        b, c, h, w = features.shape
-        half = c // 2
-        rows = self.weight.shape[1]
-        img_w = self.weight[:, : self.image_channels].reshape(-1, half, 1, 1)
-        leak_w = self.weight[:, self.image_channels :].reshape(-1, half, 1, 1)
-        images = F.conv2d(features[:, :half], img_w).view(b, self.k, self.image_channels, h, w)
-        leaks = F.conv2d(features[:, half:], leak_w).view(b, self.k, rows - self.image_channels, h, w)
-        pick = torch.arange(b, device=features.device)
-        return prev_image + images[pick, index], leaks[pick, index]
-
-    def feed_forward(self, features: torch.Tensor, image: torch.Tensor, leak: torch.Tensor) -> torch.Tensor:
-        """Tell the next block what was chosen: image into the first channels, leak into the last."""
-        gap = self.channels - self.image_channels - self.leak_channels
-        parts = [image, leak] if gap == 0 else [image, image.new_zeros(image.shape[0], gap, *image.shape[2:]), leak]
-        return features + torch.cat(parts, dim=1)
+        pick = torch.arange(features.shape[0], device=features.device)
+        return self.candidates(features, prev_image)[pick, index], self.leak(features, self.weight[index])
 
     def forward(self, features: torch.Tensor, prev_image: torch.Tensor, choice: Choice, all_k: bool = False):
-        """Returns (features for the next block, chosen image, chosen indices [B]).
+        """Returns (chosen image, leak, chosen indices [B]).
 
         ``choice`` is either the branch indices [B] (clamped into [0, K)) or a
         chooser that sees the K candidates, computed without gradient.
         """
-        prev_image = area_resize(prev_image, features.shape[-1])
         if torch.is_tensor(choice):
             index = choice.long().clamp(0, self.k - 1)
         else:
@@ -107,4 +108,4 @@ class DiscreteDistributionLayer(nn.Module):
                 index = choice(self.candidates(features, prev_image))
         branch = self.apply_branch_all_k if all_k else self.apply_branch
         image, leak = branch(features, prev_image, index)
-        return self.feed_forward(features, image, leak), image, index
+        return image, leak, index

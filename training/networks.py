@@ -3,9 +3,14 @@
 Two paradigms share one API (:class:`DDNGenerator`):
 
 * :class:`SingleShotGenerator` -- every block has its own DDL and the resolution
-  grows 1, 2, 4, ... up to the image size.
-* :class:`RecurrenceGenerator` -- one block and one DDL applied N times at full
-  resolution with shared weights.
+  grows 1, 2, 4, ... up to the image size, with channels, block count and K set
+  per scale (the official single-shot image models' capacity schedule).
+* :class:`RecurrenceGenerator` -- one block (a small U-Net) and one DDL applied
+  N times at full resolution with shared weights (the official MNIST model).
+
+Each block sees the previous block's features with the previous DDL's chosen
+image and leak (see :mod:`.blocks`); each DDL sees the block's features and the
+previous chosen image.
 
 A sample's latent is always the int tensor ``codes`` [B, L]: one branch index per DDL call.
 """
@@ -21,40 +26,26 @@ from torch import nn
 
 from ddn.codes import codes_from_seed, validate_codes
 
+from .blocks import TinyUNet, UNetBlock
 from .ddl import Choice, Chooser, DiscreteDistributionLayer, area_resize
 from .guidance import Condition, TargetCondition, make_chooser
-
-
-class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv3x3 twice with a skip; keeps [B, C, H, W]."""
-
-    def __init__(self, channels: int, groups: int = 8):
-        super().__init__()
-        self.norm1 = nn.GroupNorm(min(groups, channels), channels)
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.norm2 = nn.GroupNorm(min(groups, channels), channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)  # start as identity: the DDLs see the stem at first
-        nn.init.zeros_(self.conv2.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        return x + self.conv2(F.silu(self.norm2(h)))
 
 
 class DDNGenerator(nn.Module):
     """The model API shared by both paradigms.
 
-    Subclasses set ``self.image_channels``, ``self.image_size``, ``self.stem``
-    (a learned constant feature map [C, r0, r0]) and implement :meth:`stages`,
-    the sequence of (block, ddl, resolution) the forward pass walks through.
+    Subclasses set ``self.image_channels`` and ``self.image_size`` and implement
+    :meth:`initial_state` (features, image and leak before the first block) and
+    :meth:`stages`, the sequence of (block, ddl) the forward pass walks through.
     """
 
     image_channels: int
     image_size: int
-    stem: nn.Parameter
 
-    def stages(self) -> Sequence[tuple[nn.Module, DiscreteDistributionLayer, int]]:
+    def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def stages(self) -> Sequence[tuple[nn.Module, DiscreteDistributionLayer]]:
         raise NotImplementedError
 
     def config(self) -> dict:
@@ -68,12 +59,12 @@ class DDNGenerator(nn.Module):
 
     @property
     def branch_counts(self) -> list[int]:
-        return [ddl.k for _, ddl, _ in self.stages()]
+        return [ddl.k for _, ddl in self.stages()]
 
     def ddls(self) -> list[DiscreteDistributionLayer]:
         """Each distinct DDL once (the recurrence generator reuses one)."""
         unique: dict[int, DiscreteDistributionLayer] = {}
-        for _, ddl, _ in self.stages():
+        for _, ddl in self.stages():
             unique.setdefault(id(ddl), ddl)
         return list(unique.values())
 
@@ -83,13 +74,11 @@ class DDNGenerator(nn.Module):
 
         Returns (final image [B, C, H, W], codes [B, L], per-layer chosen images).
         """
-        features = self.stem.unsqueeze(0).expand(batch, -1, -1, -1)
-        image = features.new_zeros(batch, self.image_channels, *features.shape[-2:])
+        features, image, leak = self.initial_state(batch)
         codes, images = [], []
-        for layer, (block, ddl, resolution) in enumerate(self.stages()):
-            if features.shape[-1] != resolution:
-                features = F.interpolate(features, size=(resolution, resolution), mode="nearest")
-            features, image, index = ddl(block(features), image, choose(layer), all_k=all_k)
+        for layer, (block, ddl) in enumerate(self.stages()):
+            features = block(features, image, leak)
+            image, leak, index = ddl(features, image, choose(layer), all_k=all_k)
             codes.append(index)
             images.append(image)
         return image, torch.stack(codes, dim=1), images
@@ -172,7 +161,7 @@ class DDNGenerator(nn.Module):
     def check_codes(self, codes: torch.Tensor | np.ndarray) -> torch.Tensor:
         array = codes.detach().cpu().numpy() if torch.is_tensor(codes) else np.asarray(codes)
         validate_codes(array, self.num_layers, self.branch_counts)
-        return torch.as_tensor(array, dtype=torch.long, device=self.stem.device)
+        return torch.as_tensor(array, dtype=torch.long, device=next(self.parameters()).device)
 
     def _check_images(self, images: torch.Tensor) -> None:
         expected = (self.image_channels, self.image_size, self.image_size)
@@ -187,47 +176,98 @@ def _check_power_of_two(size: int) -> int:
     return int(math.log2(size))
 
 
-class SingleShotGenerator(DDNGenerator):
-    """Resolutions 1, 2, 4, ... image_size; ``blocks_per_scale`` (block, DDL) pairs at each."""
+def _per_scale(name: str, value: int | Sequence[int], scales: int) -> list[int]:
+    """One positive int per scale: a single value is used at every scale."""
+    values = [int(value)] * scales if isinstance(value, (int, np.integer)) else [int(v) for v in value]
+    if len(values) != scales:
+        raise ValueError(f"{name} needs one value per scale ({scales} for this image size), got {len(values)}")
+    if min(values) < 1:
+        raise ValueError(f"{name} must be positive, got {values}")
+    return values
 
-    def __init__(self, image_size: int = 32, image_channels: int = 1, channels: int = 64,
-                 blocks_per_scale: int = 2, k: int = 64, leak_channels: int | None = None):
+
+def init_features(channels: int) -> torch.Tensor:
+    """The official single-shot model's fixed starting features at 1x1: linspace(-1, 1) over channels."""
+    return torch.linspace(-1, 1, channels).view(channels, 1, 1)
+
+
+def linear_spatial_embedding(channels: int, size: int) -> torch.Tensor:
+    """The official recurrence model's starting maps: one ramp over all values, channel i rotated i*90 degrees."""
+    ramp = torch.linspace(-1, 1, channels * size * size).view(channels, size, size)
+    return torch.stack([torch.rot90(plane, i, dims=(0, 1)) for i, plane in enumerate(ramp)])
+
+
+class SingleShotGenerator(DDNGenerator):
+    """Resolutions 1, 2, 4, ... image_size; at scale s, ``blocks[s]`` (block, DDL) pairs.
+
+    ``channels``, ``blocks`` and ``k`` give one value per scale (or one for all).
+    The first block of every scale above 1x1 upsamples from the previous scale's
+    channels. The official CIFAR-10 model is channels 256, blocks 1, 2, 4, 8, 16, 32.
+    """
+
+    def __init__(self, image_size: int = 32, image_channels: int = 1, channels: int | Sequence[int] = 64,
+                 blocks: int | Sequence[int] = 2, k: int | Sequence[int] = 64, residual: bool = True):
         super().__init__()
         scales = _check_power_of_two(image_size) + 1
+        channels, blocks, k = (_per_scale(name, v, scales) for name, v in
+                               (("channels", channels), ("blocks", blocks), ("k", k)))
+        if any(c % 2 or c < 2 * image_channels for c in channels):
+            raise ValueError(f"channels must be even and at least twice the image channels, got {channels}")
         self._config = dict(image_size=image_size, image_channels=image_channels, channels=channels,
-                            blocks_per_scale=blocks_per_scale, k=k, leak_channels=leak_channels)
+                            blocks=blocks, k=k, residual=residual)
         self.image_size, self.image_channels = image_size, image_channels
-        self.stem = nn.Parameter(torch.randn(channels, 1, 1))
-        self.blocks = nn.ModuleList(ResBlock(channels) for _ in range(scales * blocks_per_scale))
-        self.layers = nn.ModuleList(
-            DiscreteDistributionLayer(channels, image_channels, k, leak_channels)
-            for _ in range(scales * blocks_per_scale))
-        self._resolutions = [2 ** (i // blocks_per_scale) for i in range(scales * blocks_per_scale)]
+        self.register_buffer("start", init_features(channels[0]), persistent=False)
+        block_list, layer_list = [], []
+        for scale in range(scales):
+            for i in range(blocks[scale]):
+                upsample = scale > 0 and i == 0
+                block_list.append(UNetBlock(channels[scale - 1] if upsample else channels[scale], channels[scale],
+                                            up=upsample))
+                layer_list.append(DiscreteDistributionLayer(channels[scale], image_channels, k[scale], residual))
+        self.blocks = nn.ModuleList(block_list)
+        self.layers = nn.ModuleList(layer_list)
+
+    def initial_state(self, batch: int):
+        features = self.start.unsqueeze(0).expand(batch, -1, -1, -1)
+        zeros = features.new_zeros(batch, self.image_channels, 1, 1)
+        return features, zeros, zeros
 
     def stages(self):
-        return list(zip(self.blocks, self.layers, self._resolutions))
+        return list(zip(self.blocks, self.layers))
 
     def config(self) -> dict:
         return {"kind": "single_shot", **self._config}
 
 
 class RecurrenceGenerator(DDNGenerator):
-    """One block and one DDL applied ``iterations`` times at full resolution, weights shared."""
+    """One small U-Net block and one DDL applied ``iterations`` times at full resolution, weights shared.
 
-    def __init__(self, image_size: int = 32, image_channels: int = 1, channels: int = 64,
-                 iterations: int = 10, k: int = 64, leak_channels: int | None = None):
+    The official MNIST model: base 32 channels, K = 64, 10 iterations, no learning residual.
+    """
+
+    def __init__(self, image_size: int = 32, image_channels: int = 1, base: int = 32, iterations: int = 10,
+                 k: int = 64, residual: bool = False):
         super().__init__()
         _check_power_of_two(image_size)
-        self._config = dict(image_size=image_size, image_channels=image_channels, channels=channels,
-                            iterations=iterations, k=k, leak_channels=leak_channels)
+        if iterations < 1 or k < 1 or base < 2 or base % 2:
+            raise ValueError(f"recurrence needs iterations >= 1, k >= 1 and an even base >= 2, "
+                             f"got {iterations}, {k}, {base}")
+        self._config = dict(image_size=image_size, image_channels=image_channels, base=base,
+                            iterations=iterations, k=k, residual=residual)
         self.image_size, self.image_channels = image_size, image_channels
-        self.stem = nn.Parameter(torch.randn(channels, image_size, image_size))
-        self.block = ResBlock(channels)
-        self.layer = DiscreteDistributionLayer(channels, image_channels, k, leak_channels)
+        self.block = TinyUNet(image_size, image_channels, base)
+        self.layer = DiscreteDistributionLayer(self.block.out_channels, image_channels, k, residual)
         self.iterations = iterations
+        self.register_buffer("start_features", linear_spatial_embedding(self.block.out_channels, image_size),
+                             persistent=False)
+        self.register_buffer("start_image", linear_spatial_embedding(image_channels, image_size), persistent=False)
+
+    def initial_state(self, batch: int):
+        image = self.start_image.unsqueeze(0).expand(batch, -1, -1, -1)
+        return self.start_features.unsqueeze(0).expand(batch, -1, -1, -1), image, image
 
     def stages(self):
-        return [(self.block, self.layer, self.image_size)] * self.iterations
+        return [(self.block, self.layer)] * self.iterations
 
     def config(self) -> dict:
         return {"kind": "recurrence", **self._config}

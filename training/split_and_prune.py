@@ -22,9 +22,11 @@ from torch import nn
 class BranchUsage(nn.Module):
     """Usage statistics of K nodes.
 
-    ``count`` and ``near2`` are cumulative and identical on every rank; the
-    ``step_*`` buffers collect the current step's local choices until
-    :func:`split_and_prune_` folds them in (after summing over ranks).
+    ``count`` and ``near2`` are cumulative and identical on every rank. The
+    current step's (nearest, second nearest) pairs wait in a list until
+    :func:`split_and_prune_` folds them in: directly when training alone, as
+    dense per-step tensors summed over ranks otherwise (so that large K stays
+    cheap on one process, where a dense K x K add per step would dominate).
     """
 
     def __init__(self, k: int):
@@ -32,30 +34,45 @@ class BranchUsage(nn.Module):
         self.k = k
         self.register_buffer("count", torch.zeros(k, dtype=torch.float64))
         self.register_buffer("near2", torch.zeros(k, k, dtype=torch.float64))
-        self.register_buffer("step_count", torch.zeros(k, dtype=torch.float64), persistent=False)
-        self.register_buffer("step_near2", torch.zeros(k, k, dtype=torch.float64), persistent=False)
+        self._pending: list[torch.Tensor] = []  # [n, 2] (nearest, second nearest) per record() call
 
     @torch.no_grad()
     def record(self, distances: torch.Tensor) -> None:
         """Record the nearest and second-nearest node of each sample from distances [B, K]."""
         if self.k < 2:
-            self.step_count[0] += distances.shape[0]
+            nearest = torch.zeros(distances.shape[0], 1, dtype=torch.long, device=distances.device)
+            self._pending.append(nearest.expand(-1, 2))
             return
-        nearest2 = distances.topk(2, dim=1, largest=False).indices
-        ones = torch.ones(nearest2.shape[0], dtype=torch.float64, device=distances.device)
-        self.step_count.index_add_(0, nearest2[:, 0], ones)
-        self.step_near2.view(-1).index_add_(0, nearest2[:, 0] * self.k + nearest2[:, 1], ones)
+        self._pending.append(distances.topk(2, dim=1, largest=False).indices)
+
+    def step_counts(self) -> torch.Tensor:
+        """How often each node was the nearest in the current (not yet folded) step, float64 [K]."""
+        count = torch.zeros_like(self.count)
+        self._add_pending(count, None)
+        return count
+
+    def _add_pending(self, count: torch.Tensor, near2: torch.Tensor | None) -> None:
+        if not self._pending:
+            return
+        pairs = torch.cat(self._pending).to(count.device)
+        ones = torch.ones(len(pairs), dtype=count.dtype, device=count.device)
+        count.index_add_(0, pairs[:, 0], ones)
+        if near2 is not None and self.k >= 2:
+            near2.view(-1).index_add_(0, pairs[:, 0] * self.k + pairs[:, 1], ones)
 
     @torch.no_grad()
     def fold_step(self, all_reduce: Callable[[torch.Tensor], None] | None = None) -> None:
         """Add this step's statistics (summed over ranks by ``all_reduce``) to the cumulative ones."""
-        if all_reduce is not None:
-            all_reduce(self.step_count)
-            all_reduce(self.step_near2)
-        self.count += self.step_count
-        self.near2 += self.step_near2
-        self.step_count.zero_()
-        self.step_near2.zero_()
+        if all_reduce is None:
+            self._add_pending(self.count, self.near2)
+        else:
+            count, near2 = torch.zeros_like(self.count), torch.zeros_like(self.near2)
+            self._add_pending(count, near2)
+            all_reduce(count)
+            all_reduce(near2)
+            self.count += count
+            self.near2 += near2
+        self._pending.clear()
 
     def probabilities(self) -> torch.Tensor:
         total = self.count.sum()

@@ -38,6 +38,7 @@ from .datasets import batch_stream, load_images
 from .distributed import Ranks
 from .distributed import resolve_device  # noqa: F401 (benchmarks/quality.py imports it from here)
 from .networks import DDNGenerator, build_generator
+from .presets import preset_config
 from .run_outputs import RunLog, plot_run, save_sample_grid
 from .split_and_prune import split_and_prune_
 from .stop_request import StopRequest
@@ -53,11 +54,11 @@ class TrainConfig:
 
     dataset: str = "digits"
     image_size: int | None = None  # None: the dataset's own size
-    kind: str = "single_shot"  # or "recurrence"
-    channels: int = 64
-    blocks_per_scale: int = 2  # single_shot
-    iterations: int = 10  # recurrence
-    k: int = 64
+    preset: str = "cpu"  # see ddn.training.presets
+    channels: int | None = None  # None: the preset's; single-shot: every scale's, recurrence: the U-Net's base
+    k: int | None = None  # None: the preset's branches per DDL
+    max_blocks: int | None = None  # single-shot: cap on the blocks per scale
+    iterations: int | None = None  # recurrence: how often the block repeats (None: the preset's)
     steps: int = 2000
     batch: int = 64  # global: each of N ranks takes batch / N
     lr: float = 1e-3
@@ -73,14 +74,10 @@ class TrainConfig:
     precision: str = "fp32"  # fp32, bf16 or fp16 autocast
 
     def model_config(self, image_channels: int, image_size: int) -> dict[str, Any]:
-        if self.kind == "single_shot":
-            size = dict(blocks_per_scale=self.blocks_per_scale)
-        elif self.kind == "recurrence":
-            size = dict(iterations=self.iterations)
-        else:
-            raise ValueError(f"unknown model kind {self.kind!r}; expected single_shot or recurrence")
-        return dict(kind=self.kind, image_size=image_size, image_channels=image_channels,
-                    channels=self.channels, k=self.k, **size)
+        overrides = {name: value for name, value in (("k", self.k), ("max_blocks", self.max_blocks),
+                                                      ("iterations", self.iterations), ("channels", self.channels))
+                     if value is not None}
+        return preset_config(self.preset, image_size, image_channels, **overrides)
 
 
 # Options a resumed run may change; everything else must match the checkpoint.

@@ -1,0 +1,70 @@
+"""The DDL layout: K image rows over the first half of the features, the leak is the chosen rows on the other half."""
+import pytest
+import torch
+
+from ddn.training.blocks import add_choice
+from ddn.training.ddl import DiscreteDistributionLayer
+
+
+def hand_built_layer(residual: bool) -> DiscreteDistributionLayer:
+    """C = 4 feature channels, 1 image channel, K = 3 branches with rows (a_k, b_k) = (k+1, -(k+1)/2)."""
+    ddl = DiscreteDistributionLayer(channels=4, image_channels=1, k=3, residual=residual)
+    with torch.no_grad():
+        for k in range(3):
+            ddl.weight[k] = torch.tensor([[k + 1.0, -(k + 1.0) / 2]])
+    return ddl
+
+
+def features_of(values: list[float], size: int = 2) -> torch.Tensor:
+    """One sample whose channel c is the constant values[c] (x a position ramp, to tell pixels apart)."""
+    ramp = torch.arange(1.0, size * size + 1).view(1, 1, size, size)
+    return torch.tensor(values).view(1, -1, 1, 1) * ramp
+
+
+def test_the_layer_has_only_the_image_rows_of_k_branches():
+    ddl = DiscreteDistributionLayer(channels=64, image_channels=3, k=16)
+    assert [p.shape for p in ddl.parameters()] == [torch.Size([16, 3, 32])]
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_image_and_leak_use_the_chosen_branch_rows(residual):
+    ddl = hand_built_layer(residual)
+    f = features_of([2.0, 3.0, 5.0, 7.0])
+    prev = torch.full((1, 1, 1, 1), 0.25)  # 1x1 previous image: bilinear up to 2x2 is the same constant
+    ramp = f[:, :1] / 2.0
+    for k in range(3):
+        a, b = k + 1.0, -(k + 1.0) / 2
+        image, leak, index = ddl(f, prev, torch.tensor([k]))
+        expected_image = (a * 2 + b * 3) * ramp + (0.25 if residual else 0.0)
+        torch.testing.assert_close(image, expected_image)
+        torch.testing.assert_close(leak, (a * 5 + b * 7) * ramp)  # same rows, other half of the features
+        assert index.tolist() == [k]
+
+
+def test_gathered_branch_equals_all_k_candidates_and_guided_choice_picks_the_nearest():
+    torch.manual_seed(0)
+    ddl = DiscreteDistributionLayer(channels=8, image_channels=3, k=5)
+    f, prev = torch.randn(6, 8, 4, 4), torch.randn(6, 3, 2, 2)
+    index = torch.tensor([0, 4, 2, 2, 1, 3])
+    gathered = ddl(f, prev, index)
+    all_k = ddl(f, prev, index, all_k=True)
+    torch.testing.assert_close(gathered[0], all_k[0])
+    torch.testing.assert_close(gathered[1], all_k[1])
+    target = ddl.candidates(f, prev)[torch.arange(6), index] + 1e-3
+    _, _, chosen = ddl(f, prev, lambda c: (c - target.unsqueeze(1)).pow(2).flatten(2).sum(2).argmin(1))
+    assert torch.equal(chosen, index)
+
+
+def test_indices_outside_the_branches_are_clamped():
+    ddl = hand_built_layer(residual=False)
+    f = features_of([1.0, 1.0, 1.0, 1.0])
+    high, _, index = ddl(f, f[:, :1], torch.tensor([99]))
+    assert index.tolist() == [2]
+    torch.testing.assert_close(high, ddl(f, f[:, :1], torch.tensor([2]))[0])
+
+
+def test_next_block_receives_image_in_the_first_and_leak_in_the_last_channels():
+    features = torch.zeros(1, 6, 2, 2)
+    image, leak = torch.full((1, 2, 2, 2), 1.0), torch.full((1, 2, 2, 2), 10.0)
+    fed = add_choice(features, image, leak)
+    assert fed[0, :, 0, 0].tolist() == [1.0, 1.0, 0.0, 0.0, 10.0, 10.0]

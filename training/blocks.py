@@ -1,0 +1,145 @@
+"""The feature blocks a DDN stacks between its DDLs.
+
+Every block here maps ``(features, image, leak) -> features``: it receives the
+previous block's features together with the previous DDL's chosen image and
+leak, which is how the next block learns which branch was taken.
+
+* :class:`UNetBlock` -- the official single-shot model's block (EDM's U-Net
+  block without embedding): GroupNorm-SiLU-conv3x3 twice with a skip, scaled
+  by sqrt(1/2), optionally upsampling 2x. The chosen image and the leak are
+  added, zero-padded, into the first and the last C_img input channels.
+* :class:`TinyUNet` -- the official MNIST recurrence model's block: a small
+  U-Net (3 downs, 3 ups, skips; every conv LayerNorm-conv-SiLU) whose input is
+  the sum of three small conv stacks embedding the image, the previous
+  features and the leak.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """EDM's normalisation: up to 32 groups of at least 4 channels, eps 1e-6."""
+    return nn.GroupNorm(max(1, min(32, channels // 4)), channels, eps=1e-6)
+
+
+def xavier_conv(in_channels: int, out_channels: int, kernel: int, gain: float = 1.0) -> nn.Conv2d:
+    """A conv initialised as EDM's: xavier-uniform weights times ``gain``, zero bias."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2)
+    nn.init.xavier_uniform_(conv.weight)
+    with torch.no_grad():
+        conv.weight.mul_(gain)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def add_choice(features: torch.Tensor, image: torch.Tensor, leak: torch.Tensor) -> torch.Tensor:
+    """Add the chosen image into the first C_img channels and the leak into the last C_img."""
+    c, c_img = features.shape[1], image.shape[1]
+    return features + F.pad(image, (0, 0, 0, 0, 0, c - c_img)) + F.pad(leak, (0, 0, 0, 0, c - c_img, 0))
+
+
+class UNetBlock(nn.Module):
+    """[B, in, r, r] -> [B, out, r, r] (or 2r with ``up``): the official single-shot block."""
+
+    def __init__(self, in_channels: int, out_channels: int, up: bool = False):
+        super().__init__()
+        self.in_channels, self.out_channels, self.up = in_channels, out_channels, up
+        self.norm0 = group_norm(in_channels)
+        self.conv0 = xavier_conv(in_channels, out_channels, 3)
+        self.norm1 = group_norm(out_channels)
+        self.conv1 = xavier_conv(out_channels, out_channels, 3, gain=1e-5)  # starts near identity
+        self.skip = xavier_conv(in_channels, out_channels, 1) if up or in_channels != out_channels else None
+
+    def _resample(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=2, mode="nearest") if self.up else x
+
+    def forward(self, features: torch.Tensor, image: torch.Tensor, leak: torch.Tensor) -> torch.Tensor:
+        x = add_choice(features, image, leak)
+        h = self.conv0(self._resample(F.silu(self.norm0(x))))
+        h = self.conv1(F.silu(self.norm1(h)))
+        skip = self._resample(x)
+        if self.skip is not None:
+            skip = self.skip(skip)
+        return (h + skip) * math.sqrt(0.5)
+
+
+class NormConv(nn.Sequential):
+    """LayerNorm over (C, H, W), conv3x3, SiLU: the official MNIST model's conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, size: int):
+        super().__init__(nn.LayerNorm((in_channels, size, size)), nn.Conv2d(in_channels, out_channels, 3, padding=1),
+                         nn.SiLU())
+
+
+def tiny_stack(size: int, channels: list[int]) -> nn.Sequential:
+    """NormConvs through ``channels`` (e.g. [in, c, c, c]: three convs) at resolution ``size``."""
+    return nn.Sequential(*(NormConv(a, b, size) for a, b in zip(channels, channels[1:])))
+
+
+class StageBias(nn.Module):
+    """A learned per-channel bias computed as the official model does for its (unused) class input.
+
+    The official network adds ``Linear-SiLU-Linear`` of a class embedding before
+    each stage; unconditioned, that embedding is the zero vector, so the result
+    is a learned constant. Kept in the same form so the parameter count and the
+    optimisation match the official network.
+    """
+
+    def __init__(self, channels: int, embedding: int = 100):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(embedding, channels), nn.SiLU(), nn.Linear(channels, channels))
+        self.register_buffer("zero", torch.zeros(1, embedding), persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        return self.mlp(self.zero).view(1, -1, 1, 1)
+
+
+class TinyUNet(nn.Module):
+    """The official MNIST recurrence block: [B, out, S, S] features from (features, image, leak).
+
+    Base ``c`` channels: 3 NormConvs per stage at S (c), S/2 (2c), S/4 (4c), a
+    bottleneck at S/8, transposed-conv ups with skips, and an output stack to
+    ``out_channels`` (the DDL's input, c by default).
+    """
+
+    def __init__(self, size: int, image_channels: int, base: int = 32, out_channels: int | None = None):
+        super().__init__()
+        if size < 8 or size & (size - 1):
+            raise ValueError(f"the U-Net block needs a power-of-two size of at least 8, got {size}")
+        c, out = base, out_channels or base
+        self.out_channels = out
+        self.embed_image = tiny_stack(size, [image_channels, c, c, c])
+        self.embed_features = tiny_stack(size, [out, c, c, c])
+        self.embed_leak = tiny_stack(size, [image_channels, c, c, c])
+        self.bias1 = StageBias(1)  # one value added to every image channel, as the official model does
+        self.bias2, self.bias3 = StageBias(c), StageBias(2 * c)
+        self.down1 = nn.Conv2d(c, c, 4, 2, 1)
+        self.b2 = tiny_stack(size // 2, [c, 2 * c, 2 * c, 2 * c])
+        self.down2 = nn.Conv2d(2 * c, 2 * c, 4, 2, 1)
+        self.b3 = tiny_stack(size // 4, [2 * c, 4 * c, 4 * c, 4 * c])
+        self.down3 = nn.Conv2d(4 * c, 4 * c, 4, 2, 1)
+        self.bias_mid = StageBias(4 * c)
+        self.mid = tiny_stack(size // 8, [4 * c, 2 * c, 2 * c, 4 * c])
+        self.up1 = nn.ConvTranspose2d(4 * c, 4 * c, 4, 2, 1)
+        self.bias4 = StageBias(8 * c)
+        self.b4 = tiny_stack(size // 4, [8 * c, 4 * c, 2 * c, 2 * c])
+        self.up2 = nn.ConvTranspose2d(2 * c, 2 * c, 4, 2, 1)
+        self.bias5 = StageBias(4 * c)
+        self.b5 = tiny_stack(size // 2, [4 * c, 2 * c, c, c])
+        self.up3 = nn.ConvTranspose2d(c, c, 4, 2, 1)
+        self.bias_out = StageBias(2 * c)
+        self.b_out = tiny_stack(size, [2 * c, out, out, out])
+
+    def forward(self, features: torch.Tensor, image: torch.Tensor, leak: torch.Tensor) -> torch.Tensor:
+        out1 = self.embed_image(image + self.bias1()) + self.embed_features(features) + self.embed_leak(leak)
+        out2 = self.b2(self.down1(out1) + self.bias2())
+        out3 = self.b3(self.down2(out2) + self.bias3())
+        mid = self.mid(self.down3(out3) + self.bias_mid())
+        out4 = self.b4(torch.cat((out3, self.up1(mid)), 1) + self.bias4())
+        out5 = self.b5(torch.cat((out2, self.up2(out4)), 1) + self.bias5())
+        return self.b_out(torch.cat((out1, self.up3(out5)), 1) + self.bias_out())
