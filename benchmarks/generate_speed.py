@@ -7,7 +7,8 @@ generator (:mod:`measured_model`), with random weights (speed does not depend
 on training). All numbers come from one run:
 
 * ``pytorch_all_k``: ``generator.run(..., all_k=True)``, every DDL computes all
-  K candidates (image and leak rows) and keeps the chosen one: the official way;
+  K candidates and keeps the chosen one (the leak from the chosen rows): what
+  the official code computes;
 * ``pytorch_gathered``: ``generator.run(...)``, each DDL gathers the chosen
   branch's rows and applies only those;
 * ``onnxruntime``: the graph ``ddn-export`` writes (codes int32 -> images uint8),
@@ -39,6 +40,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from torch import nn
 
 from ddn.export.graphs import GenerateGraph
 from ddn.export.onnx_export import export_onnx, operator_counts
@@ -68,17 +70,35 @@ def pytorch_call(generator: DDNGenerator, codes: torch.Tensor, all_k: bool) -> C
 
 
 def multiply_adds_per_image(generator: DDNGenerator) -> dict[str, int]:
-    """Multiply-adds of the blocks' convolutions and of the DDL heads (all K vs the chosen branch)."""
-    blocks = head_gathered = head_all_k = 0
-    for block, ddl, resolution in generator.stages():
-        pixels = resolution * resolution
-        for conv in (block.conv1, block.conv2):
-            out_ch, in_ch, kh, kw = conv.weight.shape
-            blocks += out_ch * in_ch * kh * kw * pixels
-        k, rows, half = ddl.weight.shape
-        head_gathered += rows * half * pixels
-        head_all_k += k * rows * half * pixels
-    return {"blocks": blocks, "head_gathered": head_gathered, "head_all_k": head_all_k}
+    """Multiply-adds of the blocks' convolutions and of the DDL heads, counted on one sampled walk.
+
+    Head, gathered: the chosen rows on both halves of the features (image and
+    leak). Head, all K: every branch's rows on the first half, plus the chosen
+    rows on the second half for the leak, which is what the official code computes.
+    """
+    counts = {"blocks": 0, "head_gathered": 0, "head_all_k": 0}
+
+    def conv(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        kernel = module.weight.shape[2] * module.weight.shape[3]
+        if isinstance(module, nn.ConvTranspose2d):  # every input pixel feeds out_channels x kernel outputs
+            counts["blocks"] += inputs[0][0].numel() * module.out_channels * kernel
+        else:
+            counts["blocks"] += output[0].numel() * module.in_channels // module.groups * kernel
+
+    def head(module: nn.Module, inputs: tuple, output: tuple) -> None:
+        k, rows, half = module.weight.shape
+        pixels = inputs[0].shape[-1] * inputs[0].shape[-2]
+        counts["head_gathered"] += 2 * rows * half * pixels
+        counts["head_all_k"] += (k + 1) * rows * half * pixels
+
+    hooks = [m.register_forward_hook(conv) for m in generator.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    hooks += [ddl.register_forward_hook(head) for ddl in generator.ddls()]
+    try:
+        generator.decode(np.zeros((1, generator.num_layers), dtype=np.int64))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return counts
 
 
 def matmul_gflops(thread_counts: list[int], seconds: float, sizes: tuple[int, ...] = (512, 1024, 2048)) -> dict[str, float]:
@@ -126,7 +146,7 @@ def main(batches: str, seconds: float) -> None:
     rng = np.random.default_rng(0)
     results = {}
     for batch in sizes:
-        codes = rng.integers(0, MODEL_CONFIG["k"], (batch, generator.num_layers)).astype(np.int32)
+        codes = rng.integers(0, generator.branch_counts, (batch, generator.num_layers)).astype(np.int32)
         codes_torch = torch.from_numpy(codes).long()
 
         def prepare(method: str, threads: int) -> Callable[[], object]:

@@ -85,8 +85,7 @@ JSON_NAME, LOG_NAME = "gpu_check.json", "gpu_check.log"
 FORMAT = "ddn-gpu-check/1"
 
 # The model every stage uses, as ddn-train options: change it here alone (a named preset, say).
-MODEL_ARGS = ("--dataset", "digits", "--image-size", "32", "--kind", "single_shot", "--channels", "64",
-              "--blocks-per-scale", "2", "-k", "64")
+MODEL_ARGS = ("--dataset", "digits", "--image-size", "32", "--preset", "cpu")
 TRAIN_STEPS, TRAIN_BATCH, TRAIN_LOG_EVERY = 200, 64, 20
 NAME, MAX_BATCH = "ddn", 256
 LATENCY_BATCHES = (1, 64, 256)

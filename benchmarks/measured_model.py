@@ -1,9 +1,7 @@
 """The generator the speed benchmarks measure, defined once for train_speed, generate_speed and serve_load.
 
-ddn-train's default width, depth and K at MNIST's 32x32 training size:
-SingleShotGenerator(image_size=32, image_channels=1, channels=64,
-blocks_per_scale=2, k=64), 12 DDLs. Random weights from a fixed seed: speed does
-not depend on training. The scripts import it as a sibling module
+ddn-train's default model (the ``cpu`` preset) at MNIST's 32x32 training size.
+Random weights from a fixed seed: speed does not depend on training. The scripts import it as a sibling module
 (``python benchmarks/<script>.py``).
 """
 from __future__ import annotations
@@ -11,9 +9,9 @@ from __future__ import annotations
 import torch
 
 from ddn.training.networks import DDNGenerator, build_generator
+from ddn.training.presets import preset_config
 
-MODEL_CONFIG = {"kind": "single_shot", "image_size": 32, "image_channels": 1, "channels": 64,
-                "blocks_per_scale": 2, "k": 64}
+MODEL_CONFIG = preset_config("cpu", image_size=32, image_channels=1)
 
 
 def measured_model(seed: int = 0) -> DDNGenerator:

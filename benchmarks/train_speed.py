@@ -1,14 +1,16 @@
-"""Training throughput and the share of step time spent in split-and-prune, as JSON.
+"""Training throughput and the share of step time spent in split-and-prune, per model preset, as JSON.
 
-Two models measured side by side in one process (rounds alternate between them,
-so machine load drifts hit both alike):
-
-* ``digits_default``: ddn-train's default model on 8x8 digits, batch 64;
-* ``mnist_32``: the benchmarks' shared model (:mod:`measured_model`) on digits resized to 32x32, batch 64.
+Every named preset of ``ddn-train`` (:mod:`ddn.training.presets`) at MNIST's
+32x32 gray size, on digits resized to 32x32, measured side by side in one
+process (rounds alternate between them, so machine load drifts hit all alike).
+Each preset runs at its own batch (``PRESET_BATCH``): the GPU-sized ones take
+seconds per image on a CPU.
 
 A step is the trainer's own ``train_step`` (loss, backward, Adam) plus
 ``usage_step`` (fold usage statistics, split and prune); the second is timed on
-its own too. Usage: python benchmarks/train_speed.py [--rounds 5 --steps 10 --device cpu --threads N]
+its own too. Usage:
+
+    python benchmarks/train_speed.py [--preset cpu --preset tiny ...] [--rounds 3 --steps 4 --device cpu --threads N]
 """
 from __future__ import annotations
 
@@ -19,10 +21,13 @@ import click
 import torch
 
 from ddn.training.datasets import batch_stream, load_images
-from ddn.training.networks import build_generator
 from ddn.training.distributed import Ranks, resolve_device
-from ddn.training.train_loop import TrainConfig, train_step, usage_step
-from measured_model import measured_model
+from ddn.training.networks import build_generator
+from ddn.training.presets import PRESETS, preset_config
+from ddn.training.train_loop import train_step, usage_step
+
+# Batch per preset: the CPU-sized ones at ddn-train's default, the GPU-sized ones as small as still informative.
+PRESET_BATCH = {"cpu": 64, "tiny": 64, "mnist-recurrence": 16, "cifar10": 4}
 
 
 def _sync(device: torch.device) -> None:
@@ -74,31 +79,28 @@ class Bench:
 
 
 @click.command()
-@click.option("--rounds", type=int, default=5, help="alternating rounds per model")
-@click.option("--steps", type=int, default=10, help="timed steps per model per round")
-@click.option("--warmup", type=int, default=5, help="untimed steps per model first")
+@click.option("--preset", "presets", multiple=True, type=click.Choice(PRESETS), default=PRESETS, show_default=True,
+              help="presets to measure (repeat the option)")
+@click.option("--rounds", type=int, default=3, help="alternating rounds per preset")
+@click.option("--steps", type=int, default=4, help="timed steps per preset per round")
+@click.option("--warmup", type=int, default=2, help="untimed steps per preset first")
 @click.option("--device", default="cpu", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-def main(rounds: int, steps: int, warmup: int, device: str, threads: int) -> None:
+def main(presets: tuple[str, ...], rounds: int, steps: int, warmup: int, device: str, threads: int) -> None:
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
     torch.manual_seed(0)
-    default = TrainConfig()
-    digits = load_images("digits")
-    mnist_sized = load_images("digits", image_size=32)  # digits padded/resized to MNIST's 32x32 training size
-    benches = [
-        Bench("digits_default", build_generator(default.model_config(digits.shape[1], digits.shape[-1])),
-              digits, default.batch, dev),
-        Bench("mnist_32", measured_model(), mnist_sized, 64, dev),
-    ]
+    images = load_images("digits", image_size=32)  # digits resized to MNIST's 32x32 training size
+    benches = [Bench(name, build_generator(preset_config(name, 32, 1)), images, PRESET_BATCH[name], dev)
+               for name in presets]
     for bench in benches:
         bench.run(warmup, record=False)
     for _ in range(rounds):
         for bench in benches:
             bench.run(steps)
     result = {"device": str(dev), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-              "split_and_prune_target_share": 0.03, **{b.name: b.report() for b in benches}}
+              "split_and_prune_target_share": 0.03, "presets": {b.name: b.report() for b in benches}}
     print(json.dumps(result, indent=2))
 
 

@@ -1,7 +1,6 @@
 """The trainer's benchmark scripts run and print the JSON they promise (tiny budgets)."""
 import json
 import os
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ddn.training.networks import build_generator
-from ddn.training.train_loop import TrainConfig
+from ddn.training.presets import preset_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist_8k.npz"
@@ -22,14 +21,12 @@ def run_script(*args: str, cwd: Path) -> dict:
     return json.loads(done.stdout[done.stdout.index("{"):])
 
 
-def test_train_speed_times_split_and_prune_on_the_models_it_names(tmp_path):
-    report = run_script(str(ROOT / "benchmarks" / "train_speed.py"), "--rounds", "2", "--steps", "2", "--warmup", "1",
-                        cwd=tmp_path)
-    shared = runpy.run_path(str(ROOT / "benchmarks" / "measured_model.py"))
-    assert report["mnist_32"]["config"] == shared["measured_model"]().config()
-    assert report["digits_default"]["config"] == build_generator(TrainConfig().model_config(1, 8)).config()
-    for name in ("digits_default", "mnist_32"):
-        entry = report[name]
+def test_train_speed_times_split_and_prune_on_the_presets_it_names(tmp_path):
+    report = run_script(str(ROOT / "benchmarks" / "train_speed.py"), "--preset", "cpu", "--preset", "tiny",
+                        "--rounds", "2", "--steps", "2", "--warmup", "1", cwd=tmp_path)
+    assert sorted(report["presets"]) == ["cpu", "tiny"]
+    for name, entry in report["presets"].items():
+        assert entry["config"] == preset_config(name, 32, 1)
         model = build_generator(entry["config"])
         assert entry["parameters"] == sum(p.numel() for p in model.parameters())
         assert entry["steps_timed"] == 4
@@ -43,9 +40,18 @@ def test_train_speed_times_split_and_prune_on_the_models_it_names(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not MNIST.exists(), reason=f"needs {MNIST} (the shared data folder)")
-def test_quality_reports_psnr_and_frechet_distances(tmp_path):
-    report = run_script(str(ROOT / "benchmarks" / "quality.py"), "--minutes", "0.2", "--heldout", "300",
+def test_quality_scores_both_models_and_the_curve(tmp_path):
+    report = run_script(str(ROOT / "benchmarks" / "quality.py"), "--minutes", "0.3", "--curve", "0.15", "--heldout", "300",
                         "--classifier-epochs", "1", "--no-progress", "--out", str(tmp_path / "q"), cwd=tmp_path)
-    assert report["steps"] > 0 and report["recon_psnr_db_mean"] > 0
-    assert report["frechet_distance_real_floor"] < report["frechet_distance_generated"]
-    assert (tmp_path / "q" / "samples.png").exists() and (tmp_path / "q" / "result.json").exists()
+    assert report["real_digits"] == {"blank": 0.0, "saturated": 0.0}  # the ink thresholds pass every real digit
+    curve = report["default"]["scores"]
+    assert [s["minutes"] for s in curve] == [0.15, 0.3]
+    assert 0 < curve[0]["steps"] < curve[1]["steps"]  # the second budget resumed the same run
+    for scores in (*curve, *report["official"]["scores"]):
+        assert scores["frechet_distance"] > report["frechet_distance_real_floor"]
+        assert scores["frechet_over_floor"] == pytest.approx(
+            scores["frechet_distance"] / report["frechet_distance_real_floor"], rel=1e-2)
+        assert 0 <= scores["blank"] + scores["saturated"] <= 1 and 0.1 <= scores["classifier_confidence"] <= 1
+        assert Path(scores["samples_png"]).read_bytes()[:4] == b"\x89PNG"
+    assert report["official"]["model"]["kind"] == "recurrence"
+    assert report["side_by_side"]["recon_psnr_db_mean"]["default"] == curve[1]["recon_psnr_db_mean"]
