@@ -15,6 +15,7 @@ from ddn.training.checkpoint import CheckpointError, load_generator, read_checkp
 from ddn.training.networks import SingleShotGenerator
 from ddn.training.train_loop import train
 from ddn.training.train_state import LAST
+from cli_helpers import one_line_error
 from train_helpers import one_thread, tiny  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,13 +32,6 @@ def checkpoint(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.safetensors"
     save_checkpoint(path, SingleShotGenerator(image_size=8, channels=16, blocks_per_scale=1, k=8))
     return path
-
-
-def one_line_error(result) -> str:
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
 
 
 def test_two_identical_runs_write_identical_bytes(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from ddn.export.onnx_export import VerificationError
 from ddn.export.tensorrt_build import missing_requirements
 from ddn.training.checkpoint import save_checkpoint
 from ddn.training.networks import SingleShotGenerator
+from cli_helpers import one_line_error
 
 NO_TRT = bool(missing_requirements())
 
@@ -260,12 +261,6 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(main, [str(tmp_path / "nope.safetensors"), "--name", "x", "--repository", str(tmp_path)])
     assert result.exit_code == 1 and "checkpoint not found" in result.output and result.output.count("\n") == 1
 
-
-def one_line_error(result) -> str:
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
 
 
 @pytest.mark.parametrize("name, message", [

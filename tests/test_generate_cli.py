@@ -19,6 +19,7 @@ from ddn.serving.onnx_model import OnnxModel
 from ddn.training.checkpoint import save_checkpoint
 from ddn.training.networks import SingleShotGenerator
 from ddn.training.zscg import BATCH, generate_conditional
+from cli_helpers import one_line_error, usage_error
 
 NAME = "tiny"
 # A run needs about 370 MB of address space (670 MB with torch, for conditional generation) on 2 cores; the seed
@@ -96,17 +97,6 @@ def test_codes_file_holds_every_seed_and_its_codes(exported, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["codes.npz", "out"]  # no temporary file left
 
 
-def error_line(result, code: int) -> str:
-    """The one error line of a failed command (click adds its usage lines to exit code 2)."""
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("Error: ")]
-    assert len(lines) == 1, result.output
-    if code == 1:
-        assert result.output.strip() == lines[0]
-    return lines[0]
-
-
 def generate(*args) -> str:
     return CliRunner().invoke(ddn_generate, [str(a) for a in args] + ["--no-progress"])
 
@@ -116,7 +106,7 @@ def test_a_file_that_is_not_onnx(exported, tmp_path):
     copy = tmp_path / "repository"
     shutil.copytree(repository, copy)
     (copy / NAME / "1" / "model.onnx").write_bytes(b"not a protobuf at all")
-    line = error_line(generate("--onnx", copy / NAME / "1" / "model.onnx", "--out", tmp_path / "out"), 1)
+    line = one_line_error(generate("--onnx", copy / NAME / "1" / "model.onnx", "--out", tmp_path / "out"))
     assert f"cannot load {copy / NAME / '1' / 'model.onnx'} as an ONNX model" in line
 
 
@@ -133,7 +123,7 @@ def test_unwritable_outputs(exported, tmp_path, read_only_folder, problem):
                             "ermi"),  # Permission denied, or Operation not permitted
         "grid read-only": (["--out", out, "--grid", read_only_folder / "grid.png"], read_only_folder, "ermi"),
     }[problem]
-    line = error_line(generate("--repository", repository, "--model", NAME, "--n", 3, *args), 1)
+    line = one_line_error(generate("--repository", repository, "--model", NAME, "--n", 3, *args))
     assert line.startswith(f"Error: cannot write {where}") and why in line, line
 
 
@@ -149,7 +139,7 @@ def test_a_corrupt_description_names_its_path(exported, tmp_path, change, messag
     shutil.copytree(repository, copy)
     path = copy / NAME / "ddn.json"
     path.write_text(change(path.read_text()))
-    line = error_line(generate("--repository", copy, "--model", NAME, "--out", tmp_path / "out"), 1)
+    line = one_line_error(generate("--repository", copy, "--model", NAME, "--out", tmp_path / "out"))
     assert message.format(path=path) in line
     assert not (tmp_path / "out").exists()
 
@@ -161,6 +151,6 @@ def test_a_corrupt_description_names_its_path(exported, tmp_path, change, messag
 def test_an_impossible_seed_on_the_conditional_path(exported, tmp_path, seed, message):
     checkpoint, _ = exported
     save_png(tmp_path / "in.png", np.zeros((8, 8, 1), dtype=np.uint8))
-    line = error_line(generate("--checkpoint", checkpoint, "--condition", "denoise", "--input", tmp_path / "in.png",
-                               "--seed", seed, "--out", tmp_path / "out"), 2)
+    line = usage_error(generate("--checkpoint", checkpoint, "--condition", "denoise", "--input", tmp_path / "in.png",
+                               "--seed", seed, "--out", tmp_path / "out"))
     assert "--seed" in line and message in line
