@@ -111,13 +111,13 @@ def generate_pngs(model: Generator, seeds: range, out_dir: Path, wave: int, prog
     with tqdm(total=len(seeds), unit="img", disable=not progress, desc="generating") as bar:
         for start in range(0, len(seeds), wave):
             part = seeds[start:start + wave]
-            missing = [s for s in part if not (out_dir / png_name(s)).is_file()]
+            missing = [i for i, seed in enumerate(part) if not (out_dir / png_name(seed)).is_file()]
+            codes = model.codes_for_seeds(part) if missing or codes_file else None
             if codes_file is not None:
-                codes_file.append(model.codes_for_seeds(part))
+                codes_file.append(codes)
             if missing:
-                images = model.generate(codes=model.codes_for_seeds(missing))
-                for seed, image in zip(missing, images):
-                    write_png(out_dir / png_name(seed), image)
+                for i, image in zip(missing, model.generate(codes=codes[missing])):
+                    write_png(out_dir / png_name(part[i]), image)
             written += len(missing)
             bar.update(len(part))
     return written
