@@ -100,6 +100,14 @@ class GraphLayout:
     image_channels: int
     superres_factor: int | None = None  # the superres graph's low-res factor
 
+    def __post_init__(self) -> None:
+        if self.num_layers < 1 or len(self.branch_counts) != self.num_layers or min(self.branch_counts) < 1:
+            raise RepositoryError(f"a layout needs L >= 1 layers with K >= 1 each, got L = {self.num_layers} "
+                                  f"and K per layer {list(self.branch_counts)}")
+        if self.image_size < 1 or self.image_channels < 1:
+            raise RepositoryError(f"image size and channels must be >= 1, got {self.image_size} and "
+                                  f"{self.image_channels}")
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return self.image_size, self.image_size, self.image_channels
@@ -154,6 +162,10 @@ class EntryDescription:
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int
     details: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise RepositoryError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, **self.layout.to_json(), "inputs": [s.to_json() for s in self.inputs],

@@ -85,6 +85,8 @@ def main(checkpoint: Path, name: str, version: int, repository: Path, max_batch:
             reports = job.write_onnx(kinds, step=progress.step)
     except (CheckpointError, ExportError, RepositoryError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write into {repository}: {exc}") from None
     except (VerificationError, onnx.checker.ValidationError) as exc:
         raise click.ClickException(f"verification failed, nothing written: {exc}") from None
     plural = "s" if len(reports) != 1 else ""
@@ -103,7 +105,7 @@ def main(checkpoint: Path, name: str, version: int, repository: Path, max_batch:
         with _Progress("TensorRT", len(kinds)) as progress:
             trt_reports = job.write_tensorrt(kinds, fp16=fp16, timing_cache=timing_cache.expanduser(),
                                              step=progress.step)
-    except TensorRTError as exc:
+    except (TensorRTError, RepositoryError, OSError) as exc:
         raise click.ClickException(f"{exc}; the ONNX entries were written, no TensorRT entry was") from None
     for report in trt_reports:
         _report(report)

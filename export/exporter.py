@@ -28,7 +28,7 @@ from ddn.training.checkpoint import load_generator
 
 from .graphs import GeneratorGraph, build_graphs
 from .onnx_export import OPSET, export_onnx, verify_onnx
-from .repository import check_model_name, commit_entry, staging_folder
+from .repository import check_model_name, check_name_is_free, commit_entry, staging_folder
 from .triton_config import INSTANCE_KINDS, render_config
 
 PYTHON_MODEL_TEMPLATE = Path(__file__).with_name("triton_python_model.py")
@@ -142,6 +142,8 @@ class ModelExport:
         ``step(entry)`` is called before each graph (progress reporting).
         """
         kinds = self.kinds(kinds)
+        check_name_is_free(self.repository, self.name, [entry_name(self.name, kind, variant) for kind in kinds
+                                                        for variant in ("", PYTHON_SUFFIX)])
         reports: list[EntryReport] = []
         v = str(self.version)
         with staging_folder(self.repository) as staging:
@@ -180,6 +182,7 @@ class ModelExport:
         from .tensorrt_build import build_engine, verify_engine
 
         kinds = self.kinds(kinds)
+        check_name_is_free(self.repository, self.name, [entry_name(self.name, kind, TRT_SUFFIX) for kind in kinds])
         reports: list[EntryReport] = []
         v = str(self.version)
         rng = np.random.default_rng(2)

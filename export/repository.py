@@ -19,8 +19,14 @@ Committing one entry ``G``:
   one, never a half-written version, and other versions survive.
 
 An export interrupted before the commit leaves the repository untouched; the
-staging folder is removed on the way out (a killed process leaves it beside
-the repository, where Triton never looks).
+staging folder is removed on the way out. A killed process leaves it beside
+the repository, where Triton never looks, named after the process
+(:mod:`ddn.leftovers`), and the next export removes it.
+
+An export never replaces another model's entries: every entry of a model
+repository records its model in ddn.json, and an export refuses a name whose
+entries (any graph, twin or engine) could be another model's
+(:func:`check_name_is_free`).
 """
 from __future__ import annotations
 
@@ -33,10 +39,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ddn.repository_contract import CONFIG_FILE, DESCRIPTION_FILE, RepositoryError
+from ddn.leftovers import remove_stale, tagged
+from ddn.repository_contract import (CONFIG_FILE, DESCRIPTION_FILE, GRAPH_KINDS, PYTHON_SUFFIX, TRT_SUFFIX,
+                                     RepositoryError, entry_name, read_description)
 
 # Triton model names become folder names and URL path segments.
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+# Entry names add up to 16 characters ("_superres_python") and must stay well inside a file name (255 bytes).
+MAX_NAME_LENGTH = 128
 
 ENTRY_FILES = (CONFIG_FILE, DESCRIPTION_FILE)
 
@@ -44,14 +54,57 @@ ENTRY_FILES = (CONFIG_FILE, DESCRIPTION_FILE)
 def check_model_name(name: str) -> str:
     if not name or name.startswith(".") or not set(name) <= _NAME_CHARS:
         raise RepositoryError(f"model name {name!r} must be letters, digits, '_', '-' or '.', not starting with '.'")
+    if len(name) > MAX_NAME_LENGTH:
+        raise RepositoryError(f"model name is {len(name)} characters long; at most {MAX_NAME_LENGTH} are allowed")
     return name
+
+
+def possible_entries(model: str) -> set[str]:
+    """Every entry name an export of ``model`` may ever write: each graph, its python twin, its engine."""
+    return {entry_name(model, kind, variant) for kind in GRAPH_KINDS for variant in ("", PYTHON_SUFFIX, TRT_SUFFIX)}
+
+
+def check_name_is_free(repository: Path, model: str, entries: list[str]) -> None:
+    """Refuse an export of ``model`` that would replace, or could later be confused with, another model's entry.
+
+    ``entries`` are the ones this export writes: each may replace only an entry
+    whose ddn.json names ``model``. And no model already in the repository may
+    share a possible entry name with ``model`` (``t`` and ``t_encode``: t's
+    encoding graph is the entry ``t_encode``), or clients would get one model's
+    graph when they ask for the other's.
+    """
+    if not repository.is_dir():
+        return
+    for entry in entries:
+        folder = repository / entry
+        if folder.exists() or folder.is_symlink():
+            try:
+                owner = read_description(folder).details.get("model")
+            except RepositoryError as exc:
+                raise RepositoryError(f"{folder} exists and is not a ddn-export entry ({exc}); exporting {model!r} "
+                                      "would replace it: remove it or choose another --name") from None
+            if owner != model:
+                raise RepositoryError(f"{folder} belongs to model {owner!r}; exporting {model!r} would replace it: "
+                                      "choose another --name")
+    mine = possible_entries(model)
+    for folder in sorted(repository.iterdir()):
+        try:
+            owner = read_description(folder).details.get("model")
+        except RepositoryError:
+            continue  # not an entry of a ddn-export model: only its own name matters (checked above)
+        shared = sorted(mine & possible_entries(owner)) if isinstance(owner, str) and owner != model else []
+        if shared:
+            raise RepositoryError(f"model name {model!r} collides with model {owner!r} in {repository}: both would "
+                                  f"own the entry {shared[0]!r}; choose another --name")
 
 
 @contextmanager
 def staging_folder(repository: Path) -> Iterator[Path]:
     """A temporary folder beside ``repository`` on the same filesystem, removed on exit."""
     repository.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{repository.name}.ddn-export-", dir=repository.parent))
+    prefix = f".{repository.name}.ddn-export-"
+    remove_stale(repository.parent, prefix)
+    folder = Path(tempfile.mkdtemp(prefix=tagged(prefix), dir=repository.parent))
     try:
         if os.stat(folder).st_dev != os.stat(repository).st_dev:
             raise RepositoryError(f"{repository} is on another filesystem than its parent folder; ddn-export "

@@ -19,21 +19,27 @@ from __future__ import annotations
 
 import os
 import sys
+import zipfile
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import BinaryIO, Protocol, Sequence
 
 import click
 import numpy as np
 from tqdm import tqdm
 
 from ddn.images import load_png, save_grid, save_png
-from ddn.training.zscg_cli import condition_options, run_conditional
+from ddn.repository_contract import GraphLayout
+from ddn.training.zscg_cli import SEED_RANGE, condition_options, run_conditional
 
 GRID_MAX = 64  # the grid shows the first images of the run; thousands of tiles help nobody
 
 
 class Generator(Protocol):
     """What the CLI needs of a source: OnnxModel (local) and DDNClient (Triton) both provide it."""
+
+    @property
+    def layout(self) -> GraphLayout: ...
 
     def codes_for_seeds(self, seeds: Sequence[int]) -> np.ndarray: ...
 
@@ -52,24 +58,69 @@ def write_png(path: Path, image: np.ndarray) -> None:
     os.replace(temp, path)
 
 
-def generate_pngs(model: Generator, seeds: Sequence[int], out_dir: Path, wave: int, progress: bool = True) -> int:
+class CodesFile:
+    """The .npz of ``--codes`` (``seeds`` int64 [N], ``codes`` int32 [N, L]), written as the codes are made.
+
+    np.savez needs whole arrays in memory; this writes the same file one wave
+    at a time (the seeds, an arithmetic run, first), so its memory stays
+    constant for any N. It is written under a temporary name and renamed when
+    complete.
+    """
+
+    def __init__(self, path: Path, seeds: range, num_layers: int):
+        self.path, self.temp = path, path.with_name(f".{path.name}.tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.zip = zipfile.ZipFile(self.temp, "w", zipfile.ZIP_STORED, allowZip64=True)
+        with self._array("seeds", np.int64, (len(seeds),)) as f:
+            for start in range(0, len(seeds), 1 << 20):
+                part = seeds[start:start + (1 << 20)]
+                f.write(np.arange(part.start, part.stop, dtype=np.int64).tobytes())
+        self.codes = self._array("codes", np.int32, (len(seeds), num_layers))
+
+    def _array(self, name: str, dtype: type, shape: tuple[int, ...]) -> BinaryIO:
+        f = self.zip.open(f"{name}.npy", "w", force_zip64=True)
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                 "fortran_order": False, "shape": shape})
+        return f
+
+    def append(self, codes: np.ndarray) -> None:
+        self.codes.write(np.ascontiguousarray(codes, dtype=np.int32).tobytes())
+
+    def __enter__(self) -> CodesFile:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_) -> None:
+        self.codes.close()
+        self.zip.close()
+        if exc_type is None:
+            os.replace(self.temp, self.path)
+        else:
+            self.temp.unlink(missing_ok=True)
+
+
+def generate_pngs(model: Generator, seeds: range, out_dir: Path, wave: int, progress: bool = True,
+                  codes_file: CodesFile | None = None) -> int:
     """Write ``<seed>.png`` for every seed whose file is missing; returns how many were written.
 
     Seeds go to the model ``wave`` at a time (the model cuts a wave into its own
-    batches; a Triton client keeps several of them in flight).
+    batches; a Triton client keeps several of them in flight), and nothing is
+    held beyond one wave, so memory stays the same for any number of seeds.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    missing = [s for s in seeds if not (out_dir / png_name(s)).is_file()]
-    with tqdm(total=len(seeds), initial=len(seeds) - len(missing), unit="img", disable=not progress,
-              desc="generating") as bar:
-        for start in range(0, len(missing), wave):
-            part = missing[start:start + wave]
-            codes = model.codes_for_seeds(part)
-            images = model.generate(codes=codes)
-            for seed, image in zip(part, images):
-                write_png(out_dir / png_name(seed), image)
+    written = 0
+    with tqdm(total=len(seeds), unit="img", disable=not progress, desc="generating") as bar:
+        for start in range(0, len(seeds), wave):
+            part = seeds[start:start + wave]
+            missing = [i for i, seed in enumerate(part) if not (out_dir / png_name(seed)).is_file()]
+            codes = model.codes_for_seeds(part) if missing or codes_file else None
+            if codes_file is not None:
+                codes_file.append(codes)
+            if missing:
+                for i, image in zip(missing, model.generate(codes=codes[missing])):
+                    write_png(out_dir / png_name(part[i]), image)
+            written += len(missing)
             bar.update(len(part))
-    return len(missing)
+    return written
 
 
 def open_generator(onnx: str | None, repository: str | None, url: str | None, model: str | None,
@@ -95,7 +146,7 @@ def open_generator(onnx: str | None, repository: str | None, url: str | None, mo
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--n", "count", type=click.IntRange(min=0), default=16, help="number of images")
-@click.option("--seed", type=click.IntRange(min=0), default=0, help="seed of the first image; image i uses seed + i")
+@click.option("--seed", type=SEED_RANGE, default=0, help="seed of the first image; image i uses seed + i")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="folder for the PNG files")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path),
@@ -127,16 +178,16 @@ def main(count: int, seed: int, out_dir: Path, grid: Path | None, codes_path: Pa
         run_conditional(checkpoint, condition, input_path, mask_path, selection, count, out_dir, seed)
         return
     generator = open_generator(onnx, repository, url, model, batch, concurrency)
-    seeds = list(range(seed, seed + count))
+    seeds = range(seed, seed + count)
     try:
-        if codes_path:
-            codes_path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(codes_path, seeds=np.asarray(seeds, dtype=np.int64), codes=generator.codes_for_seeds(seeds))
-        written = generate_pngs(generator, seeds, out_dir, batch * concurrency, progress)
+        with CodesFile(codes_path, seeds, generator.layout.num_layers) if codes_path else nullcontext() as codes:
+            written = generate_pngs(generator, seeds, out_dir, batch * concurrency, progress, codes)
         if grid and seeds:
             save_grid(grid, np.stack([load_png(out_dir / png_name(s)) for s in seeds[:GRID_MAX]]))
     except (ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {exc.filename or 'the output'}: {exc.strerror or exc}") from None
     finally:
         generator.close()
     click.echo(f"{written} written, {count - written} already there, in {out_dir}", err=True)

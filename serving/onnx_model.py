@@ -21,6 +21,13 @@ from ddn.repository_contract import (ONNX_FILE, GraphLayout, RepositoryError, la
                                      read_description)
 
 
+def _onnxruntime_errors() -> tuple[type[Exception], ...]:
+    """What ONNX Runtime raises for a file it cannot load or run (none of them is a RuntimeError)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return state.Fail, state.InvalidArgument, state.InvalidGraph, state.InvalidProtobuf, state.NoSuchFile
+
+
 class OnnxModel:
     """A generation graph (``codes`` int32 [B, L] -> ``images`` uint8 [B, H, W, C]) in ONNX Runtime.
 
@@ -41,7 +48,10 @@ class OnnxModel:
                                   "generation graph (the entry named after the model, without a suffix)")
         self.max_batch_size = self.description.max_batch_size
         self.batch_size = min(batch_size or self.max_batch_size, self.max_batch_size)
-        self.session = onnxruntime_session(self.path, threads)
+        try:
+            self.session = onnxruntime_session(self.path, threads)
+        except _onnxruntime_errors() as exc:
+            raise RepositoryError(f"cannot load {self.path} as an ONNX model: {' '.join(str(exc).split())}") from None
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     @classmethod
@@ -71,8 +81,11 @@ class OnnxModel:
             spec = next(s for s in self.description.outputs if s.name == output)
             return np.zeros((0, *spec.shape), spec.dtype)
         step = self.batch_size
-        return np.concatenate([self.session.run([output], {"codes": codes[i:i + step]})[0]
-                               for i in range(0, len(codes), step)])
+        try:
+            return np.concatenate([self.session.run([output], {"codes": codes[i:i + step]})[0]
+                                   for i in range(0, len(codes), step)])
+        except _onnxruntime_errors() as exc:
+            raise RuntimeError(f"{self.path}: {' '.join(str(exc).split())}") from None
 
     def close(self) -> None:
         """Release the session (its memory and threads)."""

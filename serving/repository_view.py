@@ -23,10 +23,12 @@ from typing import Callable, Iterator
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from ddn.leftovers import remove_stale, tagged
 from ddn.repository_contract import (CONFIG_FILE, ORT_PROVIDER_PARAMETER, ORT_THREADS_PARAMETER, RepositoryError,
                                      served_name)
 
 ConfigEdit = Callable[[model_config_pb2.ModelConfig], None]
+VIEW_PREFIX = "ddn-cpu-view-"
 
 
 def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
@@ -133,7 +135,9 @@ def cpu_settings(instances: int | None = None, ort_threads: int | None = None, m
 @contextmanager
 def cpu_repository_view(repository: str | Path, edit: ConfigEdit | None = None) -> Iterator[Path]:
     """A temporary CPU view of ``repository`` (see :func:`build_cpu_view`), removed on exit."""
-    folder = Path(tempfile.mkdtemp(prefix="ddn-cpu-view-"))
+    # Named after this process, so that the next view removes one a killed process left behind.
+    remove_stale(tempfile.gettempdir(), VIEW_PREFIX)
+    folder = Path(tempfile.mkdtemp(prefix=tagged(VIEW_PREFIX)))
     try:
         view = folder / "models"
         build_cpu_view(repository, view, edit)

@@ -9,7 +9,10 @@ import click
 
 from ddn.repository_contract import EXECUTION_PROVIDERS, RepositoryError
 from ddn.serving.repository_view import cpu_repository_view, cpu_settings
+from ddn.serving.admin_apis import new_admin_key, usage
 from ddn.serving.triton_server import TritonServer
+
+PORT = click.IntRange(1, 65535)
 
 
 @click.command()
@@ -17,9 +20,9 @@ from ddn.serving.triton_server import TritonServer
               help="Model repository written by ddn-export.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address gRPC, HTTP and metrics bind to; 0.0.0.0 exposes the server to the network.")
-@click.option("--grpc-port", type=int, default=8001, show_default=True)
-@click.option("--http-port", type=int, default=8000, show_default=True)
-@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option("--grpc-port", type=PORT, default=8001, show_default=True)
+@click.option("--http-port", type=PORT, default=8000, show_default=True)
+@click.option("--metrics-port", type=PORT, default=8002, show_default=True)
 @click.option("--instances", type=click.IntRange(min=1),
               help="Model instances per graph (default: as exported, 1); one per core suits a CPU host.")
 @click.option("--ort-threads", type=click.IntRange(min=0),
@@ -32,26 +35,32 @@ from ddn.serving.triton_server import TritonServer
 @click.option("--dynamic-batching/--no-dynamic-batching", default=True, show_default=True,
               help="Keep the exported dynamic batching, or serve every request on its own.")
 @click.option("--verbose", is_flag=True, help="Verbose server log (its path is printed).")
+@click.option("--admin-apis", is_flag=True,
+              help="Open the shared-memory, logging and trace APIs to requests carrying a fresh key (printed); "
+                   "closed by default: any local process could crash the server through them.")
 def main(repository: Path, host: str, grpc_port: int, http_port: int, metrics_port: int, instances: int | None,
          ort_threads: int | None, ort_provider: str | None, max_queue_delay_us: int | None, dynamic_batching: bool,
-         verbose: bool) -> None:
+         verbose: bool, admin_apis: bool) -> None:
     """Start Triton on REPOSITORY's python-backend models, print the endpoints, serve until Ctrl-C."""
     # SIGTERM (kill, systemd, docker stop) unwinds like Ctrl-C, so the server,
     # which runs in its own process group, is stopped instead of orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    admin_key = new_admin_key() if admin_apis else None
     try:
         # The wheel's server has only the python backend: serve the CPU view, where
         # each G_python twin appears under its production name G.
         settings = cpu_settings(instances, ort_threads, max_queue_delay_us, dynamic_batching, ort_provider)
         with cpu_repository_view(repository, settings) as view, TritonServer(
                 view, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, host=host,
-                log_verbose=int(verbose)) as server:
+                log_verbose=int(verbose), admin_key=admin_key) as server:
             click.echo(f"gRPC     {server.grpc_url}")
             click.echo(f"HTTP     {server.http_url}")
             click.echo(f"metrics  {server.metrics_url}")
             click.echo(f"log      {server.log_path}")
             for name, state in sorted(server.model_states().items()):
                 click.echo(f"model    {name}: {state}")
+            for line in usage(admin_key) if admin_key else []:
+                click.echo(f"admin    {line}")
             click.echo("serving; press Ctrl-C to stop", err=True)
             code = server.wait()
             raise RuntimeError(f"tritonserver exited unexpectedly with code {code}{server.log_report()}")

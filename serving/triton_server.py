@@ -9,8 +9,14 @@ directory of symlinks into the wheel (and its log file), removed on stop.
 
 Safe defaults: gRPC, HTTP and metrics bind to 127.0.0.1 unless a host is given
 (the binary's own default is 0.0.0.0), model control mode ``none`` (no
-load/unload API), the server exits if any model fails to load, and readiness
-is strict (ready means every model is ready).
+load/unload API), the shared-memory, logging and trace APIs closed unless an
+admin key opens them (:mod:`ddn.serving.admin_apis`), the server exits if any
+model fails to load, and readiness is strict (ready means every model is ready).
+
+The temporary folder and the python backend's shared-memory regions are
+named after the process that started the server (:mod:`ddn.leftovers`): a
+server that crashed, or whose parent was killed, leaves them behind, and the
+next server started on this machine removes them.
 """
 from __future__ import annotations
 
@@ -32,6 +38,10 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Callable
+
+from ddn.leftovers import remove_stale, tagged
+
+from .admin_apis import restriction_flags
 
 INSTALL_HINT = "install the nvidia-pytriton package (pip install 'ddn-serve[serving]')"
 
@@ -111,24 +121,61 @@ def _free_ports(host: str, count: int) -> list[int]:
             s.close()
 
 
+TEMP_PREFIX = "ddn-triton-"
+SHARED_MEMORY = Path("/dev/shm")  # where Linux keeps POSIX shared-memory regions
+
+
+def check_port(port: int, what: str) -> int:
+    """``port`` if it is one a server can listen on (1-65535), else ValueError naming ``what``."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{what} {port} is not a TCP port (1-65535)")
+    return port
+
+
+def _check_free(host: str, ports: dict[str, int]) -> None:
+    """RuntimeError naming the first port something already listens on (the server would fail to bind it)."""
+    if len(set(ports.values())) < len(ports):
+        raise RuntimeError(f"the server's ports must differ, got {', '.join(f'{k} {v}' for k, v in ports.items())}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for what, port in ports.items():
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no conflict
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise RuntimeError(f"{what} {port} on {host or '0.0.0.0'} is not free: {exc.strerror}") from None
+
+
+def _remove_leftovers() -> None:
+    """Temporary folders and shared-memory regions of servers whose starting process is gone."""
+    remove_stale(tempfile.gettempdir(), TEMP_PREFIX)
+    remove_stale(SHARED_MEMORY, TEMP_PREFIX)
+
+
 class TritonServer:
     """A tritonserver process serving ``repository``; use as a context manager.
 
     ``grpc_url`` and ``http_url`` are ``host:port`` (what tritonclient.grpc and
     tritonclient.http take); ``metrics_url`` is the Prometheus URL.
+    ``admin_key`` opens the shared-memory, logging and trace APIs to requests
+    that carry it (see :mod:`ddn.serving.admin_apis`); without it they are closed.
     """
 
     def __init__(self, repository: str | Path, grpc_port: int | None = None, http_port: int | None = None,
                  metrics_port: int | None = None, host: str = "127.0.0.1", log_verbose: int = 0,
-                 startup_timeout: float = 60.0) -> None:
+                 startup_timeout: float = 60.0, admin_key: str | None = None) -> None:
         self.repository = Path(repository).expanduser().resolve()
         if not self.repository.is_dir():
             raise FileNotFoundError(f"model repository not found: {self.repository}")
+        for port, what in ((grpc_port, "gRPC port"), (http_port, "HTTP port"), (metrics_port, "metrics port")):
+            if port is not None:
+                check_port(port, what)
         self.binary = find_tritonserver()
         self.host = host
         free = iter(_free_ports(host, [grpc_port, http_port, metrics_port].count(None)))
         self.grpc_port, self.http_port, self.metrics_port = (
             port if port is not None else next(free) for port in (grpc_port, http_port, metrics_port))
+        self.admin_key = admin_key
         self.log_verbose = log_verbose
         self.startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None
@@ -179,13 +226,29 @@ class TritonServer:
             # This build is the CPU server; GPU metrics would only log NVML/DCGM errors.
             "--allow-gpu-metrics=false",
             f"--log-verbose={self.log_verbose}",
+            *restriction_flags(self.admin_key),
+            f"--backend-config=python,shm-region-prefix-name={self._shared_memory_prefix}",
         ]
+
+    @property
+    def _shared_memory_prefix(self) -> str:
+        """The start of this server's shared-memory region names: its temporary folder's (owner-tagged) name."""
+        assert self._workdir is not None, "a server has its temporary folder from start() to stop()"
+        return f"{self._workdir.name}-"
+
+    @property
+    def shared_memory_regions(self) -> list[Path]:
+        """The python backend's shared-memory regions of this server (any local user can list them)."""
+        return sorted(SHARED_MEMORY.glob(f"{self._shared_memory_prefix}*")) if self._workdir else []
 
     def start(self) -> TritonServer:
         """Launch the server and return once it and every model in the repository are ready."""
         if self._process is not None:
             raise RuntimeError("server already started")
-        self._workdir = Path(tempfile.mkdtemp(prefix="ddn-triton-"))
+        _check_free(self.host, {"gRPC port": self.grpc_port, "HTTP port": self.http_port,
+                                "metrics port": self.metrics_port})
+        _remove_leftovers()
+        self._workdir = Path(tempfile.mkdtemp(prefix=tagged(TEMP_PREFIX)))
         try:
             dist = self.binary.parent.parent
             backends = _backend_directory(self._workdir, dist)
@@ -276,6 +339,9 @@ class TritonServer:
                 process.wait()
         atexit.unregister(self.stop)
         if self._workdir is not None:
+            # A server that stopped cleanly removed its regions; one that crashed did not.
+            for region in self.shared_memory_regions:
+                region.unlink(missing_ok=True)
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
 

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -22,6 +23,7 @@ from ddn.export.onnx_export import VerificationError
 from ddn.export.tensorrt_build import missing_requirements
 from ddn.training.checkpoint import save_checkpoint
 from ddn.training.networks import SingleShotGenerator
+from cli_helpers import one_line_error
 
 NO_TRT = bool(missing_requirements())
 
@@ -258,3 +260,81 @@ def test_bad_arguments_are_refused_before_anything_is_written(checkpoint, tmp_pa
 def test_missing_checkpoint_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(main, [str(tmp_path / "nope.safetensors"), "--name", "x", "--repository", str(tmp_path)])
     assert result.exit_code == 1 and "checkpoint not found" in result.output and result.output.count("\n") == 1
+
+
+
+@pytest.mark.parametrize("name, message", [
+    ("tiny_python", "tiny_python belongs to model 'tiny'"),  # tiny's CPU twin
+    ("tiny_encode", "collides with model 'tiny' in"),  # would be tiny's encoding graph
+    ("tiny_trt", "collides with model 'tiny' in"),  # would be tiny's TensorRT engine
+])
+def test_a_name_that_collides_with_another_models_entries_is_refused(repository, checkpoint, fast_export,
+                                                                   name, message):
+    before = snapshot(repository)
+    line = one_line_error(CliRunner().invoke(main, [str(checkpoint), "--name", name, "--repository",
+                                                    str(repository), "--graphs", "generate"]))
+    assert message in line
+    assert snapshot(repository) == before and not staging_leftovers(repository)
+
+
+def test_exports_never_replace_an_entry_of_another_model_or_a_foreign_folder(repository, checkpoint, fast_export):
+    ModelExport(checkpoint, "other", repository).write_onnx(["generate"])
+    (repository / "mine" / "1").mkdir(parents=True)  # a hand-made Triton model, no ddn.json
+    (repository / "mine" / "config.pbtxt").write_text('backend: "python"\n')
+    before = snapshot(repository)
+    line = one_line_error(CliRunner().invoke(main, [str(checkpoint), "--name", "mine", "--repository",
+                                                    str(repository), "--graphs", "generate"]))
+    assert "mine exists and is not a ddn-export entry" in line
+    # An existing model's own later export (other, then tiny again) is still allowed.
+    ModelExport(checkpoint, "tiny", repository, version=2).write_onnx(["generate"])
+    assert {k: v for k, v in snapshot(repository).items() if k.startswith(("other", "mine"))} == {
+        k: v for k, v in before.items() if k.startswith(("other", "mine"))}
+
+
+def test_a_300_character_name_is_one_line(checkpoint, tmp_path):
+    line = one_line_error(CliRunner().invoke(main, [str(checkpoint), "--name", "x" * 300, "--repository",
+                                                    str(tmp_path / "repo")]))
+    assert "model name is 300 characters long; at most 128" in line
+    assert not (tmp_path / "repo").exists()
+
+
+def test_an_unwritable_repository_is_one_line_and_nothing_is_written(checkpoint, read_only_folder, fast_export):
+    def listing() -> list[str]:
+        return sorted(p.name for p in (*read_only_folder.iterdir(), *read_only_folder.parent.iterdir()))
+
+    before = listing()
+    for repository in (read_only_folder / "model_repository", read_only_folder):  # parent read-only, or itself
+        line = one_line_error(CliRunner().invoke(main, [str(checkpoint), "--name", "tiny", "--repository",
+                                                        str(repository), "--graphs", "generate"]))
+        assert line.startswith(f"Error: cannot write into {repository}: "), line
+        assert "Permission denied" in line or "Operation not permitted" in line, line
+        assert listing() == before
+
+
+KILLED_EXPORT = """
+import sys, time
+from pathlib import Path
+from ddn.export.repository import staging_folder
+
+with staging_folder(Path(sys.argv[1])) as folder:
+    (folder / "half-written").write_text("x")
+    print(folder, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_the_next_export_removes_a_killed_exports_staging_folder(repository, checkpoint, fast_export):
+    exports = [subprocess.Popen([sys.executable, "-c", KILLED_EXPORT, str(repository)], stdout=subprocess.PIPE,
+                                text=True) for _ in range(2)]
+    killed, live = exports
+    try:
+        killed_folder, live_folder = (Path(p.stdout.readline().strip()) for p in exports)
+        killed.kill()
+        killed.wait()
+        assert killed_folder.is_dir() and live_folder.is_dir()
+        ModelExport(checkpoint, "tiny", repository).write_onnx(["generate"])
+        assert not killed_folder.exists() and live_folder.is_dir()
+    finally:
+        for process in exports:
+            process.kill()
+            process.wait()

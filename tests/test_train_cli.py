@@ -12,6 +12,7 @@ from ddn.training.checkpoint import load_generator
 from ddn.training.cli import main as ddn_train
 from ddn.training.train_loop import TrainConfig
 from ddn.training.train_state import LAST, read_run_checkpoint
+from cli_helpers import one_line_error
 from train_helpers import one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -21,13 +22,6 @@ TINY_ARGS = ["--preset", "tiny", "--batch", "16", "--no-progress"]
 
 def invoke(*args):
     return CliRunner().invoke(ddn_train, [str(a) for a in args])
-
-
-def one_line_error(result) -> str:
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
 
 
 def test_no_argument_run_leaves_a_usable_checkpoint_and_run_files(tmp_path, monkeypatch):

@@ -54,14 +54,16 @@ def test_generate_conditional_writes_results_and_grid(trained, tmp_path):
     model, checkpoint = trained
     target = digits(1)[0]
     to_png(tmp_path / "low.png", F.avg_pool2d(target[None], 2)[0])
-    paths = generate_conditional(checkpoint, "superres", tmp_path / "low.png", None, "top2", 5, tmp_path / "out", 1)
+    assert generate_conditional(checkpoint, "superres", tmp_path / "low.png", None, "top2", 5, tmp_path / "out", 1) == 5
+    paths = sorted((tmp_path / "out").glob("result_*.png"))
     assert [p.name for p in paths] == [f"result_{i:03d}.png" for i in range(5)]
     results = np.stack([load_png(p) for p in paths])
     assert results.shape == (5, 8, 8, 1)
     assert len({r.tobytes() for r in results}) > 1  # top2 draws differ
     assert (tmp_path / "out" / "grid.png").exists() and (tmp_path / "out" / "condition.png").exists()
     # top1 is deterministic and equals the API's guided sample of the same (PNG-quantised) condition.
-    again = generate_conditional(checkpoint, "superres", tmp_path / "low.png", None, "top1", 2, tmp_path / "top1", 0)
+    generate_conditional(checkpoint, "superres", tmp_path / "low.png", None, "top1", 2, tmp_path / "top1", 0)
+    again = sorted((tmp_path / "top1").glob("result_*.png"))
     low = torch.from_numpy(to_float(load_png(tmp_path / "low.png"))).permute(2, 0, 1)[None]
     want = images_to_uint8(model.guided_sample(SuperResolution(low.expand(2, -1, -1, -1)), selection="top1"))
     np.testing.assert_array_equal(np.stack([load_png(p) for p in again]), want)

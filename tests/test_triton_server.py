@@ -1,11 +1,15 @@
 """The real tritonserver from the nvidia-pytriton wheel, started on this machine's CPU."""
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +19,13 @@ from click.testing import CliRunner
 pytest.importorskip("pytriton", reason="needs the nvidia-pytriton wheel (pip install 'ddn-serve[serving]')")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
+from cli_helpers import one_line_error, usage_error  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from ddn.serving.admin_apis import grpc_headers, http_headers  # noqa: E402
+from ddn.serving.repository_view import VIEW_PREFIX, cpu_repository_view  # noqa: E402
 from ddn.serving.serve_cli import main as serve_main  # noqa: E402
-from ddn.serving.triton_server import TritonServer  # noqa: E402
+from ddn.serving.triton_server import SHARED_MEMORY, TEMP_PREFIX, TritonServer, _free_ports  # noqa: E402
 
 CONFIG = """
 backend: "python"
@@ -128,30 +137,143 @@ def test_serve_help() -> None:
     assert bad.exit_code == 2 and "'rocm' is not one of 'cpu', 'cuda', 'tensorrt'" in bad.output
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_serve_cli_serves_until_stopped(tmp_path: Path, stop_signal: signal.Signals) -> None:
-    write_model(tmp_path, "double", DOUBLE)
+def start_serve_cli(repository: Path, *args: str) -> tuple[subprocess.Popen, str, TritonServer]:
+    """A ddn-serve process on free ports, once it says it serves: the process, what it printed, its ports."""
     # The CLI's defaults are Triton's fixed ports 8000-8002; borrow three free ones
     # from a server object that is never started.
-    ports = TritonServer(tmp_path)
+    ports = TritonServer(repository)
     cli = subprocess.Popen(
-        [sys.executable, "-m", "ddn.serving.serve_cli", "--repository", str(tmp_path),
+        [sys.executable, "-m", "ddn.serving.serve_cli", "--repository", str(repository),
          "--grpc-port", str(ports.grpc_port), "--http-port", str(ports.http_port),
-         "--metrics-port", str(ports.metrics_port)],
+         "--metrics-port", str(ports.metrics_port), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         # Like a terminal's shell: a background pytest would hand SIGINT down ignored.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    output = ""
+    deadline = time.monotonic() + 60
+    while "press Ctrl-C" not in output and cli.poll() is None and time.monotonic() < deadline:
+        output += cli.stdout.readline()
+    return cli, output, ports
+
+
+def kill(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_serve_cli_serves_until_stopped(tmp_path: Path, stop_signal: signal.Signals) -> None:
+    write_model(tmp_path, "double", DOUBLE)
+    cli, output, ports = start_serve_cli(tmp_path)
     try:
-        output = ""
-        deadline = time.monotonic() + 60
-        while "press Ctrl-C" not in output and cli.poll() is None and time.monotonic() < deadline:
-            output += cli.stdout.readline()
         assert f"gRPC     127.0.0.1:{ports.grpc_port}" in output, output
         assert "model    double: READY" in output, output
+        assert "admin" not in output  # the administrative APIs stay closed
         cli.send_signal(stop_signal)
         assert cli.wait(timeout=30) == 0
         assert ports.grpc_port not in _listening_addresses()
     finally:
-        if cli.poll() is None:
-            os.kill(cli.pid, signal.SIGKILL)
-            cli.wait()
+        kill(cli)
+
+
+def test_serve_cli_opens_the_admin_apis_only_with_the_key_it_prints(tmp_path: Path) -> None:
+    write_model(tmp_path, "double", DOUBLE)
+    cli, output, ports = start_serve_cli(tmp_path, "--admin-apis")
+    try:
+        admin = [line for line in output.splitlines() if line.startswith("admin")]
+        key = admin[0].split("carrying the key ")[1]
+        assert admin[1].strip() == f"admin      gRPC: headers={{'triton-grpc-protocol-ddn-admin-key': '{key}'}}"
+        assert f"curl -H 'ddn-admin-key: {key}'" in admin[2]
+        client = grpcclient.InferenceServerClient(ports.grpc_url)
+        with pytest.raises(InferenceServerException, match="This protocol is restricted"):
+            client.update_log_settings({"log_verbose_level": 2})
+        with pytest.raises(InferenceServerException, match="This protocol is restricted"):
+            client.update_log_settings({"log_verbose_level": 2}, headers=grpc_headers(key + "x"))
+        client.update_log_settings({"log_verbose_level": 2}, headers=grpc_headers(key))
+        assert client.get_log_settings(headers=grpc_headers(key), as_json=True)["settings"][
+            "log_verbose_level"]["uint32_param"] == 2
+        request = urllib.request.Request(f"http://{ports.http_url}/v2/logging", headers=http_headers(key))
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            assert json.loads(reply.read())["log_verbose_level"] == 2
+    finally:
+        kill(cli)
+
+
+@pytest.mark.parametrize("port, message", [("70000", "70000 is not in the range 1<=x<=65535"),
+                                           ("0", "0 is not in the range 1<=x<=65535")])
+def test_serve_cli_refuses_impossible_ports(tmp_path: Path, port: str, message: str) -> None:
+    line = usage_error(CliRunner().invoke(serve_main, ["--repository", str(tmp_path), "--grpc-port", port]))
+    assert "Invalid value for '--grpc-port'" in line and message in line
+
+
+def test_server_checks_its_ports_before_it_starts(tmp_path: Path) -> None:
+    write_model(tmp_path, "double", DOUBLE)
+    for port in (0, 70000, -1):
+        with pytest.raises(ValueError, match=f"gRPC port {port} is not a TCP port"):
+            TritonServer(tmp_path, grpc_port=port)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match=f"HTTP port {port} on 127.0.0.1 is not free: Address already in use"):
+            TritonServer(tmp_path, http_port=port).start()
+        result = CliRunner().invoke(serve_main, ["--repository", str(tmp_path), "--metrics-port", str(port),
+                                                 "--grpc-port", str(_free_ports("127.0.0.1", 1)[0])])
+        assert one_line_error(result) == f"Error: metrics port {port} on 127.0.0.1 is not free: Address already in use"
+        assert time.monotonic() - started < 10  # not the 60 s start-up timeout
+    with pytest.raises(RuntimeError, match="the server's ports must differ"):
+        TritonServer(tmp_path, grpc_port=port, http_port=port).start()
+
+
+def wait_dead(pid: int) -> None:
+    """Until ``pid`` is gone or a zombie (its parent, killed, cannot reap it)."""
+    while True:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_next_server_removes_what_a_killed_ddn_serve_and_its_crashed_server_left(tmp_path: Path) -> None:
+    write_model(tmp_path / "repo", "double", DOUBLE)
+    cli, output, _ = start_serve_cli(tmp_path / "repo")
+    tag = f"{cli.pid}-"
+    try:
+        assert "model    double: READY" in output, output
+        (server_pid,) = children(cli.pid)
+        regions = [p for p in SHARED_MEMORY.iterdir() if p.name.startswith(f"{TEMP_PREFIX}{tag}")]
+        folders = [p for p in Path(tempfile.gettempdir()).iterdir()
+                   if p.name.startswith((f"{TEMP_PREFIX}{tag}", f"{VIEW_PREFIX}{tag}"))]
+        assert regions and len(folders) == 2, (regions, folders)
+        # Freeze the server so that it cannot clean up, kill ddn-serve, then the server: a crash of both.
+        os.kill(server_pid, signal.SIGSTOP)
+        kill(cli)
+        os.kill(server_pid, signal.SIGKILL)
+        wait_dead(server_pid)
+        assert all(p.exists() for p in regions + folders)
+        write_model(tmp_path / "next", "double", DOUBLE)
+        with cpu_repository_view(tmp_path / "next") as view, TritonServer(view) as running:  # what ddn-serve runs
+            assert not any(p.exists() for p in regions + folders), [p for p in regions + folders if p.exists()]
+            assert running.shared_memory_regions
+    finally:
+        kill(cli)
+
+
+def test_stop_removes_the_regions_of_a_server_that_crashed(server: TritonServer, tmp_path: Path) -> None:
+    write_model(tmp_path, "double", DOUBLE)
+    with TritonServer(tmp_path) as crashing:
+        regions = crashing.shared_memory_regions
+        assert regions and not set(regions) & set(server.shared_memory_regions)
+        os.kill(crashing.pid, signal.SIGKILL)
+        crashing.wait()
+        assert all(p.exists() for p in regions)
+    assert not any(p.exists() for p in regions)
+    assert server.shared_memory_regions  # another live server's regions stay

@@ -3,24 +3,33 @@
 Tensors: ``model/<name>`` for the generator's state dict, plus any tensors the
 caller adds under its own names (a training checkpoint adds ``optimizer/...``
 and ``rng/...``, see :mod:`train_state`). The header's metadata holds
-``ddn_config`` (the generator's config) and ``ddn_meta`` (the caller's metadata,
-``{}`` when none; a training checkpoint's is ``{"train": ...}``), both JSON.
+``ddn_config`` (the generator's config), ``ddn_meta`` (the caller's metadata,
+``{}`` when none; a training checkpoint's is ``{"train": ...}``), both JSON, and
+``ddn_digest``, a digest of every tensor's bytes: a file that safetensors can
+still read but whose weights were damaged is refused by every reader.
 No pickle is ever loaded.
 
-Writes are atomic: temp file in the same folder, fsync, rename. A crash mid-write
-leaves the previous checkpoint untouched.
+The header is written canonically (keys sorted, no spaces), so the same
+tensors and settings give the same bytes, and the same sha256, on every run.
+Writes are atomic: a temporary file in the same folder (named after this
+process, so the next write removes what a killed writer left), fsync, rename.
+A crash mid-write leaves the previous checkpoint untouched.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+from ddn.leftovers import remove_stale, tagged
 
 from .networks import DDNGenerator, build_generator
 
@@ -29,15 +38,27 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, truncated, corrupt or not a DDN checkpoint."""
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(temp_path)`` then move the finished file onto ``path`` (fsync first)."""
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """BLAKE2b over names, dtypes, shapes and bytes of all tensors, in name order."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    temp_prefix = f".{path.name}."
+    remove_stale(path.parent, temp_prefix)
+    fd, tmp = tempfile.mkstemp(prefix=tagged(temp_prefix), suffix=".tmp", dir=path.parent)
     try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -50,14 +71,32 @@ def atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+def write_safetensors(f: BinaryIO, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """A safetensors file with a canonical header.
+
+    safetensors keeps the metadata in a hash map whose order changes from run
+    to run; re-encoding its header with sorted keys makes the bytes depend on
+    the content only. The data offsets are relative to the end of the header,
+    so the tensor bytes stay as they are.
+    """
+    data = memoryview(safetensors_bytes(tensors, metadata))
+    size = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(bytes(data[8:8 + size])), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format pads the header to a multiple of 8 bytes with spaces
+    f.write(len(header).to_bytes(8, "little"))
+    f.write(header)
+    f.write(data[8 + size:])
+
+
 def save_checkpoint(path: str | Path, model: DDNGenerator, tensors: dict[str, torch.Tensor] | None = None,
                     meta: dict[str, Any] | None = None) -> None:
     """Write the model (and optional extra tensors and JSON metadata) atomically to ``path``."""
     payload = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for key, value in (tensors or {}).items():
         payload[key] = value.detach().cpu().contiguous()
-    header = {"ddn_config": json.dumps(model.config()), "ddn_meta": json.dumps(meta or {})}
-    atomic_write(Path(path), lambda tmp: save_file(payload, str(tmp), metadata=header))
+    header = {"ddn_config": json.dumps(model.config()), "ddn_meta": json.dumps(meta or {}),
+              "ddn_digest": tensor_digest(payload)}
+    atomic_write(Path(path), lambda f: write_safetensors(f, payload, header))
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
@@ -75,22 +114,48 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if "ddn_config" not in header:
         raise CheckpointError(f"{path} is a safetensors file but not a DDN checkpoint (no ddn_config in its header)")
     try:
-        return tensors, json.loads(header["ddn_config"]), json.loads(header.get("ddn_meta", "{}"))
+        config, meta = json.loads(header["ddn_config"]), json.loads(header.get("ddn_meta", "{}"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"checkpoint {path} has a corrupt header: {exc}") from None
+    if not isinstance(config, dict) or not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path} has a corrupt header: ddn_config and ddn_meta must be JSON objects")
+    # Training checkpoints written before ddn_digest existed carry the digest in their training metadata.
+    digest = header.get("ddn_digest") or (meta.get("train") or {}).get("digest")
+    if digest is not None and tensor_digest(tensors) != digest:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its tensor bytes do not match the digest written with them")
+    return tensors, config, meta
+
+
+def _build(config: dict[str, Any], path: str | Path, device: str) -> DDNGenerator:
+    try:
+        with torch.device(device):
+            return build_generator(config)
+    except Exception as exc:  # the config comes from a file: any failure to build from it is a bad config
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise CheckpointError(f"{path} has an invalid model config: {message}") from None
 
 
 def model_from_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any], path: str | Path = "checkpoint") -> DDNGenerator:
-    try:
-        model = build_generator(config)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path} has an invalid model config: {exc}") from None
+    """The generator ``config`` describes, holding the checkpoint's ``model/`` tensors.
+
+    The config is first built on the meta device, which allocates nothing, and
+    its tensor shapes compared with the checkpoint's: a config that asks for
+    more (or other) weights than the file holds, e.g. a corrupt channel count,
+    is refused before it can exhaust memory.
+    """
     state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{path} does not match its model config: {first}") from None
+    expected = {k: tuple(v.shape) for k, v in _build(config, path, "meta").state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+        reshaped = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+        problem = (f"tensor {missing[0]!r} is missing" if missing else
+                   f"tensor {unexpected[0]!r} is not in the model" if unexpected else
+                   f"tensor {reshaped[0]!r} has shape {list(found[reshaped[0]])}, "
+                   f"the config gives {list(expected[reshaped[0]])}")
+        raise CheckpointError(f"{path} does not match its model config: {problem}")
+    model = _build(config, path, "cpu")
+    model.load_state_dict(state)
     return model
 
 

@@ -20,6 +20,9 @@ from .networks import DDNGenerator
 from .run_outputs import grid_scale, images_to_uint8
 from .zscg_cli import CONDITIONS, SELECTIONS
 
+BATCH = 64  # samples per guided pass
+GRID_RESULTS = 63  # with the condition, an 8 x 8 grid
+
 
 def _as_tensor(pixels: np.ndarray) -> torch.Tensor:
     """uint8 [H, W, C] -> float [1, C, H, W] in [-1, 1]."""
@@ -85,12 +88,15 @@ def _repeat(condition: Condition, n: int) -> Condition:
 
 def generate_conditional(checkpoint: str | Path, condition: str, input_path: str | Path,
                          mask_path: str | Path | None = None, selection: str = "top2", n: int = 8,
-                         out_dir: str | Path = "zscg", seed: int = 0) -> list[Path]:
+                         out_dir: str | Path = "zscg", seed: int = 0) -> int:
     """Write ``n`` samples that fit the condition as result_000.png ..., plus condition.png and grid.png.
 
     ``selection`` "top1" keeps the best candidate per layer (deterministic, so
     all n are equal); "top2" draws between the two best (seeded by ``seed``).
-    Returns the result paths. Raises ValueError / CheckpointError with a one-line message.
+    Samples are made ``BATCH`` at a time, so memory stays the same for any n;
+    the grid (written once it is full, or at the end) shows the condition and
+    the first ``GRID_RESULTS`` results. Returns how many results were written.
+    Raises ValueError / CheckpointError with a one-line message.
     """
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be top1 or top2, got {selection!r}")
@@ -99,13 +105,19 @@ def generate_conditional(checkpoint: str | Path, condition: str, input_path: str
     model = load_generator(checkpoint)
     single, preview = build_condition(model, condition, input_path, mask_path)
     generator = torch.Generator().manual_seed(seed)
-    results = model.guided_sample(_repeat(single, n), selection=selection, generator=generator)
 
     out_dir = Path(out_dir)
-    pixels = images_to_uint8(results)
-    paths = [save_png(out_dir / f"result_{i:03d}.png", image) for i, image in enumerate(pixels)]
     preview_pixels = images_to_uint8(preview)
     save_png(out_dir / "condition.png", preview_pixels[0])
-    save_grid(out_dir / "grid.png", np.concatenate([preview_pixels, pixels]), ncols=min(n + 1, 9),
-              scale=grid_scale(model.image_size))
-    return paths
+    shown: list[np.ndarray] = []
+    for start in range(0, n, BATCH):
+        size = min(BATCH, n - start)
+        pixels = images_to_uint8(model.guided_sample(_repeat(single, size), selection=selection, generator=generator))
+        for i, image in enumerate(pixels, start):
+            save_png(out_dir / f"result_{i:03d}.png", image)
+        if len(shown) < GRID_RESULTS:
+            shown.extend(pixels[:GRID_RESULTS - len(shown)])
+            if len(shown) == min(n, GRID_RESULTS):
+                save_grid(out_dir / "grid.png", np.concatenate([preview_pixels, np.stack(shown)]),
+                          ncols=min(len(shown) + 1, 9), scale=grid_scale(model.image_size))
+    return n

@@ -14,6 +14,8 @@ import click
 
 CONDITIONS = ("superres", "colorize", "inpaint", "denoise")
 SELECTIONS = ("top1", "top2")
+# Seeds are what numpy's default_rng and torch.Generator.manual_seed both take: 64-bit unsigned.
+SEED_RANGE = click.IntRange(0, 2**64 - 1)
 
 Command = TypeVar("Command", bound=Callable)
 
@@ -53,16 +55,16 @@ def run_conditional(checkpoint: Path, condition: str, input_path: Path, mask_pat
     from .zscg import generate_conditional  # torch is imported here, not when ddn-generate starts
 
     try:
-        paths = generate_conditional(checkpoint, condition, input_path, mask_path, selection, n, out_dir, seed)
+        written = generate_conditional(checkpoint, condition, input_path, mask_path, selection, n, out_dir, seed)
     except (ValueError, OSError) as exc:  # CheckpointError is a ValueError
         raise click.ClickException(" ".join(str(exc).split())) from None
-    click.echo(f"wrote {len(paths)} images and grid.png to {out_dir}", err=True)
+    click.echo(f"wrote {written} images and grid.png to {out_dir}", err=True)
 
 
 @click.command("conditional", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @condition_options(required=True)
 @click.option("--n", type=click.IntRange(min=1), default=8, help="samples to generate")
-@click.option("--seed", type=int, default=0, help="seed of the top2 draws")
+@click.option("--seed", type=SEED_RANGE, default=0, help="seed of the top2 draws")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("zscg"),
               help="output folder")
 def conditional(checkpoint: Path, condition: str, input_path: Path, mask_path: Path | None, selection: str,
