@@ -1,5 +1,8 @@
 """The toy 2-D experiment on the official densities: the update rule, split-and-prune, the claim, the CLI."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,3 +84,15 @@ def test_cli_refuses_bad_arguments_in_one_line(args, message, capsys):
     assert exit_info.value.code in (1, 2)
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1]
+
+
+def test_side_by_side_benchmark_runs_both_implementations(tmp_path):
+    """benchmarks/toy_official.py at a tiny size: the official loop and ours scored alike."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "toy_official.py"
+    done = subprocess.run([sys.executable, str(script), "--k", "50", "--official-steps", "30", "--steps", "30",
+                           "--densities", "words"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    scores = report["densities"]["words"]
+    assert set(scores["kl"]) == {"official", "project", "real_samples"}
+    assert all(v > 0 for v in scores["kl"].values()) and scores["seconds"]["official"] > 0
