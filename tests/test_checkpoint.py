@@ -30,7 +30,7 @@ def header_of(path: Path) -> bytes:
 def checkpoint(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     path = tmp_path / "tiny.safetensors"
-    save_checkpoint(path, SingleShotGenerator(image_size=8, channels=16, blocks_per_scale=1, k=8))
+    save_checkpoint(path, SingleShotGenerator(image_size=8, channels=16, blocks=1, k=8))
     return path
 
 
@@ -80,9 +80,10 @@ def rewrite_config(path: Path, **changes) -> None:
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"k": -3}, "has an invalid model config: Trying to create tensor with negative dimension -3"),
-    ({"channels": 200000}, "does not match its model config: tensor "),  # [16, ...] in the file, [200000, ...] asked
-    ({"blocks_per_scale": 2}, "does not match its model config: tensor "),
+    ({"k": -3}, "has an invalid model config: k must be in [1, 65536], got [-3, -3, -3, -3]"),
+    ({"channels": 200000}, "has an invalid model config: channels must be in [2, 8192]"),
+    ({"channels": 64}, "does not match its model config: tensor "),  # [16, ...] in the file, [64, ...] asked
+    ({"blocks": [1, 1, 2, 1]}, "does not match its model config: tensor "),
     ({"kind": "transformer"}, "has an invalid model config: unknown generator kind 'transformer'"),
     ({"depth": 3}, "has an invalid model config: SingleShotGenerator.__init__() got an unexpected keyword"),
 ])
@@ -100,7 +101,8 @@ def test_digest_covers_every_tensor(checkpoint: Path) -> None:
     tensors, _, _ = read_checkpoint(checkpoint)
     header = json.loads(header_of(checkpoint))["__metadata__"]
     assert header["ddn_digest"] == tensor_digest(tensors)
-    changed = dict(tensors, **{"model/stem": tensors["model/stem"] + 1})
+    name = next(key for key in tensors if key.startswith("model/"))
+    changed = dict(tensors, **{name: tensors[name] + 1})
     assert tensor_digest(changed) != header["ddn_digest"]
 
 

@@ -33,7 +33,7 @@ def exported(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("generate")
     torch.manual_seed(0)
     checkpoint = folder / "tiny.safetensors"
-    save_checkpoint(checkpoint, SingleShotGenerator(image_size=8, channels=16, blocks_per_scale=1, k=8))
+    save_checkpoint(checkpoint, SingleShotGenerator(image_size=8, channels=16, blocks=1, k=8))
     ModelExport(checkpoint, NAME, folder / "model_repository", max_batch=16).write_onnx(["generate"])
     return checkpoint, folder / "model_repository"
 

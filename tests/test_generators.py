@@ -9,10 +9,11 @@ from ddn.training.checkpoint import load_generator, save_checkpoint
 from ddn.training.guidance import Colorization, Inpainting, SuperResolution, TargetCondition
 from ddn.training.networks import RecurrenceGenerator, SingleShotGenerator
 from ddn.training.split_and_prune import split_and_prune_
+from train_helpers import one_thread  # noqa: F401 (fixture)
 
 GENERATORS = {
     "single_shot": lambda: SingleShotGenerator(image_size=8, image_channels=1, channels=16, blocks=[1, 1, 2, 2], k=8),
-    "recurrence": lambda: RecurrenceGenerator(image_size=8, image_channels=1, base=8, iterations=4, k=8),
+    "recurrence": lambda: RecurrenceGenerator(image_size=8, image_channels=1, base=8, iterations=3, k=8),
 }
 
 
@@ -116,15 +117,19 @@ def test_chain_dropout_replaces_the_nearest_choice():
     assert (dropped != nearest).float().mean() > 0.5
 
 
-@pytest.mark.parametrize("kind", sorted(GENERATORS))
-def test_encode_then_decode_beats_a_random_code(kind):
+# Error of encode -> decode over the error of random codes on held-out digits. Untrained, the guided
+# choice among random candidates already gives 0.72-0.78 (single shot) and 0.91-0.93 (recurrence);
+# after these steps, seeds 0-1 gave 0.32-0.37 and 0.71-0.81.
+@pytest.mark.parametrize("kind, steps, bound", [("single_shot", 100, 0.5), ("recurrence", 100, 0.85)])
+@pytest.mark.usefixtures("one_thread")
+def test_encode_then_decode_beats_a_random_code(kind, steps, bound):
     torch.manual_seed(0)
     model = GENERATORS[kind]()
     data = digits(1797)
     train, held_out = data[:1500], data[1500:]
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(300):
+    for _ in range(steps):
         batch = train[torch.randint(0, len(train), (64,), generator=gen)]
         loss = model.loss(batch, chain_dropout=0.05, generator=gen)
         optimizer.zero_grad()
@@ -135,7 +140,7 @@ def test_encode_then_decode_beats_a_random_code(kind):
     random = model.sample(n=len(held_out), generator=gen)
     recon_err = (recon - held_out).pow(2).mean()
     random_err = (random - held_out).pow(2).mean()
-    assert recon_err < 0.6 * random_err, (float(recon_err), float(random_err))
+    assert recon_err < bound * random_err, (float(recon_err), float(random_err))
 
 
 def test_conditions_that_constrain_everything_reduce_to_encoding(model):

@@ -90,7 +90,9 @@ def test_resume_refuses_to_change_the_model(tmp_path):
     train(tiny(steps=2), run, progress=False)
     result = CliRunner().invoke(ddn_train, ["--resume", "--out", str(run), "--k", "4", "--no-progress"])
     assert result.exit_code == 1
-    assert "--k cannot change on resume (checkpoint has 8, got 4)" in result.output
+    assert "--k cannot change on resume (checkpoint has None, got 4)" in result.output  # None: the preset's K
+    result = CliRunner().invoke(ddn_train, ["--resume", "--out", str(run), "--preset", "cpu", "--no-progress"])
+    assert "--preset cannot change on resume (checkpoint has 'tiny', got 'cpu')" in result.output
 
 
 def test_killed_process_resumes_to_the_same_bits(tmp_path):

@@ -169,21 +169,32 @@ class DDNGenerator(nn.Module):
             raise ValueError(f"images must have shape [B, {', '.join(map(str, expected))}], got {list(images.shape)}")
 
 
+# Bounds on every size field: far beyond any real model, but they keep a corrupt or hostile config
+# from asking for billions of parameters or millions of modules.
+LIMITS = {"image_size": 4096, "image_channels": 4, "channels": 8192, "blocks": 256, "k": 65536, "iterations": 1024,
+          "base": 1024}
 
-def _check_power_of_two(size: int) -> int:
-    if size < 1 or size & (size - 1):
-        raise ValueError(f"image size must be a power of two, got {size}")
+
+def _check_range(name: str, values: list[int], low: int = 1) -> list[int]:
+    if min(values) < low or max(values) > LIMITS[name]:
+        raise ValueError(f"{name} must be in [{low}, {LIMITS[name]}], got {values if len(values) > 1 else values[0]}")
+    return values
+
+
+def _check_image(size: int, channels: int) -> int:
+    """log2 of the image size, after checking both fields."""
+    _check_range("image_channels", [channels])
+    if size < 1 or size & (size - 1) or size > LIMITS["image_size"]:
+        raise ValueError(f"image size must be a power of two up to {LIMITS['image_size']}, got {size}")
     return int(math.log2(size))
 
 
-def _per_scale(name: str, value: int | Sequence[int], scales: int) -> list[int]:
-    """One positive int per scale: a single value is used at every scale."""
+def _per_scale(name: str, value: int | Sequence[int], scales: int, low: int = 1) -> list[int]:
+    """One int per scale within the field's bounds: a single value is used at every scale."""
     values = [int(value)] * scales if isinstance(value, (int, np.integer)) else [int(v) for v in value]
     if len(values) != scales:
         raise ValueError(f"{name} needs one value per scale ({scales} for this image size), got {len(values)}")
-    if min(values) < 1:
-        raise ValueError(f"{name} must be positive, got {values}")
-    return values
+    return _check_range(name, values, low)
 
 
 def init_features(channels: int) -> torch.Tensor:
@@ -208,9 +219,9 @@ class SingleShotGenerator(DDNGenerator):
     def __init__(self, image_size: int = 32, image_channels: int = 1, channels: int | Sequence[int] = 64,
                  blocks: int | Sequence[int] = 2, k: int | Sequence[int] = 64, residual: bool = True):
         super().__init__()
-        scales = _check_power_of_two(image_size) + 1
-        channels, blocks, k = (_per_scale(name, v, scales) for name, v in
-                               (("channels", channels), ("blocks", blocks), ("k", k)))
+        scales = _check_image(image_size, image_channels) + 1
+        channels = _per_scale("channels", channels, scales, low=2)
+        blocks, k = _per_scale("blocks", blocks, scales), _per_scale("k", k, scales)
         if any(c % 2 or c < 2 * image_channels for c in channels):
             raise ValueError(f"channels must be even and at least twice the image channels, got {channels}")
         self._config = dict(image_size=image_size, image_channels=image_channels, channels=channels,
@@ -248,10 +259,11 @@ class RecurrenceGenerator(DDNGenerator):
     def __init__(self, image_size: int = 32, image_channels: int = 1, base: int = 32, iterations: int = 10,
                  k: int = 64, residual: bool = False):
         super().__init__()
-        _check_power_of_two(image_size)
-        if iterations < 1 or k < 1 or base < 2 or base % 2:
-            raise ValueError(f"recurrence needs iterations >= 1, k >= 1 and an even base >= 2, "
-                             f"got {iterations}, {k}, {base}")
+        _check_image(image_size, image_channels)
+        for name, value, low in (("iterations", iterations, 1), ("k", k, 1), ("base", base, 2)):
+            _check_range(name, [int(value)], low)
+        if base % 2:
+            raise ValueError(f"base must be even, got {base}")
         self._config = dict(image_size=image_size, image_channels=image_channels, base=base,
                             iterations=iterations, k=k, residual=residual)
         self.image_size, self.image_channels = image_size, image_channels
