@@ -1,0 +1,278 @@
+"""Serving past one server: several real Triton servers, faults mid-run, shards, TLS.
+
+Every server here is the nvidia-pytriton binary on free localhost ports. One
+tiny generator is exported once; three servers on it run for the whole
+module, and the single-server ddn-generate run of the seeds is the reference
+every fleet run must match byte for byte. Tests that need a server to die or
+to appear start their own.
+"""
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import re
+import signal
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("pytriton", reason="needs the nvidia-pytriton wheel (pip install 'ddn-serve[serving]')")
+pytest.importorskip("tritonclient.grpc")
+x509 = pytest.importorskip("cryptography.x509")
+
+import torch  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+
+from ddn.export.exporter import ModelExport  # noqa: E402
+from ddn.serving.client import DDNClient, ServingError  # noqa: E402
+from ddn.serving.generate_cli import generate_pngs, main as generate_main  # noqa: E402
+from ddn.serving.repository_view import cpu_repository_view  # noqa: E402
+from ddn.serving.serve_cli import main as serve_main  # noqa: E402
+from ddn.serving.shards import Shard  # noqa: E402
+from ddn.serving.triton_server import TritonServer  # noqa: E402
+from ddn.training.checkpoint import save_checkpoint  # noqa: E402
+from ddn.training.networks import SingleShotGenerator  # noqa: E402
+
+NAME = "tiny"
+SEEDS = range(100, 148)
+# Small requests, so a run is many requests and a fault lands in the middle of it.
+RUN = ["--n", str(len(SEEDS)), "--seed", str(SEEDS.start), "--batch", "2", "--concurrency", "4", "--no-progress"]
+
+
+def export(folder: Path, weights_seed: int) -> Path:
+    """The tiny generator under ``weights_seed``, exported as NAME (generation graph only: fast to load)."""
+    torch.manual_seed(weights_seed)
+    checkpoint = folder / f"tiny{weights_seed}.safetensors"
+    save_checkpoint(checkpoint, SingleShotGenerator(image_size=8, channels=16, k=8))
+    repository = folder / f"repository{weights_seed}"
+    ModelExport(checkpoint, NAME, repository, max_batch=4).write_onnx(["generate"])
+    return repository
+
+
+@pytest.fixture(scope="module")
+def view(tmp_path_factory: pytest.TempPathFactory):
+    with cpu_repository_view(export(tmp_path_factory.mktemp("fleet"), 0)) as folder:
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def fleet(view: Path):
+    servers = [TritonServer(view) for _ in range(3)]
+    try:
+        yield [server.start() for server in servers]
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(fleet: list[TritonServer], tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """PNG name -> bytes of a ddn-generate run against one server."""
+    out = tmp_path_factory.mktemp("one_server")
+    result = CliRunner().invoke(generate_main, [*RUN, "--url", fleet[0].grpc_url, "--model", NAME, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def pngs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def served_requests(server: TritonServer) -> int:
+    """Successful inference requests the server counted (its Prometheus metrics)."""
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    return sum(int(float(value)) for value in re.findall(r'^nv_inference_request_success\{[^}]*model="tiny"[^}]*\} (\S+)',
+                                                          text, re.MULTILINE))
+
+
+@pytest.mark.parametrize("how", ["repeated", "comma"])
+def test_servers_share_a_run_and_write_the_one_server_bytes(fleet: list[TritonServer], reference: dict[str, bytes],
+                                                            tmp_path: Path, how: str) -> None:
+    servers = fleet[:2] if how == "repeated" else fleet
+    urls = [arg for s in servers for arg in ("--url", s.grpc_url)] if how == "repeated" else \
+        ["--url", ",".join(s.grpc_url for s in servers)]
+    before = [served_requests(s) for s in servers]
+    result = CliRunner().invoke(generate_main, [*RUN, *urls, "--model", NAME, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert pngs(tmp_path) == reference and len(reference) == len(SEEDS)
+    took = [served_requests(s) - b for s, b in zip(servers, before)]
+    assert all(n > 0 for n in took), took  # every server answered part of the run
+    assert sum(took) == len(SEEDS) // 2  # 2 images per request, none sent twice
+
+
+def test_a_server_killed_mid_run_loses_nothing(view: Path, fleet: list[TritonServer],
+                                               reference: dict[str, bytes], tmp_path: Path) -> None:
+    victim = TritonServer(view).start()
+    killed_at: list[int] = []
+
+    def kill_once_a_quarter_is_written() -> None:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("*.png"))) < len(SEEDS) // 4 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        killed_at.append(len(list(tmp_path.glob("*.png"))))
+        os.killpg(victim.pid, signal.SIGKILL)  # the server and its backend stubs, no goodbye
+
+    try:
+        with DDNClient([victim.grpc_url, fleet[0].grpc_url, fleet[1].grpc_url], model=NAME, batch_size=1,
+                       concurrency=6, probe_interval_s=0.2) as client:
+            client.generate(seeds=[0])  # all three admitted before the run starts
+            killer = threading.Thread(target=kill_once_a_quarter_is_written)
+            killer.start()
+            written = generate_pngs(client, SEEDS, tmp_path, wave=12, progress=False)
+            killer.join()
+            victim_stats = client.endpoint_stats()[0]
+            retried = client.retried
+    finally:
+        victim.stop()
+    assert len(SEEDS) // 4 <= killed_at[0] < len(SEEDS)  # the kill landed in the middle of the run
+    assert written == len(SEEDS) and pngs(tmp_path) == reference  # each image written once, same bytes
+    assert victim_stats["succeeded"] > 0 and victim_stats["failed"] > 0 and not victim_stats["healthy"]
+    assert retried >= victim_stats["failed"]  # every request the dead server failed was sent again
+
+
+def test_a_server_started_later_joins(view: Path, fleet: list[TritonServer]) -> None:
+    late = TritonServer(view)  # its ports are chosen; nothing listens there yet
+    seeds = list(SEEDS)
+    try:
+        with DDNClient([fleet[2].grpc_url, late.grpc_url], model=NAME, batch_size=1, concurrency=4,
+                       probe_interval_s=0.2) as client:
+            first = client.generate(seeds=seeds)
+            assert [s["healthy"] for s in client.endpoint_stats()] == [True, False]
+            late.start()
+            deadline = time.monotonic() + 30
+            while client.endpoint_stats()[1]["succeeded"] == 0 and time.monotonic() < deadline:
+                np.testing.assert_array_equal(client.generate(seeds=seeds), first)
+            assert client.endpoint_stats()[1]["succeeded"] > 0, client.endpoint_stats()
+            np.testing.assert_array_equal(client.generate(seeds=seeds), first)
+    finally:
+        late.stop()
+
+
+def test_endpoints_serving_different_models_are_refused(fleet: list[TritonServer], tmp_path: Path) -> None:
+    other_weights = export(tmp_path, 1)  # same name, same layout, other weights
+    with cpu_repository_view(other_weights) as other_view, TritonServer(other_view) as other:
+        result = CliRunner().invoke(generate_main, [*RUN, "--url", f"{fleet[0].grpc_url},{other.grpc_url}",
+                                                    "--model", NAME, "--out", str(tmp_path / "out")])
+        assert result.exit_code == 1
+        (line,) = result.output.strip().splitlines()
+        assert re.fullmatch(rf"Error: endpoints serve different models: 'tiny' has ddn_onnx_sha256 '[0-9a-f]{{64}}' "
+                            rf"on {fleet[0].grpc_url} but '[0-9a-f]{{64}}' on {other.grpc_url}; "
+                            "every endpoint must serve the same export", line), line
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+        # Alone, the other server is fine: the refusal is about mixing.
+        with DDNClient(other.grpc_url, model=NAME) as alone:
+            assert alone.generate(seeds=[1]).shape == (1, 8, 8, 1)
+
+
+def test_shards_write_the_full_set_exactly_once(view: Path, reference: dict[str, bytes], tmp_path: Path) -> None:
+    repository = Path(os.path.realpath(view / NAME)).parent  # the exported repository behind the view
+    local = ["--n", str(len(SEEDS)), "--seed", str(SEEDS.start), "--no-progress", "--repository", str(repository),
+             "--model", NAME]
+    shards = []
+    for index in range(3):
+        out = tmp_path / f"shard{index}"
+        result = CliRunner().invoke(generate_main, [*local, "--shard", f"{index}/3", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        shards.append(pngs(out))
+        assert {int(name.split(".")[0]) % 3 for name in shards[-1]} == {index}
+    assert sum(len(s) for s in shards) == len(SEEDS)
+    assert {name: data for shard in shards for name, data in shard.items()} == reference
+    rerun = CliRunner().invoke(generate_main, [*local, "--shard", "1/3", "--out", str(tmp_path / "shard1")])
+    assert rerun.exit_code == 0 and f"0 written, {len(shards[1])} already there" in rerun.output
+    for bad in ("3/3", "1/0", "a/2", "2"):
+        result = CliRunner().invoke(generate_main, [*local, "--shard", bad, "--out", str(tmp_path / "x")])
+        assert result.exit_code == 2 and "Invalid value for '--shard'" in result.output, result.output
+
+
+@pytest.mark.parametrize("seeds", [range(0, 10), range(7, 8), range(5, 5), range(3, 1000)])
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_shard_seeds_partition_any_range(seeds: range, count: int) -> None:
+    parts = [Shard(i, count).seeds(seeds) for i in range(count)]
+    assert sorted(s for part in parts for s in part) == list(seeds)
+    assert all(s % count == i for i, part in enumerate(parts) for s in part)
+
+
+# -- TLS ------------------------------------------------------------------------------------------------------------
+def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for localhost / 127.0.0.1 signed by its own key: (certificate, key) PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / f"{name}.crt", folder / f"{name}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return self_signed(tmp_path_factory.mktemp("tls"), "server")
+
+
+@pytest.fixture(scope="module")
+def tls_server(view: Path, certificate: tuple[Path, Path]):
+    with TritonServer(view, tls_cert=certificate[0], tls_key=certificate[1]) as server:
+        yield server
+
+
+def test_tls_round_trip(tls_server: TritonServer, certificate: tuple[Path, Path], reference: dict[str, bytes],
+                        tmp_path: Path) -> None:
+    result = CliRunner().invoke(generate_main, [*RUN, "--url", tls_server.grpc_url, "--tls-root-cert",
+                                                str(certificate[0]), "--model", NAME, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert pngs(tmp_path) == reference
+
+
+def test_plaintext_client_is_refused_by_a_tls_server_with_a_clear_error(tls_server: TritonServer,
+                                                                       tmp_path: Path) -> None:
+    result = CliRunner().invoke(generate_main, [*RUN, "--url", tls_server.grpc_url, "--model", NAME,
+                                                "--connect-timeout", "2", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"Error: cannot reach the Triton server at {tls_server.grpc_url} (gRPC): ")
+    assert line.endswith(f"{tls_server.grpc_url} speaks TLS and this client does not: give the server's root "
+                         "certificate (ddn-generate --tls-root-cert FILE, DDNClient(root_certificates=FILE))"), line
+
+
+def test_tls_client_names_a_plaintext_server_and_an_untrusted_certificate(
+        tls_server: TritonServer, fleet: list[TritonServer], tmp_path: Path) -> None:
+    stranger, _ = self_signed(tmp_path, "stranger")
+    with DDNClient(fleet[0].grpc_url, model=NAME, root_certificates=stranger, connect_timeout_s=2) as client, \
+            pytest.raises(ServingError, match=f"{re.escape(fleet[0].grpc_url)} does not speak TLS: connect without"):
+        client.generate(seeds=[0])
+    with DDNClient(tls_server.grpc_url, model=NAME, root_certificates=stranger, connect_timeout_s=2) as client, \
+            pytest.raises(ServingError, match="CERTIFICATE_VERIFY_FAILED"):
+        client.generate(seeds=[0])
+
+
+def test_tls_options_are_checked(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
+    only_cert = CliRunner().invoke(serve_main, ["--repository", str(tmp_path), "--tls-cert", str(certificate[0])])
+    assert only_cert.exit_code == 2 and "--tls-cert and --tls-key go together" in only_cert.output
+    missing = CliRunner().invoke(serve_main, ["--repository", str(tmp_path), "--tls-cert", str(certificate[0]),
+                                              "--tls-key", str(tmp_path / "nope.key")])
+    assert missing.exit_code == 2 and "'--tls-key': File" in missing.output and "does not exist" in missing.output
+    with pytest.raises(ValueError, match="TLS needs both a certificate and its private key"):
+        TritonServer(tmp_path, tls_cert=certificate[0])
+    with pytest.raises(FileNotFoundError, match="TLS private key not found"):
+        TritonServer(tmp_path, tls_cert=certificate[0], tls_key=tmp_path / "nope.key")
+    result = CliRunner().invoke(generate_main, [*RUN, "--url", "127.0.0.1:1", "--model", NAME,
+                                                "--tls-root-cert", str(tmp_path / "nope.crt"), "--out", str(tmp_path)])
+    assert result.exit_code == 1 and f"Error: root certificate not found: {tmp_path / 'nope.crt'}" in result.output
