@@ -139,6 +139,40 @@ def test_a_server_killed_mid_run_loses_nothing(view: Path, fleet: list[TritonSer
     assert retried >= victim_stats["failed"]  # every request the dead server failed was sent again
 
 
+def test_a_hung_server_times_out_its_requests_go_elsewhere_and_it_rejoins(view: Path,
+                                                                          fleet: list[TritonServer]) -> None:
+    with TritonServer(view) as hung, DDNClient([hung.grpc_url, fleet[0].grpc_url], model=NAME, batch_size=1,
+                                               concurrency=4, timeout_s=1, connect_timeout_s=1,
+                                               probe_interval_s=0.2) as client:
+        want = client.generate(seeds=SEEDS)
+        os.killpg(hung.pid, signal.SIGSTOP)  # alive, connected, silent
+        try:
+            np.testing.assert_array_equal(client.generate(seeds=SEEDS), want)
+            stats = client.endpoint_stats()[0]
+            assert not stats["healthy"] and "Deadline Exceeded" in stats["last_error"], stats
+            assert client.retried >= stats["failed"] > 0
+        finally:
+            os.killpg(hung.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while not client.endpoint_stats()[0]["healthy"] and time.monotonic() < deadline:
+            client.generate(seeds=[0])  # requests are what schedule the probes
+            time.sleep(0.05)
+        served = client.endpoint_stats()[0]["succeeded"]
+        np.testing.assert_array_equal(client.generate(seeds=SEEDS), want)
+        assert client.endpoint_stats()[0]["succeeded"] > served  # back in rotation
+
+
+def test_a_run_whose_only_server_dies_fails_in_one_line_after_the_timeout(view: Path) -> None:
+    with TritonServer(view) as only, DDNClient(only.grpc_url, model=NAME, timeout_s=1,
+                                               probe_interval_s=0.2) as client:
+        client.generate(seeds=[0])
+        os.killpg(only.pid, signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(ServingError, match=rf"^no Triton server answered within 1 s: {only.grpc_url}: "):
+            client.generate(seeds=SEEDS)
+        assert time.monotonic() - started < 10
+
+
 def test_a_server_started_later_joins(view: Path, fleet: list[TritonServer]) -> None:
     late = TritonServer(view)  # its ports are chosen; nothing listens there yet
     seeds = list(SEEDS)
