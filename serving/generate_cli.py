@@ -167,6 +167,8 @@ def open_generator(onnx: str | None, repository: str | None, urls: Sequence[str]
         if repository:
             from .onnx_model import OnnxModel
             return OnnxModel.from_repository(repository, model, batch_size=batch)
+        # gRPC's C core logs every failed TLS handshake to stderr; the one-line error already says what failed.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         from .client import DDNClient
         return DDNClient(urls, model=model, concurrency=concurrency, batch_size=batch, **remote)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
