@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 pytest.importorskip("pytriton", reason="needs the nvidia-pytriton wheel (pip install 'ddn-serve[serving]')")
-pytest.importorskip("tritonclient.grpc")
+grpcclient = pytest.importorskip("tritonclient.grpc")
 x509 = pytest.importorskip("cryptography.x509")
 
 import torch  # noqa: E402
@@ -33,6 +33,7 @@ from cryptography.x509.oid import NameOID  # noqa: E402
 
 from ddn.export.exporter import ModelExport  # noqa: E402
 from ddn.serving.client import DDNClient, ServingError  # noqa: E402
+from ddn.serving.endpoints import EndpointPool, parse_urls  # noqa: E402
 from ddn.serving.generate_cli import generate_pngs, main as generate_main  # noqa: E402
 from ddn.serving.repository_view import cpu_repository_view  # noqa: E402
 from ddn.serving.serve_cli import main as serve_main  # noqa: E402
@@ -107,6 +108,32 @@ def test_servers_share_a_run_and_write_the_one_server_bytes(fleet: list[TritonSe
     took = [served_requests(s) - b for s, b in zip(servers, before)]
     assert all(n > 0 for n in took), took  # every server answered part of the run
     assert sum(took) == len(SEEDS) // 2  # 2 images per request, none sent twice
+
+
+def test_requests_go_to_the_endpoint_with_the_fewest_in_flight(fleet: list[TritonServer]) -> None:
+    pool = EndpointPool([s.grpc_url for s in fleet], grpcclient.InferenceServerClient)
+    try:
+        pool.start()
+        deadline = time.monotonic() + 5
+        held = [pool.acquire(deadline) for _ in range(5)]  # 1 in flight on each, then a second on two of them
+        assert sorted(e.url for e in held[:3]) == sorted(s.grpc_url for s in fleet)
+        assert {e.url for e in held[3:]} < {s.grpc_url for s in fleet} and held[3] is not held[4]
+        idle = next(e for e in held[:3] if e not in held[3:])
+        assert pool.acquire(deadline) is idle  # the only one with 1 in flight
+        pool.release(held[0], None)
+        assert pool.acquire(deadline) is held[0]
+        assert pool.acquire(deadline, avoid=idle) is not idle
+    finally:
+        pool.close()
+
+
+def test_endpoints_are_read_from_repeats_and_comma_lists() -> None:
+    assert parse_urls(["a:1,b:2", " grpc://c:3 "]) == ("a:1", "b:2", "c:3")
+    assert parse_urls("a:1") == ("a:1",)
+    with pytest.raises(ValueError, match="endpoint a:1 is given more than once"):
+        parse_urls(["a:1", "grpc://a:1"])
+    with pytest.raises(ValueError, match="no Triton endpoint given"):
+        parse_urls(" , ")
 
 
 def test_a_server_killed_mid_run_loses_nothing(view: Path, fleet: list[TritonServer],
