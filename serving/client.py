@@ -264,7 +264,7 @@ class DDNClient:
             try:
                 _check_same_model(model, reference_endpoint, self._infos[model], endpoint, info)
             except ServingError:
-                self._pool.release(endpoint, None)
+                self._pool.unclaim(endpoint)
                 raise
             self._pool.mark_verified(endpoint, model)
             return endpoint

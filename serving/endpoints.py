@@ -213,6 +213,12 @@ class EndpointPool:
                     self._mark_ejected(endpoint, one_line(error))
             self._lock.notify_all()
 
+    def unclaim(self, endpoint: Endpoint) -> None:
+        """Hand back an endpoint from :meth:`acquire` that was sent nothing."""
+        with self._lock:
+            endpoint.in_flight -= 1
+            self._lock.notify_all()
+
     def stats(self) -> list[dict]:
         """Per endpoint: url, healthy, in_flight, succeeded, failed, ejections, last_error."""
         with self._lock:

@@ -9,6 +9,7 @@ to appear start their own.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import os
 import re
@@ -32,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
 from ddn.export.exporter import ModelExport  # noqa: E402
+from ddn.repository_contract import ONNX_DIGEST_PARAMETER  # noqa: E402
 from ddn.serving.client import DDNClient, ServingError  # noqa: E402
 from ddn.serving.endpoints import EndpointPool, parse_urls  # noqa: E402
 from ddn.serving.generate_cli import generate_pngs, main as generate_main  # noqa: E402
@@ -48,30 +50,38 @@ SEEDS = range(100, 148)
 RUN = ["--n", str(len(SEEDS)), "--seed", str(SEEDS.start), "--batch", "2", "--concurrency", "4", "--no-progress"]
 
 
-def export(folder: Path, weights_seed: int) -> Path:
-    """The tiny generator under ``weights_seed``, exported as NAME (generation graph only: fast to load)."""
-    torch.manual_seed(weights_seed)
-    checkpoint = folder / f"tiny{weights_seed}.safetensors"
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("fleet")
+    checkpoint = folder / "tiny.safetensors"
     save_checkpoint(checkpoint, SingleShotGenerator(image_size=8, channels=16, k=8))
-    repository = folder / f"repository{weights_seed}"
-    ModelExport(checkpoint, NAME, repository, max_batch=4).write_onnx(["generate"])
-    return repository
+    ModelExport(checkpoint, NAME, folder / "repository", max_batch=4).write_onnx(["generate"])  # loads fast
+    return folder / "repository"
 
 
 @pytest.fixture(scope="module")
-def view(tmp_path_factory: pytest.TempPathFactory):
-    with cpu_repository_view(export(tmp_path_factory.mktemp("fleet"), 0)) as folder:
+def view(repository: Path):
+    with cpu_repository_view(repository) as folder:
         yield folder
+
+
+def stop_all(servers: list[TritonServer]) -> None:
+    """Stop servers side by side (each waits for its models to unload)."""
+    threads = [threading.Thread(target=server.stop) for server in servers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 @pytest.fixture(scope="module")
 def fleet(view: Path):
     servers = [TritonServer(view) for _ in range(3)]
     try:
-        yield [server.start() for server in servers]
+        yield [server.start() for server in servers]  # from this thread: servers die with their starter
     finally:
-        for server in servers:
-            server.stop()
+        stop_all(servers)
 
 
 @pytest.fixture(scope="module")
@@ -218,9 +228,23 @@ def test_a_server_started_later_joins(view: Path, fleet: list[TritonServer]) -> 
         late.stop()
 
 
-def test_endpoints_serving_different_models_are_refused(fleet: list[TritonServer], tmp_path: Path) -> None:
-    other_weights = export(tmp_path, 1)  # same name, same layout, other weights
-    with cpu_repository_view(other_weights) as other_view, TritonServer(other_view) as other:
+def another_graph(config) -> None:
+    """What another export of the same layout (other weights) looks like to a client: another ONNX digest."""
+    config.parameters[ONNX_DIGEST_PARAMETER].string_value = hashlib.sha256(b"other weights").hexdigest()
+
+
+def test_endpoints_serving_different_models_are_refused(repository: Path, fleet: list[TritonServer],
+                                                        tmp_path: Path) -> None:
+    with cpu_repository_view(repository, another_graph) as other_view:
+        other = TritonServer(other_view)
+        with DDNClient([fleet[0].grpc_url, other.grpc_url], model=NAME, probe_interval_s=0.2) as client:
+            served = client.generate(seeds=SEEDS)  # the other server is not up yet
+            other.start()
+            deadline = time.monotonic() + 30
+            with pytest.raises(ServingError, match="^endpoints serve different models: 'tiny' has ddn_onnx_sha256"):
+                while time.monotonic() < deadline:  # refused once a probe lets it join, before it gets a request
+                    np.testing.assert_array_equal(client.generate(seeds=SEEDS), served)
+            assert client.endpoint_stats()[1]["succeeded"] == 0
         result = CliRunner().invoke(generate_main, [*RUN, "--url", f"{fleet[0].grpc_url},{other.grpc_url}",
                                                     "--model", NAME, "--out", str(tmp_path / "out")])
         assert result.exit_code == 1
@@ -232,10 +256,11 @@ def test_endpoints_serving_different_models_are_refused(fleet: list[TritonServer
         # Alone, the other server is fine: the refusal is about mixing.
         with DDNClient(other.grpc_url, model=NAME) as alone:
             assert alone.generate(seeds=[1]).shape == (1, 8, 8, 1)
+        other.stop()
 
 
-def test_shards_write_the_full_set_exactly_once(view: Path, reference: dict[str, bytes], tmp_path: Path) -> None:
-    repository = Path(os.path.realpath(view / NAME)).parent  # the exported repository behind the view
+def test_shards_write_the_full_set_exactly_once(repository: Path, reference: dict[str, bytes],
+                                               tmp_path: Path) -> None:
     local = ["--n", str(len(SEEDS)), "--seed", str(SEEDS.start), "--no-progress", "--repository", str(repository),
              "--model", NAME]
     shards = []
