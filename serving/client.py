@@ -60,8 +60,8 @@ class ModelInfo:
     versions: tuple[str, ...] = ()
 
     def identity(self) -> dict[str, object]:
-        """What must agree between two servers of this model for them to give the same bytes."""
-        return {"name": self.name, "versions": ",".join(self.versions), **identity_parameters(self.parameters),
+        """What must agree between two servers of this model (asked for by name) for them to give the same bytes."""
+        return {"versions": ",".join(self.versions), **identity_parameters(self.parameters),
                 "max_batch_size": self.max_batch_size, "inputs": self.inputs, "outputs": self.outputs}
 
     @property

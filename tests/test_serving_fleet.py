@@ -101,8 +101,8 @@ def served_requests(server: TritonServer) -> int:
     """Successful inference requests the server counted (its Prometheus metrics)."""
     with urllib.request.urlopen(server.metrics_url, timeout=5) as response:
         text = response.read().decode()
-    return sum(int(float(value)) for value in re.findall(r'^nv_inference_request_success\{[^}]*model="tiny"[^}]*\} (\S+)',
-                                                          text, re.MULTILINE))
+    counters = re.findall(r'^nv_inference_request_success\{[^}]*model="tiny"[^}]*\} (\S+)', text, re.MULTILINE)
+    return sum(int(float(value)) for value in counters)
 
 
 @pytest.mark.parametrize("how", ["repeated", "comma"])
