@@ -43,6 +43,7 @@ from ddn.serving.shards import Shard  # noqa: E402
 from ddn.serving.triton_server import TritonServer  # noqa: E402
 from ddn.training.checkpoint import save_checkpoint  # noqa: E402
 from ddn.training.networks import SingleShotGenerator  # noqa: E402
+from cli_helpers import one_line_error, usage_error  # noqa: E402
 
 NAME = "tiny"
 SEEDS = range(100, 148)
@@ -247,8 +248,7 @@ def test_endpoints_serving_different_models_are_refused(repository: Path, fleet:
             assert client.endpoint_stats()[1]["succeeded"] == 0
         result = CliRunner().invoke(generate_main, [*RUN, "--url", f"{fleet[0].grpc_url},{other.grpc_url}",
                                                     "--model", NAME, "--out", str(tmp_path / "out")])
-        assert result.exit_code == 1
-        (line,) = result.output.strip().splitlines()
+        line = one_line_error(result)
         assert re.fullmatch(rf"Error: endpoints serve different models: 'tiny' has ddn_onnx_sha256 '[0-9a-f]{{64}}' "
                             rf"on {fleet[0].grpc_url} but '[0-9a-f]{{64}}' on {other.grpc_url}; "
                             "every endpoint must serve the same export", line), line
@@ -276,7 +276,7 @@ def test_shards_write_the_full_set_exactly_once(repository: Path, reference: dic
     assert rerun.exit_code == 0 and f"0 written, {len(shards[1])} already there" in rerun.output
     for bad in ("3/3", "1/0", "a/2", "2"):
         result = CliRunner().invoke(generate_main, [*local, "--shard", bad, "--out", str(tmp_path / "x")])
-        assert result.exit_code == 2 and "Invalid value for '--shard'" in result.output, result.output
+        assert usage_error(result).startswith("Error: Invalid value for '--shard'")
 
 
 @pytest.mark.parametrize("seeds", [range(0, 10), range(7, 8), range(5, 5), range(3, 1000)])
@@ -331,8 +331,7 @@ def test_plaintext_client_is_refused_by_a_tls_server_with_a_clear_error(tls_serv
                                                                        tmp_path: Path) -> None:
     result = CliRunner().invoke(generate_main, [*RUN, "--url", tls_server.grpc_url, "--model", NAME,
                                                 "--connect-timeout", "2", "--out", str(tmp_path / "out")])
-    assert result.exit_code == 1
-    (line,) = result.output.strip().splitlines()
+    line = one_line_error(result)
     assert line.startswith(f"Error: cannot reach the Triton server at {tls_server.grpc_url} (gRPC): ")
     assert line.endswith(f"{tls_server.grpc_url} speaks TLS and this client does not: give the server's root "
                          "certificate (ddn-generate --tls-root-cert FILE, DDNClient(root_certificates=FILE))"), line
@@ -351,14 +350,14 @@ def test_tls_client_names_a_plaintext_server_and_an_untrusted_certificate(
 
 def test_tls_options_are_checked(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
     only_cert = CliRunner().invoke(serve_main, ["--repository", str(tmp_path), "--tls-cert", str(certificate[0])])
-    assert only_cert.exit_code == 2 and "--tls-cert and --tls-key go together" in only_cert.output
+    assert usage_error(only_cert) == "Error: --tls-cert and --tls-key go together"
     missing = CliRunner().invoke(serve_main, ["--repository", str(tmp_path), "--tls-cert", str(certificate[0]),
                                               "--tls-key", str(tmp_path / "nope.key")])
-    assert missing.exit_code == 2 and "'--tls-key': File" in missing.output and "does not exist" in missing.output
+    assert re.fullmatch(r"Error: Invalid value for '--tls-key': File '.*nope.key' does not exist.", usage_error(missing))
     with pytest.raises(ValueError, match="TLS needs both a certificate and its private key"):
         TritonServer(tmp_path, tls_cert=certificate[0])
     with pytest.raises(FileNotFoundError, match="TLS private key not found"):
         TritonServer(tmp_path, tls_cert=certificate[0], tls_key=tmp_path / "nope.key")
     result = CliRunner().invoke(generate_main, [*RUN, "--url", "127.0.0.1:1", "--model", NAME,
                                                 "--tls-root-cert", str(tmp_path / "nope.crt"), "--out", str(tmp_path)])
-    assert result.exit_code == 1 and f"Error: root certificate not found: {tmp_path / 'nope.crt'}" in result.output
+    assert one_line_error(result) == f"Error: root certificate not found: {tmp_path / 'nope.crt'}"
