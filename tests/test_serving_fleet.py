@@ -152,9 +152,9 @@ def test_a_server_killed_mid_run_loses_nothing(view: Path, fleet: list[TritonSer
     victim = TritonServer(view).start()
     killed_at: list[int] = []
 
-    def kill_once_a_quarter_is_written() -> None:
+    def kill_once_an_eighth_is_written() -> None:
         deadline = time.monotonic() + 60
-        while len(list(tmp_path.glob("*.png"))) < len(SEEDS) // 4 and time.monotonic() < deadline:
+        while len(list(tmp_path.glob("*.png"))) < len(SEEDS) // 8 and time.monotonic() < deadline:
             time.sleep(0.002)
         killed_at.append(len(list(tmp_path.glob("*.png"))))
         os.killpg(victim.pid, signal.SIGKILL)  # the server and its backend stubs, no goodbye
@@ -163,7 +163,7 @@ def test_a_server_killed_mid_run_loses_nothing(view: Path, fleet: list[TritonSer
         with DDNClient([victim.grpc_url, fleet[0].grpc_url, fleet[1].grpc_url], model=NAME, batch_size=1,
                        concurrency=6, probe_interval_s=0.2) as client:
             client.generate(seeds=[0])  # all three admitted before the run starts
-            killer = threading.Thread(target=kill_once_a_quarter_is_written)
+            killer = threading.Thread(target=kill_once_an_eighth_is_written)
             killer.start()
             written = generate_pngs(client, SEEDS, tmp_path, wave=12, progress=False)
             killer.join()
@@ -171,7 +171,7 @@ def test_a_server_killed_mid_run_loses_nothing(view: Path, fleet: list[TritonSer
             retried = client.retried
     finally:
         victim.stop()
-    assert len(SEEDS) // 4 <= killed_at[0] < len(SEEDS)  # the kill landed in the middle of the run
+    assert len(SEEDS) // 8 <= killed_at[0] < len(SEEDS)  # the kill landed in the middle of the run
     assert written == len(SEEDS) and pngs(tmp_path) == reference  # each image written once, same bytes
     assert victim_stats["succeeded"] > 0 and victim_stats["failed"] > 0 and not victim_stats["healthy"]
     assert retried >= victim_stats["failed"]  # every request the dead server failed was sent again
@@ -180,7 +180,7 @@ def test_a_server_killed_mid_run_loses_nothing(view: Path, fleet: list[TritonSer
 def test_a_hung_server_times_out_its_requests_go_elsewhere_and_it_rejoins(view: Path,
                                                                           fleet: list[TritonServer]) -> None:
     with TritonServer(view) as hung, DDNClient([hung.grpc_url, fleet[0].grpc_url], model=NAME, batch_size=1,
-                                               concurrency=4, timeout_s=1, connect_timeout_s=1,
+                                               concurrency=4, timeout_s=2, connect_timeout_s=2,
                                                probe_interval_s=0.2) as client:
         want = client.generate(seeds=SEEDS)
         os.killpg(hung.pid, signal.SIGSTOP)  # alive, connected, silent
@@ -191,13 +191,11 @@ def test_a_hung_server_times_out_its_requests_go_elsewhere_and_it_rejoins(view: 
             assert client.retried >= stats["failed"] > 0
         finally:
             os.killpg(hung.pid, signal.SIGCONT)
+        # Back in rotation once a probe finds it ready (it may first work off what queued while it was stopped).
         deadline = time.monotonic() + 30
-        while not client.endpoint_stats()[0]["healthy"] and time.monotonic() < deadline:
-            client.generate(seeds=[0])  # requests are what schedule the probes
-            time.sleep(0.05)
-        served = client.endpoint_stats()[0]["succeeded"]
-        np.testing.assert_array_equal(client.generate(seeds=SEEDS), want)
-        assert client.endpoint_stats()[0]["succeeded"] > served  # back in rotation
+        while client.endpoint_stats()[0]["succeeded"] == stats["succeeded"] and time.monotonic() < deadline:
+            np.testing.assert_array_equal(client.generate(seeds=SEEDS), want)
+        assert client.endpoint_stats()[0]["succeeded"] > stats["succeeded"], client.endpoint_stats()
 
 
 def test_a_run_whose_only_server_dies_fails_in_one_line_after_the_timeout(view: Path) -> None:
