@@ -22,7 +22,16 @@ so load from other work on the machine hits every variant alike; wall-clock
 numbers still move with that load (see machine.load_average_*), CPU time per
 image does not.
 
+``--sweep fleet`` measures several servers behind one DDNClient instead
+(:func:`measure_fleet`): 16 and 64 client threads sharing one client, each
+sending one-image requests back to back, with 1, 2 and 3 servers (one
+single-threaded ONNX Runtime instance each, queue delay 0), and the same with
+one server SIGKILLed halfway through the run; failed requests must be 0. All
+servers share this machine's cores, so more servers add no compute here: what
+the sweep shows is the client's routing and failover cost, not scaling.
+
 Usage: python benchmarks/serve_load.py [--point-seconds 6 --rounds 3 --soak-seconds 60 --out result.json]
+       python benchmarks/serve_load.py --sweep fleet [--point-seconds 6 --rounds 3 --out fleet.json]
 """
 from __future__ import annotations
 
@@ -31,8 +40,10 @@ import contextlib
 import json
 import os
 import resource
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -47,7 +58,7 @@ from tritonclient.utils import InferenceServerException
 from ddn.codes import codes_from_seed
 from ddn.export.exporter import ModelExport
 from ddn.repository_contract import ORT_THREADS_PARAMETER, PYTHON_SUFFIX, entry_name
-from ddn.serving.client import DDNClient
+from ddn.serving.client import DDNClient, ServingError
 from ddn.serving.onnx_model import OnnxModel
 from ddn.serving.repository_view import cpu_repository_view, cpu_settings, read_config
 from ddn.serving.triton_server import TritonServer
@@ -183,8 +194,8 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def measure(work: Path, point_seconds: float, rounds: int, soak_seconds: float, concurrencies: list[int]) -> dict:
-    """Export the model into the folder ``work``, start every server variant, measure; the report."""
+def export_measured(work: Path) -> tuple[Path, np.ndarray, dict]:
+    """The measured model exported into ``work``: the repository, 4096 codes and the report's opening."""
     model = measured_model()
     checkpoint = work / "mnist.safetensors"
     save_checkpoint(checkpoint, model)
@@ -192,13 +203,18 @@ def measure(work: Path, point_seconds: float, rounds: int, soak_seconds: float, 
     log("exporting ...")
     ModelExport(checkpoint, NAME, repository, max_batch=64).write_onnx(["generate"])
     codes = codes_from_seed(range(4096), model.num_layers, model.branch_counts)
-
     report: dict = {
         "model": {"config": MODEL_CONFIG, "num_layers": model.num_layers, "k": MODEL_CONFIG["k"],
                   "image_shape": list(MODEL_SHAPE)},
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
         "server_config": server_settings(read_config(repository / entry_name(NAME, "generate", PYTHON_SUFFIX))),
     }
+    return repository, codes, report
+
+
+def measure(work: Path, point_seconds: float, rounds: int, soak_seconds: float, concurrencies: list[int]) -> dict:
+    """Export the model into the folder ``work``, start every server variant, measure; the report."""
+    repository, codes, report = export_measured(work)
 
     # "exported": the twin's config as ddn-export wrote it; "cpu_tuned": one
     # single-threaded instance per core and no queue delay (the profile showed
@@ -281,15 +297,128 @@ def measure(work: Path, point_seconds: float, rounds: int, soak_seconds: float, 
     return report
 
 
+# -- several servers behind one DDNClient ------------------------------------------------------------------------
+FLEET_SIZES = (1, 2, 3)
+FLEET_CLIENTS = (16, 64)
+# One single-threaded ORT instance per server, no queue delay: each server is one core's worth of work, so
+# 2 or 3 servers on this machine are what 2 or 3 instances of one server would be, spread over processes.
+FLEET_SERVER = {"instances": 1, "ort_threads": 1, "max_queue_delay_us": 0}
+
+
+def fleet_loop(client: DDNClient, servers: list[TritonServer], codes: np.ndarray, clients: int, seconds: float,
+               halfway: Callable[[], None] | None = None) -> dict:
+    """``clients`` threads sharing ``client``, one-image requests back to back for ``seconds`` (a merge slice).
+
+    ``halfway`` runs once, halfway through (the fault of the killed-server runs).
+    A request that raises counts as failed: with a healthy endpoint left there should be none.
+    """
+    latencies: list[float] = []
+    failures: list[str] = []
+    live = [s for s in servers if s.pid]
+    server_cpu, client_cpu = sum(group_cpu_seconds(s.pid) for s in live), own_cpu_seconds()
+    begin = time.perf_counter()
+    deadline = begin + seconds
+
+    def user(first: int) -> None:
+        i = first
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            try:
+                shape = client.generate(codes=codes[i % len(codes)][None]).shape
+                if shape != (1, *MODEL_SHAPE):
+                    failures.append(f"wrong shape {shape}")
+                else:
+                    latencies.append(time.perf_counter() - start)  # list.append is atomic
+            except ServingError as exc:
+                failures.append(str(exc))
+            i += clients
+
+    threads = [threading.Thread(target=user, args=(u,)) for u in range(clients)]
+    for thread in threads:
+        thread.start()
+    if halfway is not None:
+        time.sleep(seconds / 2)
+        halfway()
+    for thread in threads:
+        thread.join()
+    part = {"latencies": latencies, "failures": failures, "elapsed": time.perf_counter() - begin,
+            "client_cpu": own_cpu_seconds() - client_cpu}
+    if halfway is None:  # a killed server's CPU time can no longer be read
+        part["server_cpu"] = sum(group_cpu_seconds(s.pid) for s in live) - server_cpu
+    return part
+
+
+def kill(server: TritonServer) -> None:
+    """SIGKILL to the server and its backend stubs: no goodbye, in-flight requests are lost."""
+    os.killpg(server.pid, signal.SIGKILL)
+
+
+def measure_fleet(work: Path, point_seconds: float, rounds: int) -> dict:
+    """1, 2, 3 servers at 16 and 64 clients, then 2 and 3 servers with one killed halfway; the report."""
+    repository, codes, report = export_measured(work)
+    report["fleet_server_settings"] = FLEET_SERVER
+    slice_s = point_seconds / rounds
+    with contextlib.ExitStack() as stack:
+        view = stack.enter_context(cpu_repository_view(repository, cpu_settings(**FLEET_SERVER)))
+        log(f"starting {max(FLEET_SIZES)} servers ...")
+        servers = [stack.enter_context(TritonServer(view)) for _ in range(max(FLEET_SIZES))]
+        clients = {n: stack.enter_context(DDNClient([s.grpc_url for s in servers[:n]], NAME, batch_size=1))
+                   for n in FLEET_SIZES}
+        for n, client in clients.items():
+            fleet_loop(client, servers[:n], codes, max(FLEET_CLIENTS), 1.0)  # warm up connections and instances
+        # What one core does in this process, measured between the points: how busy the machine is.
+        local = OnnxModel.from_repository(repository, NAME, threads=1)
+        baseline: list[dict] = []
+        parts: dict[tuple[int, int], list[dict]] = {}
+        for r in range(rounds):
+            log(f"round {r + 1}/{rounds} ...")
+            baseline.append(timed_loop(lambda i: local.generate(codes=codes[i % len(codes)][None]), slice_s))
+            for c in FLEET_CLIENTS:
+                for n in (FLEET_SIZES[::-1] if r % 2 else FLEET_SIZES):
+                    parts.setdefault((n, c), []).append(fleet_loop(clients[n], servers[:n], codes, c, slice_s))
+        report["in_process_onnxruntime_batch1_one_thread"] = merge(baseline)
+        report["fleet"] = {f"{n}_servers": [{"concurrency": c, **merge(parts[(n, c)])} for c in FLEET_CLIENTS]
+                           for n in FLEET_SIZES}
+        report["fleet_requests_per_server"] = {
+            f"{n}_servers": [e["succeeded"] for e in clients[n].endpoint_stats()] for n in FLEET_SIZES}
+
+    killed: dict[str, list[dict]] = {}
+    for n in FLEET_SIZES[1:]:
+        for c in FLEET_CLIENTS:
+            log(f"{n} servers, {c} clients, one killed halfway ...")
+            with contextlib.ExitStack() as stack:
+                view = stack.enter_context(cpu_repository_view(repository, cpu_settings(**FLEET_SERVER)))
+                servers = [stack.enter_context(TritonServer(view)) for _ in range(n)]
+                client = stack.enter_context(DDNClient([s.grpc_url for s in servers], NAME, batch_size=1))
+                fleet_loop(client, servers, codes, c, 1.0)  # warm-up
+                resent = client.retried
+                part = fleet_loop(client, servers, codes, c, point_seconds, halfway=lambda: kill(servers[0]))
+                killed.setdefault(f"{n}_servers", []).append({
+                    "concurrency": c, **merge([part]), "requests_resent": client.retried - resent,
+                    "killed_server": {k: v for k, v in client.endpoint_stats()[0].items()
+                                      if k in ("healthy", "failed", "last_error")}})
+    report["fleet_one_server_killed_halfway"] = killed
+    failed = sum(r["failed"] for rows in killed.values() for r in rows)
+    report["targets"] = {"failed requests with one server killed mid-run": {"value": failed, "target": 0,
+                                                                           "met": failed == 0}}
+    report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return report
+
+
 @click.command(context_settings={"show_default": True})
 @click.option("--point-seconds", type=float, default=6.0, help="measuring time per point, split over the rounds")
 @click.option("--rounds", type=click.IntRange(min=1), default=3, help="alternating rounds per point")
 @click.option("--soak-seconds", type=float, default=60.0, help="length of the soak at the saturating concurrency")
 @click.option("--concurrency", "levels", default="1,4,16,64", help="client concurrency levels")
+@click.option("--sweep", type=click.Choice(["configs", "fleet"]), default="configs",
+              help="configs: server configurations on one server; fleet: 1-3 servers behind one client, with kills")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="also write the JSON here")
-def main(point_seconds: float, rounds: int, soak_seconds: float, levels: str, out: Path | None) -> None:
+def main(point_seconds: float, rounds: int, soak_seconds: float, levels: str, sweep: str, out: Path | None) -> None:
     with tempfile.TemporaryDirectory(prefix="ddn-serve-load-") as work:
-        report = measure(Path(work), point_seconds, rounds, soak_seconds, [int(c) for c in levels.split(",")])
+        if sweep == "fleet":
+            report = measure_fleet(Path(work), point_seconds, rounds)
+        else:
+            report = measure(Path(work), point_seconds, rounds, soak_seconds, [int(c) for c in levels.split(",")])
     text = json.dumps(report, indent=2)
     print(text)
     if out:

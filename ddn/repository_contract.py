@@ -34,6 +34,11 @@ ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
 PYTHON_MODEL_FILE = "model.py"
 FORMAT = "ddn-export/1"
+# Config parameter with the sha256 of the entry's model.onnx (a TensorRT entry: of the graph it was built from).
+# With the layout's parameters it identifies what an entry computes: two servers whose ddn_* parameters agree
+# run the same graph and give the same bytes.
+ONNX_DIGEST_PARAMETER = "ddn_onnx_sha256"
+IDENTITY_PREFIX = "ddn_"
 # Config parameters of the python twin: ONNX Runtime threads per instance (0 = one per physical core)
 # and its execution provider, a key of EXECUTION_PROVIDERS.
 ORT_THREADS_PARAMETER = "ort_intra_op_threads"
@@ -58,6 +63,15 @@ def entry_name(model: str, kind: str, variant: str = "") -> str:
 def served_name(entry: str) -> str:
     """The name a CPU view serves an entry under: a python twin takes its production entry's name."""
     return entry.removesuffix(PYTHON_SUFFIX)
+
+
+def identity_parameters(parameters: Mapping[str, str]) -> dict[str, str]:
+    """The ``ddn_*`` parameters of a config, sorted: what must agree between servers of one model.
+
+    Server tuning (ONNX Runtime threads, execution provider) is left out: it
+    may differ from server to server without changing a result.
+    """
+    return {key: parameters[key] for key in sorted(parameters) if key.startswith(IDENTITY_PREFIX)}
 
 
 def latest_version(entry_dir: Path) -> Path:

@@ -21,9 +21,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ddn.repository_contract import (CONFIG_FILE, GRAPH_KINDS, ONNX_FILE, ORT_PROVIDER_PARAMETER, ORT_THREADS_PARAMETER,
-                                     PLAN_FILE, PYTHON_MODEL_FILE, PYTHON_SUFFIX, TRT_SUFFIX, EntryDescription,
-                                     entry_name, write_description)
+from ddn.repository_contract import (CONFIG_FILE, GRAPH_KINDS, ONNX_DIGEST_PARAMETER, ONNX_FILE,
+                                     ORT_PROVIDER_PARAMETER, ORT_THREADS_PARAMETER, PLAN_FILE, PYTHON_MODEL_FILE,
+                                     PYTHON_SUFFIX, TRT_SUFFIX, EntryDescription, entry_name, write_description)
 from ddn.training.checkpoint import load_generator
 
 from .graphs import GeneratorGraph, build_graphs
@@ -124,12 +124,15 @@ class ModelExport:
         return "\n".join(lines)
 
     def _write_entry(self, folder: Path, graph: GeneratorGraph, backend: str, name: str | None,
-                     instance_kind: str, verification: dict, extra_parameters: dict[str, str] | None = None) -> None:
+                     instance_kind: str, verification: dict, onnx_path: Path,
+                     extra_parameters: dict[str, str] | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         description = self.description(graph, backend, verification)
+        parameters = {**description.layout.parameters(), ONNX_DIGEST_PARAMETER: sha256_file(onnx_path),
+                      **(extra_parameters or {})}
         (folder / CONFIG_FILE).write_text(render_config(
             name=name, backend=backend, max_batch=self.max_batch, inputs=description.inputs,
-            outputs=description.outputs, parameters={**description.layout.parameters(), **(extra_parameters or {})},
+            outputs=description.outputs, parameters=parameters,
             instance_kind=instance_kind, comment=self._comment(graph, backend)))
         write_description(folder, description)
 
@@ -154,9 +157,10 @@ class ModelExport:
                 onnx_path.parent.mkdir(parents=True)
                 export_onnx(graph, onnx_path, self.max_batch)
                 verification = verify_onnx(graph, onnx_path)
-                self._write_entry(staging / entry, graph, "onnxruntime", entry, self.instance_kind, verification)
+                self._write_entry(staging / entry, graph, "onnxruntime", entry, self.instance_kind, verification,
+                                  onnx_path)
                 twin = staging / entry_name(self.name, kind, PYTHON_SUFFIX)
-                self._write_entry(twin, graph, "python", None, "KIND_CPU", verification,
+                self._write_entry(twin, graph, "python", None, "KIND_CPU", verification, onnx_path,
                                   {ORT_THREADS_PARAMETER: "0", ORT_PROVIDER_PARAMETER: "cpu"})
                 (twin / v).mkdir()
                 shutil.copyfile(PYTHON_MODEL_TEMPLATE, twin / v / PYTHON_MODEL_FILE)
@@ -199,7 +203,7 @@ class ModelExport:
                 folder = staging / entry_name(self.name, kind, TRT_SUFFIX)
                 (folder / v).mkdir(parents=True)
                 (folder / v / PLAN_FILE).write_bytes(plan)
-                self._write_entry(folder, graph, "tensorrt", folder.name, "KIND_GPU", verification)
+                self._write_entry(folder, graph, "tensorrt", folder.name, "KIND_GPU", verification, onnx_path)
                 reports.append(EntryReport(folder.name, kind, "tensorrt", verification))
             for report in reports:
                 commit_entry(staging / report.entry, self.repository / report.entry, self.version)

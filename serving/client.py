@@ -1,23 +1,36 @@
-"""Triton gRPC client for DDN models served from a ``ddn-export`` repository.
+"""Triton gRPC client for DDN models served from a ``ddn-export`` repository, on one server or several.
 
     client = DDNClient("localhost:8001", model="mnist")
     images = client.generate(seeds=range(16))          # uint8 [16, H, W, C]
     codes = client.encode(images)                       # int32 [16, L]
     out = client.conditional("superres", low_res=small) # {"images": ..., "codes": ...}
+    fleet = DDNClient(["gpu1:8001", "gpu2:8001"], model="mnist")   # or "gpu1:8001,gpu2:8001"
 
-Constructing a client talks to nobody. On first use of a model it reads the
+Constructing a client talks to nobody. On first use it probes every endpoint
+(see :mod:`ddn.serving.endpoints`), and on first use of a model it reads the
 model's config (``ddn_*`` parameters, see :class:`ddn.repository_contract.GraphLayout`;
-max_batch_size) and metadata (input/output names, dtypes, shapes) once; it
-checks every request against them before it leaves the process (codes through
-:func:`ddn.codes.validate_codes`), splits requests larger than the model's
-max batch size into chunks that run concurrently (at most ``concurrency`` in
-flight) and puts the results back together in request order. Failures raise
-:class:`ServingError` with a one-line message.
+max_batch_size) and metadata (input/output names, dtypes, shapes, versions)
+from every healthy endpoint: endpoints that serve different models (name,
+version, :func:`ddn.repository_contract.identity_parameters`, io, batch limit)
+are refused with a one-line error, and an endpoint that joins later is checked
+the same way before its first request. Every request is checked against the
+model before it leaves the process (codes through :func:`ddn.codes.validate_codes`);
+requests larger than the model's max batch size are split into chunks that run
+concurrently (at most ``concurrency`` in flight), each on the endpoint with the
+fewest requests in flight. A chunk that fails in a way that says nothing about
+the chunk (a server killed, hung or overloaded) is sent again, with the same
+inputs, to another endpoint, up to ``retries`` times; results go back together
+in request order, so the output is the same bytes whichever server answered.
+Failures raise :class:`ServingError` with a one-line message.
 """
 from __future__ import annotations
 
+import queue
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -25,10 +38,10 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
 from ddn.codes import codes_from_seed, validate_codes
-from ddn.repository_contract import GraphLayout, RepositoryError, TensorSpec, entry_name
+from ddn.repository_contract import GraphLayout, RepositoryError, TensorSpec, entry_name, identity_parameters
 
-# gRPC status of a call that never reached a server (nothing listening, or no answer in time).
-_UNREACHABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
+from .endpoints import Endpoint, EndpointPool, NoEndpointError, one_line, parse_urls, retryable
+from .tls_probe import tls_mismatch_hint
 
 
 class ServingError(RuntimeError):
@@ -44,6 +57,12 @@ class ModelInfo:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     parameters: Mapping[str, str]
+    versions: tuple[str, ...] = ()
+
+    def identity(self) -> dict[str, object]:
+        """What must agree between two servers of this model (asked for by name) for them to give the same bytes."""
+        return {"versions": ",".join(self.versions), **identity_parameters(self.parameters),
+                "max_batch_size": self.max_batch_size, "inputs": self.inputs, "outputs": self.outputs}
 
     @property
     def layout(self) -> GraphLayout:
@@ -54,53 +73,80 @@ class ModelInfo:
             raise ServingError(f"model {self.name!r} has {exc}") from None
 
 
-def _one_line(exc: InferenceServerException) -> str:
-    text = exc.message() or str(exc)
-    return " ".join(text.split())
+def _channel_args(probe_interval_s: float) -> list[tuple[str, int]]:
+    """tritonclient's message limits, and reconnect backoff held at the probe interval.
 
-
-def _strip_scheme(url: str) -> str:
-    for scheme in ("grpc://", "http://", "https://"):
-        if url.startswith(scheme):
-            return url[len(scheme):]
-    return url
+    gRPC's own backoff grows to two minutes, so a channel to a server that was
+    down for a while would not even try to connect when a probe asks whether
+    it is back; held at the interval, each probe really reconnects.
+    """
+    backoff_ms = max(100, int(probe_interval_s * 1000))
+    return [("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.initial_reconnect_backoff_ms", backoff_ms), ("grpc.min_reconnect_backoff_ms", backoff_ms),
+            ("grpc.max_reconnect_backoff_ms", backoff_ms)]
 
 
 class DDNClient:
-    """Generate, encode and condition through a Triton server's gRPC endpoint.
+    """Generate, encode and condition through the gRPC endpoints of one or more Triton servers.
 
+    ``url`` is one endpoint ``host:port``, a comma list, or a sequence of them.
     ``model`` is the generation graph's name (``ddn-export --name``); the
     encoder and conditional graphs are found as ``<model>_encode`` and
     ``<model>_<kind>``. ``variant`` picks another entry of the same graphs
     by suffix, e.g. ``"_trt"`` for the TensorRT entries (``<model>_trt``,
     ``<model>_encode_trt``) on a GPU server. ``batch_size`` caps the rows per
     request (default: the model's max_batch_size); ``concurrency`` bounds
-    requests in flight. ``timeout_s`` bounds each inference request,
-    ``connect_timeout_s`` each call that reads the server's models (the first
-    of them is where an unreachable server shows).
+    requests in flight per call. ``timeout_s`` bounds each inference request
+    (one that runs out is retried elsewhere) and how long a request waits for
+    an endpoint while none is healthy; ``retries`` is how many times one
+    request is resent after a retryable failure; ``connect_timeout_s`` bounds
+    each health probe and each read of a server's models; an ejected endpoint
+    is probed every ``probe_interval_s``. ``root_certificates`` (a PEM file)
+    makes every connection TLS, trusting that root; ``tls=True`` alone trusts
+    the system's roots.
     """
 
-    def __init__(self, url: str = "localhost:8001", model: str = "ddn", concurrency: int = 8,
-                 batch_size: int | None = None, timeout_s: float = 60.0, connect_timeout_s: float = 5.0,
-                 variant: str = ""):
+    def __init__(self, url: str | Sequence[str] = "localhost:8001", model: str = "ddn", concurrency: int = 8,
+                 batch_size: int | None = None, timeout_s: float = 30.0, connect_timeout_s: float = 5.0,
+                 variant: str = "", retries: int = 3, probe_interval_s: float = 1.0, tls: bool = False,
+                 root_certificates: str | Path | None = None):
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.url = url
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        if root_certificates is not None and not Path(root_certificates).is_file():
+            raise FileNotFoundError(f"root certificate not found: {root_certificates}")
+        self.urls = parse_urls(url)
         self.model = model
         self.variant = variant
         self.concurrency = concurrency
         self.batch_size = batch_size
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
-        self._client = grpcclient.InferenceServerClient(_strip_scheme(url))  # connects on the first call
+        self.retries = retries
+        self.tls = tls or root_certificates is not None
+        self.root_certificates = None if root_certificates is None else str(root_certificates)
+        channel_args = _channel_args(probe_interval_s)
+        self._pool = EndpointPool(self.urls, lambda u: grpcclient.InferenceServerClient(
+            u, ssl=self.tls, root_certificates=self.root_certificates, channel_args=channel_args),
+            probe_interval_s=probe_interval_s, probe_timeout_s=connect_timeout_s)  # connects on the first call
         self._infos: dict[str, ModelInfo] = {}
+        self._info_lock = threading.Lock()
+        self._retried_lock = threading.Lock()
+        self.retried = 0  # requests sent again after a retryable failure, over the client's life
+
+    @property
+    def url(self) -> str:
+        """The endpoints, as messages name them."""
+        return ", ".join(self.urls)
 
     # -- model discovery ---------------------------------------------------------
     @property
     def info(self) -> ModelInfo:
-        """The generation graph's config and metadata (read from the server on first use)."""
+        """The generation graph's config and metadata (read from the servers on first use)."""
         return self.model_info(self.graph("generate"))
 
     @property
@@ -112,24 +158,59 @@ class DDNClient:
         """The served name of one of this model's graphs (ddn-export's naming)."""
         return entry_name(self.model, kind, self.variant)
 
+    def endpoint_stats(self) -> list[dict]:
+        """Per endpoint: url, healthy, in_flight, succeeded, failed, ejections, last_error."""
+        return self._pool.stats()
+
     def available_models(self) -> list[str]:
-        """Names of the models the server has loaded and ready."""
-        index = self._call(lambda: self._client.get_model_repository_index(
-            as_json=True, client_timeout=self.connect_timeout_s), "list models")
+        """Names of the models a healthy endpoint has loaded and ready."""
+        endpoint = self._healthy_endpoints()[0]
+        return self._call(endpoint, lambda: self._served_models(endpoint), "list models")
+
+    def _served_models(self, endpoint: Endpoint) -> list[str]:
+        index = endpoint.client.get_model_repository_index(as_json=True, client_timeout=self.connect_timeout_s)
         return sorted(m["name"] for m in index.get("models", []) if m.get("state") == "READY")
 
     def model_info(self, name: str) -> ModelInfo:
-        """Config and metadata of ``name`` (cached); ServingError listing the served models if unknown."""
-        if name in self._infos:
-            return self._infos[name]
-        available = self.available_models()
-        if name not in available:
-            raise ServingError(f"model {name!r} is not served by {self.url}; available models: "
-                               f"{', '.join(available) or '(none)'}")
-        config = self._call(lambda: self._client.get_model_config(
-            name, as_json=True, client_timeout=self.connect_timeout_s), f"read config of {name!r}")["config"]
-        meta = self._call(lambda: self._client.get_model_metadata(
-            name, as_json=True, client_timeout=self.connect_timeout_s), f"read metadata of {name!r}")
+        """Config and metadata of ``name`` (cached), the same on every healthy endpoint.
+
+        ServingError listing the served models if no endpoint serves it, and
+        naming both endpoints and what differs if two serve different models.
+        """
+        with self._info_lock:
+            if name in self._infos:
+                return self._infos[name]
+            answers: list[tuple[Endpoint, ModelInfo | None]] = []
+            for endpoint in self._healthy_endpoints():
+                try:
+                    answers.append((endpoint, self._read_info(endpoint, name)))
+                except InferenceServerException as exc:
+                    if not retryable(exc):
+                        raise ServingError(f"{endpoint.url}: could not read model {name!r}: {one_line(exc)}") \
+                            from None
+                    self._pool.eject(endpoint, one_line(exc))
+            if not answers:
+                raise ServingError(self._unreachable_message())
+            served = [(e, info) for e, info in answers if info is not None]
+            if not served:
+                endpoint = answers[0][0]
+                available = self._call(endpoint, lambda: self._served_models(endpoint), "list models")
+                raise ServingError(f"model {name!r} is not served by {self.url}; available models: "
+                                   f"{', '.join(available) or '(none)'}")
+            reference_endpoint, reference = served[0]
+            for endpoint, info in answers:
+                _check_same_model(name, reference_endpoint, reference, endpoint, info)
+                self._pool.mark_verified(endpoint, name)
+            self._infos[name] = reference
+            return reference
+
+    def _read_info(self, endpoint: Endpoint, name: str) -> ModelInfo | None:
+        """``name`` as ``endpoint`` serves it; None if it has no such model ready."""
+        client, timeout = endpoint.client, self.connect_timeout_s
+        if not client.is_model_ready(name, client_timeout=timeout):
+            return None
+        config = client.get_model_config(name, as_json=True, client_timeout=timeout)["config"]
+        meta = client.get_model_metadata(name, as_json=True, client_timeout=timeout)
         batched = int(config.get("max_batch_size", 0)) > 0
 
         def specs(entries: Iterable[dict]) -> tuple[TensorSpec, ...]:
@@ -137,11 +218,56 @@ class DDNClient:
                                     tuple(int(d) for d in e["shape"][1 if batched else 0:]))
                          for e in entries)
 
-        info = ModelInfo(name=name, max_batch_size=int(config.get("max_batch_size", 0)),
+        return ModelInfo(name=name, max_batch_size=int(config.get("max_batch_size", 0)),
                          inputs=specs(meta.get("inputs", [])), outputs=specs(meta.get("outputs", [])),
-                         parameters={k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()})
-        self._infos[name] = info
-        return info
+                         parameters={k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()},
+                         versions=tuple(meta.get("versions", [])))
+
+    def _healthy_endpoints(self) -> list[Endpoint]:
+        """The endpoints that answer now; probes all of them on first use; ServingError if none does."""
+        try:
+            self._pool.start()
+        except NoEndpointError:
+            raise ServingError(self._unreachable_message()) from None
+        healthy = self._pool.healthy()
+        if not healthy:
+            raise ServingError(self._unreachable_message())
+        return healthy
+
+    def _unreachable_message(self) -> str:
+        stats = self._pool.stats()
+        if len(stats) == 1:
+            message = f"cannot reach the Triton server at {self.url} (gRPC): {stats[0]['last_error']}"
+        else:
+            message = f"cannot reach any Triton server at {self.url} (gRPC): " + "; ".join(
+                f"{s['url']}: {s['last_error']}" for s in stats)
+        hints = filter(None, (tls_mismatch_hint(url, self.tls, self.connect_timeout_s) for url in self.urls))
+        return "; ".join([message, *hints])
+
+    def _endpoint_for(self, model: str, deadline: float, avoid: Endpoint | None) -> Endpoint:
+        """An endpoint for the next request of ``model``, checked against the reference model first."""
+        while True:
+            try:
+                endpoint = self._pool.acquire(deadline, avoid)
+            except NoEndpointError as exc:
+                raise ServingError(f"no Triton server answered within {self.timeout_s:g} s: {exc}") from None
+            if self._pool.is_verified(endpoint, model):
+                return endpoint
+            try:
+                info = self._read_info(endpoint, model)
+            except InferenceServerException as exc:
+                self._pool.release(endpoint, exc)
+                if not retryable(exc):
+                    raise ServingError(f"{endpoint.url}: could not read model {model!r}: {one_line(exc)}") from None
+                continue
+            reference_endpoint = next((e for e in self._pool.endpoints if self._pool.is_verified(e, model)), None)
+            try:
+                _check_same_model(model, reference_endpoint, self._infos[model], endpoint, info)
+            except ServingError:
+                self._pool.unclaim(endpoint)
+                raise
+            self._pool.mark_verified(endpoint, model)
+            return endpoint
 
     # -- DDN operations ------------------------------------------------------------
     def codes_for_seeds(self, seeds: int | Sequence[int]) -> np.ndarray:
@@ -196,47 +322,63 @@ class DDNClient:
             return {s.name: np.zeros((0, *s.shape), s.dtype) for s in info.outputs if s.name in names}
         step = min(self.batch_size or info.max_batch_size, info.max_batch_size) if info.max_batch_size else batch
         chunks = [(start, min(start + step, batch)) for start in range(0, batch, step)]
-        results: list[dict[str, np.ndarray] | None] = [None] * len(chunks)
-        errors: list[str] = []
-        slots = threading.BoundedSemaphore(self.concurrency)
-        finished = threading.Semaphore(0)
-
-        def on_done(index: int, result, error) -> None:
-            try:
-                if error is not None:
-                    errors.append(_one_line(error))
-                else:
-                    results[index] = {n: result.as_numpy(n) for n in names}
-            finally:
-                slots.release()
-                finished.release()
-
-        sent = 0
-        for index, (start, stop) in enumerate(chunks):
-            slots.acquire()
-            if errors:  # stop sending once one chunk failed; the batch fails as a whole
-                slots.release()
-                break
-            request = []
-            for name, array in arrays.items():
-                part = np.ascontiguousarray(array[start:stop])
-                tensor = grpcclient.InferInput(name, list(part.shape), np_to_triton_dtype(part.dtype))
-                tensor.set_data_from_numpy(part)
-                request.append(tensor)
-            try:
-                self._client.async_infer(
-                    model, request, callback=lambda result, error, i=index: on_done(i, result, error),
-                    outputs=[grpcclient.InferRequestedOutput(n) for n in names], client_timeout=self.timeout_s)
-            except InferenceServerException as exc:
-                slots.release()
-                errors.append(_one_line(exc))
-                break
-            sent += 1
-        for _ in range(sent):
-            finished.acquire()
-        if errors:
-            raise ServingError(f"{model} at {self.url}: {errors[0]}")
+        results = self._run_chunks(model, [{name: array[start:stop] for name, array in arrays.items()}
+                                           for start, stop in chunks], names)
         return {n: np.concatenate([r[n] for r in results], axis=0) for n in names}
+
+    def _run_chunks(self, model: str, chunks: list[dict[str, np.ndarray]],
+                    names: list[str]) -> list[dict[str, np.ndarray]]:
+        """Every chunk's outputs, in order: at most ``concurrency`` in flight, failed ones resent elsewhere."""
+        results: list[dict[str, np.ndarray] | None] = [None] * len(chunks)
+        attempts = [0] * len(chunks)
+        last_endpoint: list[Endpoint | None] = [None] * len(chunks)
+        pending = deque(range(len(chunks)))
+        finished: queue.SimpleQueue = queue.SimpleQueue()
+        in_flight, failure = 0, None
+        while in_flight or (pending and failure is None):
+            while pending and failure is None and in_flight < self.concurrency:
+                index = pending.popleft()
+                try:
+                    endpoint = self._endpoint_for(model, time.monotonic() + self.timeout_s, last_endpoint[index])
+                except ServingError as exc:
+                    failure = str(exc)
+                    break
+                last_endpoint[index] = endpoint
+                self._send(endpoint, model, chunks[index], names,
+                           lambda result, error, i=index, e=endpoint: finished.put((i, e, result, error)))
+                in_flight += 1
+            if not in_flight:
+                break
+            index, endpoint, result, error = finished.get()
+            in_flight -= 1
+            self._pool.release(endpoint, error)
+            if error is None:
+                results[index] = {n: result.as_numpy(n) for n in names}
+            elif retryable(error) and attempts[index] < self.retries:
+                attempts[index] += 1
+                with self._retried_lock:
+                    self.retried += 1
+                pending.appendleft(index)
+            elif failure is None:  # stop sending; the batch fails as a whole once the rest is back
+                tries = f" (after {attempts[index] + 1} attempts)" if attempts[index] else ""
+                failure = f"{model} at {endpoint.url}: {one_line(error)}{tries}"
+        if failure is not None:
+            raise ServingError(failure)
+        return results
+
+    def _send(self, endpoint: Endpoint, model: str, chunk: dict[str, np.ndarray], names: list[str], callback) -> None:
+        """One asynchronous request; ``callback(result, error)`` runs once, also if sending itself fails."""
+        request = []
+        for name, array in chunk.items():
+            part = np.ascontiguousarray(array)
+            tensor = grpcclient.InferInput(name, list(part.shape), np_to_triton_dtype(part.dtype))
+            tensor.set_data_from_numpy(part)
+            request.append(tensor)
+        try:
+            endpoint.client.async_infer(model, request, callback=callback, client_timeout=self.timeout_s,
+                                        outputs=[grpcclient.InferRequestedOutput(n) for n in names])
+        except InferenceServerException as exc:
+            callback(None, exc)
 
     def _check_inputs(self, info: ModelInfo, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         expected = {s.name: s for s in info.inputs}
@@ -273,20 +415,34 @@ class DDNClient:
             raise ServingError(f"{model} takes {len(specs)} inputs {[s.name for s in specs]}; use conditional()")
         return specs[0].name
 
-    def _call(self, fn, what: str):
+    def _call(self, endpoint: Endpoint, fn, what: str):
         try:
             return fn()
         except InferenceServerException as exc:
-            if exc.status() in _UNREACHABLE:
-                raise ServingError(f"cannot reach the Triton server at {self.url} (gRPC): {_one_line(exc)}") from None
-            raise ServingError(f"{self.url}: could not {what}: {_one_line(exc)}") from None
+            if retryable(exc):
+                self._pool.eject(endpoint, one_line(exc))
+            raise ServingError(f"{endpoint.url}: could not {what}: {one_line(exc)}") from None
 
     # -- lifetime ------------------------------------------------------------------------
     def close(self) -> None:
-        self._client.close()
+        self._pool.close()
 
     def __enter__(self) -> "DDNClient":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_same_model(name: str, reference_endpoint: Endpoint | None, reference: ModelInfo, endpoint: Endpoint,
+                      info: ModelInfo | None) -> None:
+    """ServingError naming both endpoints and the first difference if ``endpoint`` serves another ``name``."""
+    where = reference_endpoint.url if reference_endpoint is not None else "the endpoints checked before"
+    if info is None:
+        raise ServingError(f"endpoints serve different models: {name!r} is served by {where} but not by "
+                           f"{endpoint.url}; every endpoint must serve the same export")
+    want, got = reference.identity(), info.identity()
+    for key in [*want, *(k for k in got if k not in want)]:
+        if want.get(key) != got.get(key):
+            raise ServingError(f"endpoints serve different models: {name!r} has {key} {want.get(key)!r} on {where} "
+                               f"but {got.get(key)!r} on {endpoint.url}; every endpoint must serve the same export")

@@ -3,6 +3,8 @@
     ddn-generate --onnx model_repository/mnist/1/model.onnx --n 10000 --seed 0 --out samples/
     ddn-generate --repository model_repository --model mnist --n 10000 --out samples/
     ddn-generate --url localhost:8001 --model mnist --n 10000 --out samples/ --grid grid.png --codes codes.npz
+    ddn-generate --url gpu1:8001,gpu2:8001 --url gpu3:8001 --model mnist --n 100000 --out samples/
+    ddn-generate --url triton:8001 --model mnist --n 100000 --shard 2/8 --out samples/   # pod 2 of 8
 
 Image i of a run uses seed ``seed + i`` and is written as ``<seed+i>.png``
 (zero-padded to 6 digits). Seeds go through :func:`ddn.codes.codes_from_seed`
@@ -10,6 +12,9 @@ in every path, and both paths run the same ONNX graph, so a seed gives a
 byte-identical PNG locally and through a server. Files that already exist are
 skipped (rerun after an interruption to finish); each PNG is written to a
 temporary name and renamed, so a crash never leaves a truncated file.
+With several ``--url`` endpoints the run is spread over them and survives
+servers that die (see :class:`ddn.serving.client.DDNClient`); ``--shard I/N``
+writes only the seeds of shard I (see :mod:`ddn.serving.shards`).
 
 With ``--checkpoint`` and ``--condition`` the command runs zero-shot
 conditional generation from a PyTorch checkpoint instead (needs torch; the
@@ -31,6 +36,8 @@ from tqdm import tqdm
 from ddn.images import load_png, save_grid, save_png
 from ddn.repository_contract import GraphLayout
 from ddn.training.zscg_cli import SEED_RANGE, condition_options, run_conditional
+
+from .shards import Shard, ShardParam
 
 GRID_MAX = 64  # the grid shows the first images of the run; thousands of tiles help nobody
 
@@ -123,13 +130,35 @@ def generate_pngs(model: Generator, seeds: range, out_dir: Path, wave: int, prog
     return written
 
 
-def open_generator(onnx: str | None, repository: str | None, url: str | None, model: str | None,
-                   batch: int, concurrency: int) -> Generator:
-    sources = [name for name, given in (("--onnx", onnx), ("--repository", repository), ("--url", url)) if given]
+def remote_options(command: click.Command) -> click.Command:
+    """--url (repeatable, comma lists) and how requests reach the servers: timeouts, retries, TLS."""
+    options = [
+        click.option("--url", "urls", multiple=True,
+                     help="Triton gRPC endpoint HOST:PORT; repeat it or give a comma list to spread the run over "
+                          "several servers (each request goes to the one with the fewest in flight)"),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0,
+                     help="seconds a request may take before it is retried on another endpoint"),
+        click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
+                     help="seconds for a health probe or a read of a server's models"),
+        click.option("--retries", type=click.IntRange(min=0), default=3,
+                     help="times a request that failed for the server's sake (killed, hung, overloaded) is resent"),
+        click.option("--tls-root-cert", type=click.Path(dir_okay=False), help="connect over TLS, trusting this PEM "
+                     "root certificate (ddn-serve --tls-cert's certificate, for a self-signed one)"),
+        click.option("--tls", is_flag=True, help="connect over TLS, trusting the system's root certificates"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def open_generator(onnx: str | None, repository: str | None, urls: Sequence[str], model: str | None,
+                   batch: int, concurrency: int, **remote) -> Generator:
+    """The source the options name; ``remote`` are DDNClient's timeout/retry/TLS keywords."""
+    sources = [name for name, given in (("--onnx", onnx), ("--repository", repository), ("--url", urls)) if given]
     if len(sources) != 1:
         raise click.UsageError("give exactly one source: --onnx FILE, --repository DIR --model NAME, "
                                f"or --url HOST:PORT --model NAME (got {', '.join(sources) or 'none'})")
-    if (repository or url) and not model:
+    if (repository or urls) and not model:
         raise click.UsageError(f"{sources[0]} needs --model NAME")
     try:
         if onnx:
@@ -138,8 +167,10 @@ def open_generator(onnx: str | None, repository: str | None, url: str | None, mo
         if repository:
             from .onnx_model import OnnxModel
             return OnnxModel.from_repository(repository, model, batch_size=batch)
+        # gRPC's C core logs every failed TLS handshake to stderr; the one-line error already says what failed.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         from .client import DDNClient
-        return DDNClient(url, model=model, concurrency=concurrency, batch_size=batch)
+        return DDNClient(urls, model=model, concurrency=concurrency, batch_size=batch, **remote)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -155,19 +186,23 @@ def open_generator(onnx: str | None, repository: str | None, url: str | None, mo
               help="also write the seeds and their codes [N, L] to this .npz")
 @click.option("--onnx", type=click.Path(dir_okay=False), help="exported model.onnx, run locally with ONNX Runtime")
 @click.option("--repository", type=click.Path(file_okay=False), help="exported model repository, run locally")
-@click.option("--url", help="Triton gRPC endpoint HOST:PORT")
+@remote_options
 @click.option("--model", help="model name in the repository or on the server")
 @click.option("--batch", type=click.IntRange(min=1), default=64, help="images per request")
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, help="requests in flight (server)")
+@click.option("--shard", type=ShardParam(), help="write only seeds s with s % N == I (shard I of N runs, "
+              "e.g. the pods of an Indexed Job); the N shards together write every seed exactly once")
 @condition_options(required=False)
 @click.option("--progress/--no-progress", default=True, help="show a progress bar")
 def main(count: int, seed: int, out_dir: Path, grid: Path | None, codes_path: Path | None, onnx: str | None,
-         repository: str | None, url: str | None, model: str | None, batch: int, concurrency: int,
-         checkpoint: Path | None, condition: str | None, input_path: Path | None, mask_path: Path | None,
-         selection: str, progress: bool) -> None:
+         repository: str | None, urls: tuple[str, ...], timeout: float, connect_timeout: float, retries: int,
+         tls_root_cert: str | None, tls: bool, model: str | None, batch: int, concurrency: int,
+         shard: Shard | None, checkpoint: Path | None, condition: str | None, input_path: Path | None,
+         mask_path: Path | None, selection: str, progress: bool) -> None:
     """Generate N images (seeds SEED .. SEED+N-1) as PNG files into OUT.
 
-    With --checkpoint and --condition: N zero-shot conditional samples of the
+    With --shard I/N only the seeds s with s % N == I of them. With
+    --checkpoint and --condition: N zero-shot conditional samples of the
     --input image instead (seed SEED draws the top2 choices).
     """
     if checkpoint or condition:
@@ -177,8 +212,12 @@ def main(count: int, seed: int, out_dir: Path, grid: Path | None, codes_path: Pa
             raise click.UsageError("--condition needs --input IMAGE")
         run_conditional(checkpoint, condition, input_path, mask_path, selection, count, out_dir, seed)
         return
-    generator = open_generator(onnx, repository, url, model, batch, concurrency)
+    generator = open_generator(onnx, repository, urls, model, batch, concurrency, timeout_s=timeout,
+                               connect_timeout_s=connect_timeout, retries=retries, tls=tls,
+                               root_certificates=tls_root_cert)
     seeds = range(seed, seed + count)
+    if shard is not None:
+        seeds = shard.seeds(seeds)
     try:
         with CodesFile(codes_path, seeds, generator.layout.num_layers) if codes_path else nullcontext() as codes:
             written = generate_pngs(generator, seeds, out_dir, batch * concurrency, progress, codes)
@@ -190,7 +229,7 @@ def main(count: int, seed: int, out_dir: Path, grid: Path | None, codes_path: Pa
         raise click.ClickException(f"cannot write {exc.filename or 'the output'}: {exc.strerror or exc}") from None
     finally:
         generator.close()
-    click.echo(f"{written} written, {count - written} already there, in {out_dir}", err=True)
+    click.echo(f"{written} written, {len(seeds) - written} already there, in {out_dir}", err=True)
 
 
 if __name__ == "__main__":

@@ -34,14 +34,20 @@ PORT = click.IntRange(1, 65535)
               help="Dynamic batching queue delay in microseconds (default: as exported); 0 suits a CPU host.")
 @click.option("--dynamic-batching/--no-dynamic-batching", default=True, show_default=True,
               help="Keep the exported dynamic batching, or serve every request on its own.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PEM certificate: gRPC speaks only TLS (clients need its root, e.g. ddn-generate --tls-root-cert).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PEM private key of --tls-cert.")
 @click.option("--verbose", is_flag=True, help="Verbose server log (its path is printed).")
 @click.option("--admin-apis", is_flag=True,
               help="Open the shared-memory, logging and trace APIs to requests carrying a fresh key (printed); "
                    "closed by default: any local process could crash the server through them.")
 def main(repository: Path, host: str, grpc_port: int, http_port: int, metrics_port: int, instances: int | None,
          ort_threads: int | None, ort_provider: str | None, max_queue_delay_us: int | None, dynamic_batching: bool,
-         verbose: bool, admin_apis: bool) -> None:
+         tls_cert: Path | None, tls_key: Path | None, verbose: bool, admin_apis: bool) -> None:
     """Start Triton on REPOSITORY's python-backend models, print the endpoints, serve until Ctrl-C."""
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
     # SIGTERM (kill, systemd, docker stop) unwinds like Ctrl-C, so the server,
     # which runs in its own process group, is stopped instead of orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -52,8 +58,8 @@ def main(repository: Path, host: str, grpc_port: int, http_port: int, metrics_po
         settings = cpu_settings(instances, ort_threads, max_queue_delay_us, dynamic_batching, ort_provider)
         with cpu_repository_view(repository, settings) as view, TritonServer(
                 view, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, host=host,
-                log_verbose=int(verbose), admin_key=admin_key) as server:
-            click.echo(f"gRPC     {server.grpc_url}")
+                log_verbose=int(verbose), admin_key=admin_key, tls_cert=tls_cert, tls_key=tls_key) as server:
+            click.echo(f"gRPC     {server.grpc_url}" + (" (TLS)" if server.tls else ""))
             click.echo(f"HTTP     {server.http_url}")
             click.echo(f"metrics  {server.metrics_url}")
             click.echo(f"log      {server.log_path}")

@@ -12,6 +12,8 @@ Safe defaults: gRPC, HTTP and metrics bind to 127.0.0.1 unless a host is given
 load/unload API), the shared-memory, logging and trace APIs closed unless an
 admin key opens them (:mod:`ddn.serving.admin_apis`), the server exits if any
 model fails to load, and readiness is strict (ready means every model is ready).
+With a certificate and key the gRPC endpoint speaks only TLS (Triton's own
+``--grpc-use-ssl``); HTTP and metrics stay plaintext (this server has no TLS for them).
 
 The temporary folder and the python backend's shared-memory regions are
 named after the process that started the server (:mod:`ddn.leftovers`): a
@@ -152,6 +154,24 @@ def _remove_leftovers() -> None:
     remove_stale(SHARED_MEMORY, TEMP_PREFIX)
 
 
+def tls_arguments(cert: Path, key: Path) -> list[str]:
+    """tritonserver options that make its gRPC endpoint TLS-only with this PEM certificate and private key."""
+    return ["--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"]
+
+
+def _tls_files(cert: str | Path | None, key: str | Path | None) -> tuple[Path, Path] | None:
+    """The certificate and key as resolved paths; both or neither, each an existing file."""
+    if (cert is None) != (key is None):
+        raise ValueError("TLS needs both a certificate and its private key")
+    if cert is None:
+        return None
+    files = Path(cert).expanduser().resolve(), Path(key).expanduser().resolve()
+    for what, path in zip(("certificate", "private key"), files):
+        if not path.is_file():
+            raise FileNotFoundError(f"TLS {what} not found: {path}")
+    return files
+
+
 class TritonServer:
     """A tritonserver process serving ``repository``; use as a context manager.
 
@@ -159,17 +179,20 @@ class TritonServer:
     tritonclient.http take); ``metrics_url`` is the Prometheus URL.
     ``admin_key`` opens the shared-memory, logging and trace APIs to requests
     that carry it (see :mod:`ddn.serving.admin_apis`); without it they are closed.
+    ``tls_cert`` and ``tls_key`` (PEM files, both or neither) make gRPC TLS-only.
     """
 
     def __init__(self, repository: str | Path, grpc_port: int | None = None, http_port: int | None = None,
                  metrics_port: int | None = None, host: str = "127.0.0.1", log_verbose: int = 0,
-                 startup_timeout: float = 60.0, admin_key: str | None = None) -> None:
+                 startup_timeout: float = 60.0, admin_key: str | None = None,
+                 tls_cert: str | Path | None = None, tls_key: str | Path | None = None) -> None:
         self.repository = Path(repository).expanduser().resolve()
         if not self.repository.is_dir():
             raise FileNotFoundError(f"model repository not found: {self.repository}")
         for port, what in ((grpc_port, "gRPC port"), (http_port, "HTTP port"), (metrics_port, "metrics port")):
             if port is not None:
                 check_port(port, what)
+        self.tls = _tls_files(tls_cert, tls_key)
         self.binary = find_tritonserver()
         self.host = host
         free = iter(_free_ports(host, [grpc_port, http_port, metrics_port].count(None)))
@@ -228,6 +251,7 @@ class TritonServer:
             f"--log-verbose={self.log_verbose}",
             *restriction_flags(self.admin_key),
             f"--backend-config=python,shm-region-prefix-name={self._shared_memory_prefix}",
+            *(tls_arguments(*self.tls) if self.tls else []),
         ]
 
     @property

@@ -119,6 +119,8 @@ def test_configs_follow_the_triton_layout_contract(cli_export, checkpoint):
         params = {k: v.string_value for k, v in c.parameters.items()}
         assert params["ddn_num_layers"] == "4" and params["ddn_branch_counts"] == "8,8,8,8"
         assert params["ddn_image_size"] == "8" and params["ddn_image_channels"] == "1"
+        onnx_bytes = (repository / "tiny" / "1" / "model.onnx").read_bytes()
+        assert params["ddn_onnx_sha256"] == hashlib.sha256(onnx_bytes).hexdigest()
     assert {k: v.string_value for k, v in twin.parameters.items()}["ort_intra_op_threads"] == "0"
     link = repository / "tiny_python" / "1" / "model.onnx"
     assert os.readlink(link) == os.path.join("..", "..", "tiny", "1", "model.onnx")

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddn.repository_contract import (EntryDescription, GraphLayout, RepositoryError, TensorSpec, read_description,
+from ddn.repository_contract import (ONNX_DIGEST_PARAMETER, ORT_THREADS_PARAMETER, EntryDescription, GraphLayout,
+                                     RepositoryError, TensorSpec, identity_parameters, read_description,
                                      write_description)
 
 
@@ -41,3 +42,12 @@ def test_description_round_trips_and_bad_files_are_named(tmp_path: Path) -> None
     with pytest.raises(RepositoryError, match="no parameter 'ddn_image_size'"):
         GraphLayout.from_parameters({k: v for k, v in description.layout.parameters().items()
                                      if k != "ddn_image_size"})
+
+
+def test_identity_is_the_ddn_parameters_without_server_tuning() -> None:
+    layout = GraphLayout("generate", 2, (4, 4), 8, 1).parameters()
+    config = {ORT_THREADS_PARAMETER: "1", ONNX_DIGEST_PARAMETER: "ab" * 32, **layout}
+    identity = identity_parameters(config)
+    assert identity == {**layout, ONNX_DIGEST_PARAMETER: "ab" * 32} and list(identity) == sorted(identity)
+    assert identity_parameters({**config, ORT_THREADS_PARAMETER: "4"}) == identity
+    assert identity_parameters({**config, ONNX_DIGEST_PARAMETER: "cd" * 32}) != identity

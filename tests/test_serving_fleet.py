@@ -1,0 +1,361 @@
+"""Serving past one server: several real Triton servers, faults mid-run, shards, TLS.
+
+Every server here is the nvidia-pytriton binary on free localhost ports. One
+tiny generator is exported once; three servers on it run for the whole
+module, and the single-server ddn-generate run of the seeds is the reference
+every fleet run must match byte for byte. Tests that need a server to die or
+to appear start their own.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import os
+import re
+import signal
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("pytriton", reason="needs the nvidia-pytriton wheel (pip install 'ddn-serve[serving]')")
+grpcclient = pytest.importorskip("tritonclient.grpc")
+x509 = pytest.importorskip("cryptography.x509")
+
+import torch  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+
+from ddn.export.exporter import ModelExport  # noqa: E402
+from ddn.repository_contract import ONNX_DIGEST_PARAMETER  # noqa: E402
+from ddn.serving.client import DDNClient, ServingError  # noqa: E402
+from ddn.serving.endpoints import EndpointPool, parse_urls  # noqa: E402
+from ddn.serving.generate_cli import generate_pngs, main as generate_main  # noqa: E402
+from ddn.serving.repository_view import cpu_repository_view  # noqa: E402
+from ddn.serving.serve_cli import main as serve_main  # noqa: E402
+from ddn.serving.shards import Shard  # noqa: E402
+from ddn.serving.triton_server import TritonServer  # noqa: E402
+from ddn.training.checkpoint import save_checkpoint  # noqa: E402
+from ddn.training.networks import SingleShotGenerator  # noqa: E402
+from cli_helpers import one_line_error, usage_error  # noqa: E402
+
+NAME = "tiny"
+SEEDS = range(100, 148)
+# Small requests, so a run is many requests and a fault lands in the middle of it.
+RUN = ["--n", str(len(SEEDS)), "--seed", str(SEEDS.start), "--batch", "2", "--concurrency", "4", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("fleet")
+    checkpoint = folder / "tiny.safetensors"
+    save_checkpoint(checkpoint, SingleShotGenerator(image_size=8, channels=16, k=8))
+    ModelExport(checkpoint, NAME, folder / "repository", max_batch=4).write_onnx(["generate"])  # loads fast
+    return folder / "repository"
+
+
+@pytest.fixture(scope="module")
+def view(repository: Path):
+    with cpu_repository_view(repository) as folder:
+        yield folder
+
+
+def stop_all(servers: list[TritonServer]) -> None:
+    """Stop servers side by side (each waits for its models to unload)."""
+    threads = [threading.Thread(target=server.stop) for server in servers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+@pytest.fixture(scope="module")
+def fleet(view: Path):
+    servers = [TritonServer(view) for _ in range(3)]
+    try:
+        yield [server.start() for server in servers]  # from this thread: servers die with their starter
+    finally:
+        stop_all(servers)
+
+
+@pytest.fixture(scope="module")
+def reference(fleet: list[TritonServer], tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """PNG name -> bytes of a ddn-generate run against one server."""
+    out = tmp_path_factory.mktemp("one_server")
+    result = CliRunner().invoke(generate_main, [*RUN, "--url", fleet[0].grpc_url, "--model", NAME, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def pngs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def served_requests(server: TritonServer) -> int:
+    """Successful inference requests the server counted (its Prometheus metrics)."""
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    counters = re.findall(r'^nv_inference_request_success\{[^}]*model="tiny"[^}]*\} (\S+)', text, re.MULTILINE)
+    return sum(int(float(value)) for value in counters)
+
+
+@pytest.mark.parametrize("how", ["repeated", "comma"])
+def test_servers_share_a_run_and_write_the_one_server_bytes(fleet: list[TritonServer], reference: dict[str, bytes],
+                                                            tmp_path: Path, how: str) -> None:
+    servers = fleet[:2] if how == "repeated" else fleet
+    urls = [arg for s in servers for arg in ("--url", s.grpc_url)] if how == "repeated" else \
+        ["--url", ",".join(s.grpc_url for s in servers)]
+    before = [served_requests(s) for s in servers]
+    result = CliRunner().invoke(generate_main, [*RUN, *urls, "--model", NAME, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert pngs(tmp_path) == reference and len(reference) == len(SEEDS)
+    took = [served_requests(s) - b for s, b in zip(servers, before)]
+    assert all(n > 0 for n in took), took  # every server answered part of the run
+    assert sum(took) == len(SEEDS) // 2  # 2 images per request, none sent twice
+
+
+def test_requests_go_to_the_endpoint_with_the_fewest_in_flight(fleet: list[TritonServer]) -> None:
+    pool = EndpointPool([s.grpc_url for s in fleet], grpcclient.InferenceServerClient)
+    try:
+        pool.start()
+        deadline = time.monotonic() + 5
+        held = [pool.acquire(deadline) for _ in range(5)]  # 1 in flight on each, then a second on two of them
+        assert sorted(e.url for e in held[:3]) == sorted(s.grpc_url for s in fleet)
+        assert {e.url for e in held[3:]} < {s.grpc_url for s in fleet} and held[3] is not held[4]
+        idle = next(e for e in held[:3] if e not in held[3:])
+        assert pool.acquire(deadline) is idle  # the only one with 1 in flight
+        pool.release(held[0], None)
+        assert pool.acquire(deadline) is held[0]
+        assert pool.acquire(deadline, avoid=idle) is not idle
+    finally:
+        pool.close()
+
+
+def test_endpoints_are_read_from_repeats_and_comma_lists() -> None:
+    assert parse_urls(["a:1,b:2", " grpc://c:3 "]) == ("a:1", "b:2", "c:3")
+    assert parse_urls("a:1") == ("a:1",)
+    with pytest.raises(ValueError, match="endpoint a:1 is given more than once"):
+        parse_urls(["a:1", "grpc://a:1"])
+    with pytest.raises(ValueError, match="no Triton endpoint given"):
+        parse_urls(" , ")
+
+
+def test_a_server_killed_mid_run_loses_nothing(view: Path, fleet: list[TritonServer],
+                                               reference: dict[str, bytes], tmp_path: Path) -> None:
+    victim = TritonServer(view).start()
+    killed_at: list[int] = []
+
+    def kill_once_an_eighth_is_written() -> None:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("*.png"))) < len(SEEDS) // 8 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        killed_at.append(len(list(tmp_path.glob("*.png"))))
+        os.killpg(victim.pid, signal.SIGKILL)  # the server and its backend stubs, no goodbye
+
+    try:
+        with DDNClient([victim.grpc_url, fleet[0].grpc_url, fleet[1].grpc_url], model=NAME, batch_size=1,
+                       concurrency=6, probe_interval_s=0.2) as client:
+            client.generate(seeds=[0])  # all three admitted before the run starts
+            killer = threading.Thread(target=kill_once_an_eighth_is_written)
+            killer.start()
+            written = generate_pngs(client, SEEDS, tmp_path, wave=12, progress=False)
+            killer.join()
+            victim_stats = client.endpoint_stats()[0]
+            retried = client.retried
+    finally:
+        victim.stop()
+    assert len(SEEDS) // 8 <= killed_at[0] < len(SEEDS)  # the kill landed in the middle of the run
+    assert written == len(SEEDS) and pngs(tmp_path) == reference  # each image written once, same bytes
+    assert victim_stats["succeeded"] > 0 and victim_stats["failed"] > 0 and not victim_stats["healthy"]
+    assert retried >= victim_stats["failed"]  # every request the dead server failed was sent again
+
+
+def test_a_hung_server_times_out_its_requests_go_elsewhere_and_it_rejoins(view: Path,
+                                                                          fleet: list[TritonServer]) -> None:
+    with TritonServer(view) as hung, DDNClient([hung.grpc_url, fleet[0].grpc_url], model=NAME, batch_size=1,
+                                               concurrency=4, timeout_s=2, connect_timeout_s=2,
+                                               probe_interval_s=0.2) as client:
+        want = client.generate(seeds=SEEDS)
+        os.killpg(hung.pid, signal.SIGSTOP)  # alive, connected, silent
+        try:
+            np.testing.assert_array_equal(client.generate(seeds=SEEDS), want)
+            stats = client.endpoint_stats()[0]
+            assert not stats["healthy"] and "Deadline Exceeded" in stats["last_error"], stats
+            assert client.retried >= stats["failed"] > 0
+        finally:
+            os.killpg(hung.pid, signal.SIGCONT)
+        # Back in rotation once a probe finds it ready (it may first work off what queued while it was stopped).
+        deadline = time.monotonic() + 30
+        while client.endpoint_stats()[0]["succeeded"] == stats["succeeded"] and time.monotonic() < deadline:
+            np.testing.assert_array_equal(client.generate(seeds=SEEDS), want)
+        assert client.endpoint_stats()[0]["succeeded"] > stats["succeeded"], client.endpoint_stats()
+
+
+def test_a_run_whose_only_server_dies_fails_in_one_line_after_the_timeout(view: Path) -> None:
+    with TritonServer(view) as only, DDNClient(only.grpc_url, model=NAME, timeout_s=1,
+                                               probe_interval_s=0.2) as client:
+        client.generate(seeds=[0])
+        os.killpg(only.pid, signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(ServingError, match=rf"^no Triton server answered within 1 s: {only.grpc_url}: "):
+            client.generate(seeds=SEEDS)
+        assert time.monotonic() - started < 10
+
+
+def test_a_server_started_later_joins(view: Path, fleet: list[TritonServer]) -> None:
+    late = TritonServer(view)  # its ports are chosen; nothing listens there yet
+    seeds = list(SEEDS)
+    try:
+        with DDNClient([fleet[2].grpc_url, late.grpc_url], model=NAME, batch_size=1, concurrency=4,
+                       probe_interval_s=0.2) as client:
+            first = client.generate(seeds=seeds)
+            assert [s["healthy"] for s in client.endpoint_stats()] == [True, False]
+            late.start()
+            deadline = time.monotonic() + 30
+            while client.endpoint_stats()[1]["succeeded"] == 0 and time.monotonic() < deadline:
+                np.testing.assert_array_equal(client.generate(seeds=seeds), first)
+            assert client.endpoint_stats()[1]["succeeded"] > 0, client.endpoint_stats()
+            np.testing.assert_array_equal(client.generate(seeds=seeds), first)
+    finally:
+        late.stop()
+
+
+def another_graph(config) -> None:
+    """What another export of the same layout (other weights) looks like to a client: another ONNX digest."""
+    config.parameters[ONNX_DIGEST_PARAMETER].string_value = hashlib.sha256(b"other weights").hexdigest()
+
+
+def test_endpoints_serving_different_models_are_refused(repository: Path, fleet: list[TritonServer],
+                                                        tmp_path: Path) -> None:
+    with cpu_repository_view(repository, another_graph) as other_view:
+        other = TritonServer(other_view)
+        with DDNClient([fleet[0].grpc_url, other.grpc_url], model=NAME, probe_interval_s=0.2) as client:
+            served = client.generate(seeds=SEEDS)  # the other server is not up yet
+            other.start()
+            deadline = time.monotonic() + 30
+            with pytest.raises(ServingError, match="^endpoints serve different models: 'tiny' has ddn_onnx_sha256"):
+                while time.monotonic() < deadline:  # refused once a probe lets it join, before it gets a request
+                    np.testing.assert_array_equal(client.generate(seeds=SEEDS), served)
+            assert client.endpoint_stats()[1]["succeeded"] == 0
+        result = CliRunner().invoke(generate_main, [*RUN, "--url", f"{fleet[0].grpc_url},{other.grpc_url}",
+                                                    "--model", NAME, "--out", str(tmp_path / "out")])
+        line = one_line_error(result)
+        assert re.fullmatch(rf"Error: endpoints serve different models: 'tiny' has ddn_onnx_sha256 '[0-9a-f]{{64}}' "
+                            rf"on {fleet[0].grpc_url} but '[0-9a-f]{{64}}' on {other.grpc_url}; "
+                            "every endpoint must serve the same export", line), line
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+        # Alone, the other server is fine: the refusal is about mixing.
+        with DDNClient(other.grpc_url, model=NAME) as alone:
+            assert alone.generate(seeds=[1]).shape == (1, 8, 8, 1)
+        other.stop()
+
+
+def test_shards_write_the_full_set_exactly_once(repository: Path, reference: dict[str, bytes],
+                                               tmp_path: Path) -> None:
+    local = ["--n", str(len(SEEDS)), "--seed", str(SEEDS.start), "--no-progress", "--repository", str(repository),
+             "--model", NAME]
+    shards = []
+    for index in range(3):
+        out = tmp_path / f"shard{index}"
+        result = CliRunner().invoke(generate_main, [*local, "--shard", f"{index}/3", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        shards.append(pngs(out))
+        assert {int(name.split(".")[0]) % 3 for name in shards[-1]} == {index}
+    assert sum(len(s) for s in shards) == len(SEEDS)
+    assert {name: data for shard in shards for name, data in shard.items()} == reference
+    rerun = CliRunner().invoke(generate_main, [*local, "--shard", "1/3", "--out", str(tmp_path / "shard1")])
+    assert rerun.exit_code == 0 and f"0 written, {len(shards[1])} already there" in rerun.output
+    for bad in ("3/3", "1/0", "a/2", "2"):
+        result = CliRunner().invoke(generate_main, [*local, "--shard", bad, "--out", str(tmp_path / "x")])
+        assert usage_error(result).startswith("Error: Invalid value for '--shard'")
+
+
+@pytest.mark.parametrize("seeds", [range(0, 10), range(7, 8), range(5, 5), range(3, 1000)])
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_shard_seeds_partition_any_range(seeds: range, count: int) -> None:
+    parts = [Shard(i, count).seeds(seeds) for i in range(count)]
+    assert sorted(s for part in parts for s in part) == list(seeds)
+    assert all(s % count == i for i, part in enumerate(parts) for s in part)
+
+
+# -- TLS ------------------------------------------------------------------------------------------------------------
+def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for localhost / 127.0.0.1 signed by its own key: (certificate, key) PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / f"{name}.crt", folder / f"{name}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return self_signed(tmp_path_factory.mktemp("tls"), "server")
+
+
+@pytest.fixture(scope="module")
+def tls_server(view: Path, certificate: tuple[Path, Path]):
+    with TritonServer(view, tls_cert=certificate[0], tls_key=certificate[1]) as server:
+        yield server
+
+
+def test_tls_round_trip(tls_server: TritonServer, certificate: tuple[Path, Path], reference: dict[str, bytes],
+                        tmp_path: Path) -> None:
+    result = CliRunner().invoke(generate_main, [*RUN, "--url", tls_server.grpc_url, "--tls-root-cert",
+                                                str(certificate[0]), "--model", NAME, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert pngs(tmp_path) == reference
+
+
+def test_plaintext_client_is_refused_by_a_tls_server_with_a_clear_error(tls_server: TritonServer,
+                                                                       tmp_path: Path) -> None:
+    result = CliRunner().invoke(generate_main, [*RUN, "--url", tls_server.grpc_url, "--model", NAME,
+                                                "--connect-timeout", "2", "--out", str(tmp_path / "out")])
+    line = one_line_error(result)
+    assert line.startswith(f"Error: cannot reach the Triton server at {tls_server.grpc_url} (gRPC): ")
+    assert line.endswith(f"{tls_server.grpc_url} speaks TLS and this client does not: give the server's root "
+                         "certificate (ddn-generate --tls-root-cert FILE, DDNClient(root_certificates=FILE))"), line
+
+
+def test_tls_client_names_a_plaintext_server_and_an_untrusted_certificate(
+        tls_server: TritonServer, fleet: list[TritonServer], tmp_path: Path) -> None:
+    stranger, _ = self_signed(tmp_path, "stranger")
+    with DDNClient(fleet[0].grpc_url, model=NAME, root_certificates=stranger, connect_timeout_s=2) as client, \
+            pytest.raises(ServingError, match=f"{re.escape(fleet[0].grpc_url)} does not speak TLS: connect without"):
+        client.generate(seeds=[0])
+    with DDNClient(tls_server.grpc_url, model=NAME, root_certificates=stranger, connect_timeout_s=2) as client, \
+            pytest.raises(ServingError, match="CERTIFICATE_VERIFY_FAILED"):
+        client.generate(seeds=[0])
+
+
+def test_tls_options_are_checked(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
+    only_cert = CliRunner().invoke(serve_main, ["--repository", str(tmp_path), "--tls-cert", str(certificate[0])])
+    assert usage_error(only_cert) == "Error: --tls-cert and --tls-key go together"
+    missing = CliRunner().invoke(serve_main, ["--repository", str(tmp_path), "--tls-cert", str(certificate[0]),
+                                              "--tls-key", str(tmp_path / "nope.key")])
+    assert re.fullmatch(r"Error: Invalid value for '--tls-key': File '.*nope.key' does not exist.", usage_error(missing))
+    with pytest.raises(ValueError, match="TLS needs both a certificate and its private key"):
+        TritonServer(tmp_path, tls_cert=certificate[0])
+    with pytest.raises(FileNotFoundError, match="TLS private key not found"):
+        TritonServer(tmp_path, tls_cert=certificate[0], tls_key=tmp_path / "nope.key")
+    result = CliRunner().invoke(generate_main, [*RUN, "--url", "127.0.0.1:1", "--model", NAME,
+                                                "--tls-root-cert", str(tmp_path / "nope.crt"), "--out", str(tmp_path)])
+    assert one_line_error(result) == f"Error: root certificate not found: {tmp_path / 'nope.crt'}"
