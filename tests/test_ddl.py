@@ -55,6 +55,19 @@ def test_gathered_branch_equals_all_k_candidates_and_guided_choice_picks_the_nea
     assert torch.equal(chosen, index)
 
 
+def test_clamp_bounds_the_previous_image_before_the_candidates_are_added():
+    f = features_of([2.0, 3.0, 5.0, 7.0])
+    prev = torch.full((1, 1, 1, 1), -1.4)  # below black, as a random darkening branch can leave it
+    plain = DiscreteDistributionLayer(channels=4, image_channels=1, k=3)
+    clamped = DiscreteDistributionLayer(channels=4, image_channels=1, k=3, clamp=True)
+    clamped.load_state_dict(plain.state_dict())
+    branch = torch.tensor([1])
+    torch.testing.assert_close(clamped(f, prev, branch)[0] - plain(f, prev, branch)[0],
+                               torch.full((1, 1, 2, 2), 0.4))
+    inside = torch.full((1, 1, 1, 1), 0.3)
+    torch.testing.assert_close(clamped(f, inside, branch)[0], plain(f, inside, branch)[0])
+
+
 def test_indices_outside_the_branches_are_clamped():
     ddl = hand_built_layer(residual=False)
     f = features_of([1.0, 1.0, 1.0, 1.0])

@@ -13,6 +13,14 @@ half of the feature channels. From features [B, C, H, W] it makes
 When the branch index is known in advance (sampling, decoding, the exported
 graph) only the chosen branch's rows are gathered and applied, so the head
 costs 1/K of computing every candidate.
+
+``clamp`` (not in the official code) clamps the previous image into the pixel
+range [-1, 1] before the candidates are added to it. Training paths never leave
+that range, but a uniformly sampled path can: a random 2x2 branch that darkens
+an image whose 1x1 mean is already near black pushes it below black, the
+following layers (trained only on in-range images) never bring the ink back,
+and the sample ends blank. Measured on MNIST-32 at 400 steps: blank samples
+3-7 % -> 0.8 %, Frechet distance 174-191 -> 118, reconstruction unchanged.
 """
 from __future__ import annotations
 
@@ -50,19 +58,23 @@ def bilinear_resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class DiscreteDistributionLayer(nn.Module):
-    def __init__(self, channels: int, image_channels: int, k: int, residual: bool = True):
+    def __init__(self, channels: int, image_channels: int, k: int, residual: bool = True, clamp: bool = False):
         super().__init__()
         if channels % 2:
             raise ValueError(f"DDL needs an even channel count, got {channels}")
         self.channels, self.image_channels, self.k, self.residual = channels, image_channels, k, residual
+        self.clamp = clamp
         self.weight = nn.Parameter(torch.empty(k, image_channels, channels // 2))
         bound = (channels // 2) ** -0.5  # nn.Conv2d's default init for a 1x1 conv over C/2 inputs
         nn.init.uniform_(self.weight, -bound, bound)
         self.usage = BranchUsage(k)
 
     def base_image(self, prev_image: torch.Tensor, size: int) -> torch.Tensor | None:
-        """What the candidates are added to: the previous image at this resolution, or nothing."""
-        return bilinear_resize(prev_image, size) if self.residual else None
+        """What the candidates are added to: the previous image at this resolution (clamped), or nothing."""
+        if not self.residual:
+            return None
+        base = bilinear_resize(prev_image, size)
+        return base.clamp(-1.0, 1.0) if self.clamp else base
 
     def candidates(self, features: torch.Tensor, prev_image: torch.Tensor) -> torch.Tensor:
         """All K candidate images [B, K, C_img, H, W]."""

@@ -217,7 +217,8 @@ class SingleShotGenerator(DDNGenerator):
     """
 
     def __init__(self, image_size: int = 32, image_channels: int = 1, channels: int | Sequence[int] = 64,
-                 blocks: int | Sequence[int] = 2, k: int | Sequence[int] = 64, residual: bool = True):
+                 blocks: int | Sequence[int] = 2, k: int | Sequence[int] = 64, residual: bool = True,
+                 clamp: bool = False):
         super().__init__()
         scales = _check_image(image_size, image_channels) + 1
         channels = _per_scale("channels", channels, scales, low=2)
@@ -225,7 +226,7 @@ class SingleShotGenerator(DDNGenerator):
         if any(c % 2 or c < 2 * image_channels for c in channels):
             raise ValueError(f"channels must be even and at least twice the image channels, got {channels}")
         self._config = dict(image_size=image_size, image_channels=image_channels, channels=channels,
-                            blocks=blocks, k=k, residual=residual)
+                            blocks=blocks, k=k, residual=residual, clamp=clamp)
         self.image_size, self.image_channels = image_size, image_channels
         self.register_buffer("start", init_features(channels[0]), persistent=False)
         block_list, layer_list = [], []
@@ -234,7 +235,7 @@ class SingleShotGenerator(DDNGenerator):
                 upsample = scale > 0 and i == 0
                 block_list.append(UNetBlock(channels[scale - 1] if upsample else channels[scale], channels[scale],
                                             up=upsample))
-                layer_list.append(DiscreteDistributionLayer(channels[scale], image_channels, k[scale], residual))
+                layer_list.append(DiscreteDistributionLayer(channels[scale], image_channels, k[scale], residual, clamp))
         self.blocks = nn.ModuleList(block_list)
         self.layers = nn.ModuleList(layer_list)
 
@@ -257,7 +258,7 @@ class RecurrenceGenerator(DDNGenerator):
     """
 
     def __init__(self, image_size: int = 32, image_channels: int = 1, base: int = 32, iterations: int = 10,
-                 k: int = 64, residual: bool = False):
+                 k: int = 64, residual: bool = False, clamp: bool = False):
         super().__init__()
         _check_image(image_size, image_channels)
         for name, value, low in (("iterations", iterations, 1), ("k", k, 1), ("base", base, 2)):
@@ -265,10 +266,10 @@ class RecurrenceGenerator(DDNGenerator):
         if base % 2:
             raise ValueError(f"base must be even, got {base}")
         self._config = dict(image_size=image_size, image_channels=image_channels, base=base,
-                            iterations=iterations, k=k, residual=residual)
+                            iterations=iterations, k=k, residual=residual, clamp=clamp)
         self.image_size, self.image_channels = image_size, image_channels
         self.block = TinyUNet(image_size, image_channels, base)
-        self.layer = DiscreteDistributionLayer(self.block.out_channels, image_channels, k, residual)
+        self.layer = DiscreteDistributionLayer(self.block.out_channels, image_channels, k, residual, clamp)
         self.iterations = iterations
         self.register_buffer("start_features", linear_spatial_embedding(self.block.out_channels, image_size),
                              persistent=False)

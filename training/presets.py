@@ -2,7 +2,8 @@
 
 * ``cpu`` -- the default: a single-shot generator sized for a few minutes to an
   hour on a laptop CPU (wide at low resolution, where it is cheap; narrow at
-  full resolution, where every channel costs the most).
+  full resolution, where every channel costs the most), with the previous image
+  clamped into the pixel range (``clamp``, see :mod:`ddn.training.ddl`).
 * ``cifar10`` -- the official single-shot capacity schedule as the paper's
   CIFAR-10 run used it: 256 channels, 1, 2, 4, 8, 16, 32 blocks per scale
   (63 DDLs at 32x32), K = 64 (the published run's ``--max-outputk=64``; the
@@ -49,9 +50,9 @@ def preset_config(name: str, image_size: int, image_channels: int, **overrides: 
     elif name == "cpu":
         config = dict(kind="single_shot", **base,
                       channels=_by_resolution([128, 128, 128, 64, 32, 16], scales),
-                      blocks=_by_resolution([1, 2, 4, 4, 4, 2], scales), k=64, residual=True)
+                      blocks=_by_resolution([1, 2, 4, 4, 4, 2], scales), k=64, residual=True, clamp=True)
     else:  # tiny
-        config = dict(kind="single_shot", **base, channels=16, blocks=1, k=8, residual=True)
+        config = dict(kind="single_shot", **base, channels=16, blocks=1, k=8, residual=True, clamp=True)
     if config["kind"] == "recurrence" and "channels" in overrides:
         overrides["base"] = overrides.pop("channels")
     config.update(overrides)
