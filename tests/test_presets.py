@@ -33,6 +33,10 @@ def test_every_preset_is_covered_and_keeps_its_layout():
     assert (recurrence["base"], recurrence["k"], recurrence["iterations"], recurrence["residual"]) == (32, 64, 10, False)
     with pytest.raises(ValueError, match="unknown preset 'gan'"):
         preset_config("gan", 32, 1)
+    with pytest.raises(ValueError, match="max_blocks applies to single-shot presets only"):
+        preset_config("mnist-recurrence", 32, 1, max_blocks=2)
+    with pytest.raises(ValueError, match="iterations applies to recurrence presets only"):
+        preset_config("cpu", 32, 1, iterations=4)
 
 
 @pytest.fixture(scope="module")

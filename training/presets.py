@@ -55,6 +55,8 @@ def preset_config(name: str, image_size: int, image_channels: int, **overrides: 
         config = dict(kind="single_shot", **base, channels=16, blocks=1, k=8, residual=True, clamp=True)
     if config["kind"] == "recurrence" and "channels" in overrides:
         overrides["base"] = overrides.pop("channels")
+    if config["kind"] == "single_shot" and "iterations" in overrides:
+        raise ValueError("iterations applies to recurrence presets only")
     config.update(overrides)
     if config["kind"] == "single_shot":  # per-scale lists, as the model stores its config
         for key in ("channels", "blocks", "k"):
