@@ -7,8 +7,8 @@ Each preset runs at its own batch (``PRESET_BATCH``): the GPU-sized ones take
 seconds per image on a CPU.
 
 A step is the trainer's own ``train_step`` (loss, backward, Adam) plus
-``usage_step`` (fold usage statistics, split and prune); the second is timed on
-its own too. Usage:
+``usage_step`` (fold usage statistics, split and prune) and the weight average's
+update, with ``ddn-train``'s defaults; ``usage_step`` is timed on its own too. Usage:
 
     python benchmarks/train_speed.py [--preset cpu --preset tiny ...] [--rounds 3 --steps 4 --device cpu --threads N]
 """
@@ -24,7 +24,8 @@ from ddn.training.datasets import batch_stream, load_images
 from ddn.training.distributed import Ranks, resolve_device
 from ddn.training.networks import build_generator
 from ddn.training.presets import PRESETS, preset_config
-from ddn.training.train_loop import train_step, usage_step
+from ddn.training.train_loop import TrainConfig, train_step, usage_step
+from ddn.training.weight_average import WeightAverage
 
 # Batch per preset: the CPU-sized ones at ddn-train's default, the GPU-sized ones as small as still informative.
 PRESET_BATCH = {"cpu": 64, "tiny": 64, "mnist-recurrence": 16, "cifar10": 4}
@@ -40,11 +41,13 @@ class Bench:
         self.name, self.batch, self.device = name, batch, device
         self.model = model.to(device).train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3, betas=(0.9, 0.999))
+        defaults = TrainConfig()
+        self.average = WeightAverage(self.model, defaults.ema_halflife_kimg * 1000, defaults.ema_rampup)
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
         self.ranks = Ranks(device=device)
         self.dropout = torch.Generator().manual_seed(1)
         self.batches = batch_stream(images, batch, torch.Generator().manual_seed(0))
-        self.step_s, self.usage_s, self.steps, self.splits = 0.0, 0.0, 0, 0
+        self.step_s, self.usage_s, self.average_s, self.steps, self.splits = 0.0, 0.0, 0.0, 0, 0
 
     def run(self, steps: int, record: bool = True) -> None:
         for _ in range(steps):
@@ -54,12 +57,16 @@ class Bench:
             train_step(self.model, self.optimizer, batch, 0.05, self.dropout, self.ranks, self.scaler)
             _sync(self.device)
             middle = time.perf_counter()
-            splits = usage_step(self.model, self.optimizer, True, self.ranks)
+            splits = usage_step(self.model, self.optimizer, True, self.ranks, self.average)
             _sync(self.device)
             end = time.perf_counter()
+            self.average.update(self.batch * (self.steps + 1), self.batch)
+            _sync(self.device)
+            end_average = time.perf_counter()
             if record:
-                self.step_s += end - start
+                self.step_s += end_average - start
                 self.usage_s += end - middle
+                self.average_s += end_average - end
                 self.steps += 1
                 self.splits += splits
 
@@ -75,6 +82,7 @@ class Bench:
             "split_and_prune_ms_per_step": 1000 * self.usage_s / self.steps,
             "split_and_prune_share": self.usage_s / self.step_s,
             "splits_per_step": self.splits / self.steps,
+            "weight_average_ms_per_step": 1000 * self.average_s / self.steps,
         }
 
 

@@ -101,3 +101,11 @@ def test_optimizer_state_that_is_not_row_shaped_is_refused_clearly():
     optimizer.state[layer.weight]["factored"] = torch.zeros(4, 3)  # e.g. a factored second moment
     with pytest.raises(TypeError, match="cannot copy optimizer state 'factored'"):
         split_and_prune_([layer], optimizer)
+
+
+def test_split_copies_the_rows_of_a_following_tensor():
+    layer = _layer_with_counts([40, 20, 30, 10], torch.zeros(4, 4).tolist())
+    average = torch.randn_like(layer.weight)  # e.g. the weight average's copy of this weight
+    before = average.clone()
+    assert split_and_prune_([layer], follower_of=lambda w: average if w is layer.weight else None) == 1
+    assert torch.equal(average[3], before[0]) and torch.equal(average[:3], before[:3])

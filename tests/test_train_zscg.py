@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
                        out, progress=False)
     finally:
         torch.set_num_threads(threads)
-    return result.model.eval(), out / LAST
+    return result.generator.eval(), out / LAST
 
 
 def digits(n: int) -> torch.Tensor:

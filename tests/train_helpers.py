@@ -31,8 +31,10 @@ def tiny(**changes) -> TrainConfig:
 
 
 def run_state(result: TrainResult) -> dict[str, torch.Tensor]:
-    """Parameters, split-and-prune statistics (buffers) and Adam state of a finished run."""
+    """Parameters, split-and-prune statistics (buffers), weight average and Adam state of a finished run."""
     state = {f"model/{k}": v.detach().clone() for k, v in result.model.state_dict().items()}
+    if result.generator is not result.model:
+        state.update({f"average/{k}": v.detach().clone() for k, v in result.generator.state_dict().items()})
     state.update({k: v.detach().clone() for k, v in optimizer_tensors(result.model, result.optimizer).items()})
     return state
 
@@ -40,6 +42,7 @@ def run_state(result: TrainResult) -> dict[str, torch.Tensor]:
 def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert sorted(a) == sorted(b)
     assert any(k.endswith("usage.count") for k in a) and any(k.endswith("exp_avg_sq") for k in a)
+    assert any(k.startswith("average/") for k in a), "the run kept no weight average"
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"differ: {different[:5]}"
 

@@ -1,8 +1,8 @@
 """Checkpoints: one safetensors file holding tensors, with the JSON model config in its header.
 
 Tensors: ``model/<name>`` for the generator's state dict, plus any tensors the
-caller adds under its own names (a training checkpoint adds ``optimizer/...``
-and ``rng/...``, see :mod:`train_state`). The header's metadata holds
+caller adds under its own names (a training checkpoint adds ``optimizer/...``,
+``rng/...`` and, beside a weight average, ``trained/...``, see :mod:`train_state`). The header's metadata holds
 ``ddn_config`` (the generator's config), ``ddn_meta`` (the caller's metadata,
 ``{}`` when none; a training checkpoint's is ``{"train": ...}``), both JSON, and
 ``ddn_digest``, a digest of every tensor's bytes: a file that safetensors can
@@ -135,15 +135,16 @@ def _build(config: dict[str, Any], path: str | Path, device: str) -> DDNGenerato
         raise CheckpointError(f"{path} has an invalid model config: {message}") from None
 
 
-def model_from_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any], path: str | Path = "checkpoint") -> DDNGenerator:
-    """The generator ``config`` describes, holding the checkpoint's ``model/`` tensors.
+def model_from_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any], path: str | Path = "checkpoint",
+                       prefix: str = "model/") -> DDNGenerator:
+    """The generator ``config`` describes, holding the checkpoint's tensors named ``prefix<name>``.
 
     The config is first built on the meta device, which allocates nothing, and
     its tensor shapes compared with the checkpoint's: a config that asks for
     more (or other) weights than the file holds, e.g. a corrupt channel count,
     is refused before it can exhaust memory.
     """
-    state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     expected = {k: tuple(v.shape) for k, v in _build(config, path, "meta").state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
     if expected != found:

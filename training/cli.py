@@ -57,6 +57,10 @@ def _default_out(dataset: str, preset: str, resume: bool) -> Path:
               help="probability that a layer takes random branches for the whole batch")
 @click.option("--split-and-prune/--no-split-and-prune", default=DEFAULTS.split_and_prune,
               help="split over-used and prune under-used branches after every step")
+@click.option("--ema-halflife-kimg", type=click.FloatRange(min=0), default=DEFAULTS.ema_halflife_kimg,
+              help="half-life (thousands of images) of the weight average that is sampled and exported; 0: none")
+@click.option("--ema-rampup", type=click.FloatRange(min=0), default=DEFAULTS.ema_rampup,
+              help="caps the average's half-life at this share of the images seen so far; 0: no cap")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="run folder [default: runs/<dataset>-<preset>, numbered if taken]")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=DEFAULTS.checkpoint_every,

@@ -5,7 +5,8 @@ least used one iff ``p_max - p_min > 1/K`` or ``p_min < 0.5/K`` (p = count / sum
 The pruned node's count goes to the other nodes in proportion to how often each
 was its second nearest; the split node and the pruned node then share the split
 node's count in halves, and the pruned node's weight rows -- and the optimizer's
-per-row state -- become copies of the split node's.
+per-row state, and any tensor that follows the weight row by row (the weight
+average's) -- become copies of the split node's.
 
 This module is the one place that owns that logic. A "node set" is any module
 with ``weight`` (first dimension K, one slice per node) and ``usage``
@@ -117,9 +118,11 @@ def hand_on_count_(usage: BranchUsage, split: int, pruned: int) -> None:
 
 
 @torch.no_grad()
-def copy_node_(weight: nn.Parameter, optimizer: torch.optim.Optimizer | None, src: int, dst: int) -> None:
-    """Copy node ``src`` into node ``dst`` in the weight and every per-row optimizer state tensor."""
-    weight[dst] = weight[src]
+def copy_node_(weight: nn.Parameter, optimizer: torch.optim.Optimizer | None, src: int, dst: int,
+               followers: Iterable[torch.Tensor] = ()) -> None:
+    """Copy node ``src`` into node ``dst`` in the weight, every per-row optimizer state tensor and ``followers``."""
+    for tensor in (weight, *followers):
+        tensor[dst] = tensor[src]
     if optimizer is None:
         return
     for key, value in optimizer.state.get(weight, {}).items():
@@ -140,12 +143,14 @@ def split_and_prune_(
     node_sets: Iterable[NodeSet],
     optimizer: torch.optim.Optimizer | None = None,
     all_reduce: Callable[[torch.Tensor], None] | None = None,
+    follower_of: Callable[[nn.Parameter], torch.Tensor | None] | None = None,
 ) -> int:
     """Fold this step's usage into the statistics and apply at most one split per node set.
 
     With data-parallel training pass ``all_reduce`` (summing in place over
     ranks) so that every rank decides on the same global statistics.
-    Returns the number of splits made.
+    ``follower_of(weight)`` names another tensor shaped like ``weight`` whose
+    rows are copied with it (or None). Returns the number of splits made.
     """
     splits = 0
     for nodes in node_sets:
@@ -160,6 +165,7 @@ def split_and_prune_(
         if split == pruned:
             continue
         hand_on_count_(usage, split, pruned)
-        copy_node_(nodes.weight, optimizer, split, pruned)
+        follower = follower_of(nodes.weight) if follower_of else None
+        copy_node_(nodes.weight, optimizer, split, pruned, () if follower is None else (follower,))
         splits += 1
     return splits

@@ -5,6 +5,7 @@ One step, on every rank::
     loss = model.loss(batch, chain_dropout, dropout_generator)   # records branch usage
     loss.backward(); average gradients over ranks; adam.step()
     split_and_prune_(model.ddls(), adam, all_reduce)              # usage summed over ranks first
+    weight_average.update()                                       # the generator that is sampled
 
 Every random draw comes from an explicit ``torch.Generator`` (data order and
 chain dropout, one of each per rank), and the model is initialised under a
@@ -43,6 +44,7 @@ from .run_outputs import RunLog, plot_run, save_sample_grid
 from .split_and_prune import split_and_prune_
 from .stop_request import StopRequest
 from .train_state import LAST, PREVIOUS, RunState, find_resumable, load_optimizer_state, write_run_checkpoint
+from .weight_average import WeightAverage
 
 RNG_STREAMS = ("data", "dropout")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -66,6 +68,8 @@ class TrainConfig:
     beta2: float = 0.999
     chain_dropout: float = 0.05
     split_and_prune: bool = True
+    ema_halflife_kimg: float = 500.0  # weight average's half-life in thousands of images; 0: no average
+    ema_rampup: float = 0.05  # ... at most this share of the images seen so far (0: no ramp-up)
     checkpoint_every: int = 500  # 0: only at the end
     log_every: int = 50
     sample_seeds: int = 64  # the grid shows seeds 0 .. sample_seeds-1
@@ -91,6 +95,7 @@ def resume_config(stored: dict[str, Any], given: TrainConfig, explicit: set[str]
     "every field of ``given``". Changing a fixed option raises ValueError.
     """
     known = {f.name for f in dataclasses.fields(TrainConfig)}
+    stored = {"ema_halflife_kimg": 0.0, **stored}  # runs from before the weight average existed had none
     config = TrainConfig(**{k: v for k, v in stored.items() if k in known})
     for name in sorted(known if explicit is None else explicit & known):
         old, new = getattr(config, name), getattr(given, name)
@@ -136,11 +141,12 @@ def train_step(model: DDNGenerator, optimizer: torch.optim.Optimizer, batch: tor
     return loss.detach()
 
 
-def usage_step(model: DDNGenerator, optimizer: torch.optim.Optimizer, enabled: bool, ranks: Ranks) -> int:
+def usage_step(model: DDNGenerator, optimizer: torch.optim.Optimizer, enabled: bool, ranks: Ranks,
+               average: WeightAverage | None = None) -> int:
     """Fold this step's (rank-summed) usage into the statistics; split and prune when enabled."""
     all_reduce = ranks.all_reduce if ranks.world_size > 1 else None
     if enabled:
-        return split_and_prune_(model.ddls(), optimizer, all_reduce)
+        return split_and_prune_(model.ddls(), optimizer, all_reduce, average.shadow_of if average else None)
     for ddl in model.ddls():
         ddl.usage.fold_step(all_reduce)
     return 0
@@ -150,7 +156,8 @@ def usage_step(model: DDNGenerator, optimizer: torch.optim.Optimizer, enabled: b
 
 @dataclass
 class TrainResult:
-    model: DDNGenerator
+    model: DDNGenerator  # the weights the optimizer steps
+    generator: DDNGenerator  # what the run samples and its checkpoint exports: the weight average, if any
     optimizer: torch.optim.Optimizer
     step: int
     splits: int
@@ -197,6 +204,7 @@ class _Run:
     ranks: Ranks
     model: DDNGenerator
     optimizer: torch.optim.Optimizer
+    average: WeightAverage | None
     scaler: torch.amp.GradScaler
     autocast: Callable[[], contextlib.AbstractContextManager]
     generators: dict[str, torch.Generator]  # one per RNG stream
@@ -207,15 +215,22 @@ class _Run:
     splits: int = 0
     images_seen: int = 0
 
+    @property
+    def generator(self) -> DDNGenerator:
+        """The generator the run samples and exports: the weight average, or the trained weights without one."""
+        return self.model if self.average is None else self.average.model
+
     def train_one_step(self) -> tuple[torch.Tensor, int]:
-        """One optimizer step and the split-and-prune after it; returns (detached loss, splits made)."""
+        """One optimizer step, the split-and-prune and the weight average after it; returns (detached loss, splits)."""
         batch = next(self.batches).to(self.ranks.device, non_blocking=True)
         loss = train_step(self.model, self.optimizer, batch, self.config.chain_dropout, self.generators["dropout"],
                           self.ranks, self.scaler, self.autocast)
-        made = usage_step(self.model, self.optimizer, self.config.split_and_prune, self.ranks)
+        made = usage_step(self.model, self.optimizer, self.config.split_and_prune, self.ranks, self.average)
         self.step += 1
         self.splits += made
         self.images_seen += self.config.batch
+        if self.average is not None:
+            self.average.update(self.images_seen, self.config.batch)
         return loss, made
 
     def checkpoint(self) -> None:
@@ -226,9 +241,10 @@ class _Run:
         train_meta = {"step": self.step, "splits": self.splits, "images_seen": self.images_seen,
                       "world_size": self.ranks.world_size, "config": dataclasses.asdict(self.config),
                       "dataset": self.dataset_info, "scaler": self.scaler.state_dict()}
-        write_run_checkpoint(self.out_dir, self.model, self.optimizer, rng, train_meta)
+        write_run_checkpoint(self.out_dir, self.model, self.optimizer, rng, train_meta,
+                             None if self.average is None else self.average.model)
         self.model.eval()
-        save_sample_grid(self.model, self.out_dir / "samples" / f"step_{self.step:07d}.png",
+        save_sample_grid(self.generator, self.out_dir / "samples" / f"step_{self.step:07d}.png",
                          range(self.config.sample_seeds))
         self.model.train()
         plot_run(self.run_log.read(), self.out_dir / "training.png", [ddl.k for ddl in self.model.ddls()])
@@ -243,6 +259,9 @@ def _start(config: TrainConfig, out_dir: Path, state: RunState | None, ranks: Ra
         raise ValueError(f"--batch {config.batch} does not split evenly over {ranks.world_size} ranks")
     if config.log_every < 1:
         raise ValueError(f"--log-every must be at least 1, got {config.log_every}")
+    if config.ema_halflife_kimg < 0 or config.ema_rampup < 0:
+        raise ValueError(f"--ema-halflife-kimg and --ema-rampup must be non-negative, "
+                         f"got {config.ema_halflife_kimg} and {config.ema_rampup}")
     autocast = autocast_for(ranks.device, config.precision)
 
     images = load_images(config.dataset, config.image_size)  # [N, C, S, S], S a power of two
@@ -258,12 +277,16 @@ def _start(config: TrainConfig, out_dir: Path, state: RunState | None, ranks: Ra
             say(f"warning: the dataset changed since the checkpoint ({state.train.get('dataset')} -> {dataset_info})")
     model = model.to(ranks.device).train()
     ranks.broadcast_module(model)
+    average = None
+    if config.ema_halflife_kimg > 0:
+        resumed = None if state is None or state.average is None else state.average.to(ranks.device)
+        average = WeightAverage(model, config.ema_halflife_kimg * 1000, config.ema_rampup, resumed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
     scaler = torch.amp.GradScaler(ranks.device.type, enabled=config.precision == "fp16")
     generators = {name: torch.Generator().manual_seed(stream_seed(config.seed, ranks.rank, name)) for name in RNG_STREAMS}
     batches = batch_stream(shard, config.batch // ranks.world_size, generators["data"])
-    run = _Run(config, out_dir, ranks, model, optimizer, scaler, autocast, generators, batches, dataset_info,
-               RunLog(out_dir / "log.jsonl"))
+    run = _Run(config, out_dir, ranks, model, optimizer, average, scaler, autocast, generators, batches,
+               dataset_info, RunLog(out_dir / "log.jsonl"))
     if state is not None:
         _resume(run, state, shard, say)
 
@@ -369,4 +392,5 @@ def _train_until_done(run: _Run, progress: bool, max_seconds: float | None, say:
         say(f"{why} at step {run.step}: checkpoint saved in {run.out_dir / LAST}; continue with --resume")
     if stop.requested:
         raise KeyboardInterrupt
-    return TrainResult(run.model, run.optimizer, run.step, run.splits, run.out_dir, config, ranks.rank, stopped_early)
+    return TrainResult(run.model, run.generator, run.optimizer, run.step, run.splits, run.out_dir, config, ranks.rank,
+                       stopped_early)

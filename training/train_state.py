@@ -1,8 +1,11 @@
 """The resumable state of a training run, stored in a run folder as safetensors checkpoints.
 
 A training checkpoint is an ordinary :mod:`checkpoint` file (so ``load_generator``
-and ``ddn-export`` read it) with three more things in it:
+and ``ddn-export`` read it) whose ``model/`` is the generator the run samples:
+the weight average (:mod:`weight_average`) when the run keeps one. Beside it:
 
+* ``trained/<name>``: the weights the optimizer steps, when ``model/`` is the
+  average (the same state dict names);
 * ``optimizer/<param index>/<key>``: Adam's per-parameter tensors (``exp_avg``,
   ``exp_avg_sq``, ``step``), indexed in ``model.parameters()`` order;
 * ``rng/<stream>/<rank>``: the state of every torch.Generator the run draws from
@@ -33,6 +36,7 @@ from .networks import DDNGenerator
 LAST = "last.safetensors"
 PREVIOUS = "previous.safetensors"
 FORMAT = "ddn-train/1"
+TRAINED = "trained/"  # tensor name prefix of the trained weights beside a weight average
 
 
 @dataclass
@@ -40,7 +44,8 @@ class RunState:
     """Everything a resumed run needs, read from one checkpoint (all tensors on CPU)."""
 
     path: Path
-    model: DDNGenerator
+    model: DDNGenerator  # the trained weights
+    average: DDNGenerator | None  # the weight average, when the run keeps one
     optimizer_state: dict[int, dict[str, torch.Tensor]]
     rng: dict[str, list[torch.Tensor]]  # stream name -> state per rank
     train: dict[str, Any]  # step, images_seen, splits, world_size, config, ...
@@ -63,15 +68,21 @@ def rng_tensors(states: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor
 
 
 def write_run_checkpoint(out_dir: Path, model: DDNGenerator, optimizer: torch.optim.Optimizer,
-                         rng: dict[str, list[torch.Tensor]], train: dict[str, Any]) -> Path:
-    """Rotate last -> previous and write the new last checkpoint atomically. Returns its path."""
+                         rng: dict[str, list[torch.Tensor]], train: dict[str, Any],
+                         average: DDNGenerator | None = None) -> Path:
+    """Rotate last -> previous and write the new last checkpoint atomically. Returns its path.
+
+    ``model`` holds the trained weights; with an ``average`` that is what ``model/`` holds.
+    """
     out_dir = Path(out_dir)
     extra = {**optimizer_tensors(model, optimizer), **rng_tensors(rng)}
+    if average is not None:
+        extra.update({f"{TRAINED}{name}": value for name, value in model.state_dict().items()})
     meta = {"train": {**train, "format": FORMAT}}
     last = out_dir / LAST
     if last.exists():
         os.replace(last, out_dir / PREVIOUS)
-    save_checkpoint(last, model, tensors=extra, meta=meta)
+    save_checkpoint(last, model if average is None else average, tensors=extra, meta=meta)
     return last
 
 
@@ -81,7 +92,11 @@ def read_run_checkpoint(path: Path) -> RunState:
     train = meta.get("train")
     if not isinstance(train, dict) or train.get("format") != FORMAT:
         raise CheckpointError(f"{path} holds a generator but no training state (not written by ddn-train)")
-    model = model_from_tensors(tensors, config, path)
+    generator = model_from_tensors(tensors, config, path)
+    if any(name.startswith(TRAINED) for name in tensors):
+        model, average = model_from_tensors(tensors, config, path, prefix=TRAINED), generator
+    else:
+        model, average = generator, None
     params = list(model.parameters())
     optimizer_state: dict[int, dict[str, torch.Tensor]] = {}
     rng: dict[str, dict[int, torch.Tensor]] = {}
@@ -99,7 +114,7 @@ def read_run_checkpoint(path: Path) -> RunState:
         if sorted(states) != list(range(len(states))):
             raise CheckpointError(f"{path}: RNG states of stream {stream!r} are incomplete")
         per_rank[stream] = [states[r] for r in range(len(states))]
-    return RunState(Path(path), model, optimizer_state, per_rank, train)
+    return RunState(Path(path), model, average, optimizer_state, per_rank, train)
 
 
 def find_resumable(out_dir: Path, move_bad: bool = True) -> RunState:
