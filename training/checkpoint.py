@@ -2,11 +2,12 @@
 
 Tensors: ``model/<name>`` for the generator's state dict, plus any tensors the
 caller adds under its own names (a training checkpoint adds ``optimizer/...``,
-``rng/...`` and, beside a weight average, ``trained/...``, see :mod:`train_state`). The header's metadata holds
-``ddn_config`` (the generator's config), ``ddn_meta`` (the caller's metadata,
-``{}`` when none; a training checkpoint's is ``{"train": ...}``), both JSON, and
-``ddn_digest``, a digest of every tensor's bytes: a file that safetensors can
-still read but whose weights were damaged is refused by every reader.
+``rng/...`` and, beside a weight average, ``trained/...``, see :mod:`train_state`).
+The header's metadata holds ``ddn_config`` (the generator's config), ``ddn_meta``
+(the caller's metadata, ``{}`` when none; a training checkpoint's is
+``{"train": ...}``), both JSON, and ``ddn_digest``, a digest of every tensor's
+bytes: a file that safetensors can still read but whose weights were damaged is
+refused by every reader.
 No pickle is ever loaded.
 
 The header is written canonically (keys sorted, no spaces), so the same
