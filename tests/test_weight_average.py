@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from ddn.training.checkpoint import load_generator, read_checkpoint
+from ddn.training.checkpoint import load_generator, read_checkpoint, save_checkpoint
 from ddn.training.train_loop import train
 from ddn.training.train_state import LAST, TRAINED, read_run_checkpoint
-from ddn.training.weight_average import WeightAverage
 from ddn.training.networks import build_generator
 from ddn.training.presets import preset_config
+from ddn.training.weight_average import WeightAverage
 from train_helpers import one_thread, tiny  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -76,3 +76,15 @@ def test_without_an_average_the_checkpoint_holds_the_trained_weights_only(tmp_pa
 def test_negative_settings_are_one_line_errors(tmp_path):
     with pytest.raises(ValueError, match="--ema-halflife-kimg and --ema-rampup must be non-negative"):
         train(tiny(steps=2, ema_rampup=-1), tmp_path / "run", progress=False)
+
+
+def test_a_run_from_before_the_average_resumes_without_one(tmp_path):
+    run = tmp_path / "run"
+    train(tiny(steps=4, ema_halflife_kimg=0), run, progress=False)
+    tensors, _, meta = read_checkpoint(run / LAST)
+    for key in ("ema_halflife_kimg", "ema_rampup"):  # the config as such runs stored it
+        del meta["train"]["config"][key]
+    state = read_run_checkpoint(run / LAST)
+    save_checkpoint(run / LAST, state.model, {k: v for k, v in tensors.items() if not k.startswith("model/")}, meta)
+    resumed = train(tiny(steps=6), run, resume=True, explicit={"steps"}, progress=False)
+    assert resumed.step == 6 and resumed.generator is resumed.model
