@@ -54,4 +54,7 @@ def test_quality_scores_both_models_and_the_curve(tmp_path):
         assert 0 <= scores["blank"] + scores["saturated"] <= 1 and 0.1 <= scores["classifier_confidence"] <= 1
         assert Path(scores["samples_png"]).read_bytes()[:4] == b"\x89PNG"
     assert report["official"]["model"]["kind"] == "recurrence"
+    # The official example samples its trained weights; the default recipe samples its weight average.
+    assert report["official"]["train_config"]["ema_halflife_kimg"] == 0
+    assert report["default"]["train_config"]["ema_halflife_kimg"] > 0
     assert report["side_by_side"]["recon_psnr_db_mean"]["default"] == curve[1]["recon_psnr_db_mean"]
