@@ -9,7 +9,8 @@ each averaged weight moves toward the trained one,
 so early in a run, when the weights move fast, the average follows closely,
 and later it smooths over more and more steps (``rampup`` = 0.05: over the
 last 5 % of the images seen). The averaged weights sample better than the last
-step's (measured in the README's quality table).
+step's: on MNIST at 20 minutes, Frechet distance 73 against 96 in the same run
+(README, "Training speed and quality").
 
 Split-and-prune copies a DDL's split node into its pruned node; the average's
 rows are copied the same way (:meth:`WeightAverage.shadow_of` gives
