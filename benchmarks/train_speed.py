@@ -25,7 +25,6 @@ from ddn.training.distributed import Ranks, resolve_device
 from ddn.training.networks import build_generator
 from ddn.training.presets import PRESETS, preset_config
 from ddn.training.train_loop import TrainConfig, train_step, usage_step
-from ddn.training.weight_average import WeightAverage
 
 # Batch per preset: the CPU-sized ones at ddn-train's default, the GPU-sized ones as small as still informative.
 PRESET_BATCH = {"cpu": 64, "tiny": 64, "mnist-recurrence": 16, "cifar10": 4}
@@ -41,8 +40,7 @@ class Bench:
         self.name, self.batch, self.device = name, batch, device
         self.model = model.to(device).train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3, betas=(0.9, 0.999))
-        defaults = TrainConfig()
-        self.average = WeightAverage(self.model, defaults.ema_halflife_kimg * 1000, defaults.ema_rampup)
+        self.average = TrainConfig().weight_average(self.model)
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
         self.ranks = Ranks(device=device)
         self.dropout = torch.Generator().manual_seed(1)

@@ -77,6 +77,12 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda
     precision: str = "fp32"  # fp32, bf16 or fp16 autocast
 
+    def weight_average(self, model: DDNGenerator, resumed: DDNGenerator | None = None) -> WeightAverage | None:
+        """The run's weight average of ``model`` (continuing ``resumed``), or None when it keeps none."""
+        if self.ema_halflife_kimg <= 0:
+            return None
+        return WeightAverage(model, self.ema_halflife_kimg * 1000, self.ema_rampup, resumed)
+
     def model_config(self, image_channels: int, image_size: int) -> dict[str, Any]:
         overrides = {name: value for name, value in (("k", self.k), ("max_blocks", self.max_blocks),
                                                       ("iterations", self.iterations), ("channels", self.channels))
@@ -277,10 +283,8 @@ def _start(config: TrainConfig, out_dir: Path, state: RunState | None, ranks: Ra
             say(f"warning: the dataset changed since the checkpoint ({state.train.get('dataset')} -> {dataset_info})")
     model = model.to(ranks.device).train()
     ranks.broadcast_module(model)
-    average = None
-    if config.ema_halflife_kimg > 0:
-        resumed = None if state is None or state.average is None else state.average.to(ranks.device)
-        average = WeightAverage(model, config.ema_halflife_kimg * 1000, config.ema_rampup, resumed)
+    resumed = None if state is None or state.average is None else state.average.to(ranks.device)
+    average = config.weight_average(model, resumed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
     scaler = torch.amp.GradScaler(ranks.device.type, enabled=config.precision == "fp16")
     generators = {name: torch.Generator().manual_seed(stream_seed(config.seed, ranks.rank, name)) for name in RNG_STREAMS}
