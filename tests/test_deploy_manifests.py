@@ -425,9 +425,10 @@ def deployed_triton(resources: dict, tmp_path_factory: pytest.TempPathFactory):
                     return error.code().name
             return health.HealthCheckResponse.ServingStatus.Name(reply.status)
 
-        def _wait_ready(self) -> None:  # no HTTP to ask: the probe's own question
+        def _wait_ready(self) -> None:
+            """Until the kubelet's probe passes and the metrics port (Triton's last to open) listens."""
             deadline = time.monotonic() + self.startup_timeout
-            while self.health() != "SERVING":
+            while self.health() != "SERVING" or self.metrics_port not in listening_ports(self.pid):
                 if self._process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"tritonserver with the Deployment's arguments never served{self.log_report()}")
                 time.sleep(0.2)
