@@ -33,7 +33,7 @@ from ddn.repository_contract import (ORT_PROVIDER_PARAMETER, PYTHON_SUFFIX, Grap
 from ddn.serving.client import DDNClient, ServingError  # noqa: E402
 from ddn.serving.generate_cli import main as generate_main  # noqa: E402
 from ddn.serving.onnx_model import OnnxModel  # noqa: E402
-from ddn.serving.repository_view import cpu_repository_view, cpu_settings, python_entries, read_config  # noqa: E402
+from ddn.serving.repository_view import cpu_repository_view, cpu_settings, cpu_entries, read_config  # noqa: E402
 from ddn.serving.triton_server import TritonServer, _free_ports  # noqa: E402
 from ddn.training.checkpoint import load_generator, save_checkpoint  # noqa: E402
 from ddn.training.networks import SingleShotGenerator  # noqa: E402
@@ -109,7 +109,7 @@ def test_every_reader_reads_back_what_the_exporter_wrote(repository: Path, clien
             assert [(t.name, tuple(t.dims)) for t in config.input] == [(s.name, s.shape) for s in io[0]]
         info = client.model_info(client.graph(kind))
         assert (info.layout, info.max_batch_size, (info.inputs, info.outputs)) == (layout, MAX_BATCH, io)
-    assert python_entries(repository) == {entry_name(NAME, kind): repository / entry_name(NAME, kind, PYTHON_SUFFIX)
+    assert cpu_entries(repository) == {entry_name(NAME, kind): repository / entry_name(NAME, kind, PYTHON_SUFFIX)
                                           for kind in KINDS}
     # The local runner takes its layout and batch limit from ddn.json; the twin behind the client runs
     # the same session settings: 2 * MAX_BATCH + 3 codes, in batches of MAX_BATCH, match one whole-batch run.
