@@ -182,6 +182,12 @@ def test_exporter_refuses_a_seed_step_that_needs_the_ddn_package(repository: Pat
         verify_seed_codes(folder / "1", layout)
 
 
+def test_engine_ensemble_needs_the_seed_step_in_the_repository(repository: Path, tmp_path: Path) -> None:
+    job = ModelExport(repository.parent / "tiny.safetensors", NAME, tmp_path / "empty", max_batch=MAX_BATCH)
+    with pytest.raises(RepositoryError, match=f"no {NAME}_seed_codes entry for {NAME}_seeds_trt"):
+        job.write_tensorrt(["generate"])
+
+
 def test_names_that_would_share_a_seed_entry_collide(repository: Path) -> None:
     assert {f"{NAME}_seeds", f"{NAME}_seed_codes", f"{NAME}_seeds_trt"} <= possible_entries(NAME)
     # Each one's generation entry is one of tiny's seed entries (tiny_seeds_trt is not written yet, but could be).
