@@ -202,7 +202,7 @@ def install_commands(settings: Settings) -> list[list[str]]:
         return [editable, *uninstall, [*pip, "--no-index", "--no-deps", *wheels]]
     project = _pyproject()
     extras = project["optional-dependencies"]
-    requirements = [*project["dependencies"], *extras["serving"], *extras["dev"], *extras["gpu"]]
+    requirements = [*project["dependencies"], *extras["train"], *extras["serving"], *extras["dev"], *extras["gpu"]]
     held = []
     if _version("torch") is not None:  # keep the host's torch: its CUDA build is what the GPU stages measure
         requirements = [r for r in requirements if _requirement_name(r) != "torch"]
