@@ -54,7 +54,8 @@ def codes_from_seed(seeds: int | Sequence[int], num_layers: int, k: int | Sequen
     where the ``ddn`` package is not installed.
     """
     seed_list = [_check_seed(s) for s in ([seeds] if np.isscalar(seeds) else list(seeds))]
-    u = np.stack([np.random.default_rng(s).random(num_layers) for s in seed_list]) if seed_list else np.zeros((0, num_layers))
+    u = np.stack([np.random.default_rng(s).random(num_layers) for s in seed_list]) if seed_list \
+        else np.zeros((0, num_layers))
     return codes_from_uniform(u, k)
 
 

@@ -9,9 +9,10 @@ Graph kind ``generate`` of model NAME is the entry NAME, every other kind
 (served under the entry's own name by a CPU view), its TensorRT engine
 ``<entry>_trt``. With the generation graph come the generate-by-seed entries:
 ``NAME_seeds`` (an ensemble: seeds -> ``NAME_seed_codes`` -> codes -> ``NAME``)
-and, with TensorRT, ``NAME_seeds_trt`` (ending in ``NAME_trt``). ``ddn.export`` writes through this module; ``ddn.serving``
-and the twin's model.py read through it. Only numpy is imported (ONNX Runtime
-when a session is opened): Triton clients import this without torch.
+and, with TensorRT, ``NAME_seeds_trt`` (ending in ``NAME_trt``). ``ddn.export``
+writes through this module; ``ddn.serving`` and the twin's model.py read
+through it. Only numpy is imported (ONNX Runtime when a session is opened):
+Triton clients import this without torch.
 """
 from __future__ import annotations
 
