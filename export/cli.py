@@ -18,6 +18,13 @@ DEFAULT_TIMING_CACHE = Path("~/.cache/ddn-serve/tensorrt-timing.cache")
 
 
 def _report(report: EntryReport) -> None:
+    if report.backend == "ensemble":
+        click.echo(f"{report.entry:<28} {report.backend:<11} generation by seed (seeds INT64 -> images)")
+        return
+    if "seeds" in report.verification:
+        click.echo(f"{report.entry:<28} {report.backend:<11} verified: codes equal ddn.codes for seeds "
+                   + ", ".join(map(str, report.verification["seeds"])))
+        return
     errors = ", ".join(f"{name} {error:.3g}" for name, error in report.verification.get("max_abs_error", {}).items())
     batches = ",".join(map(str, report.verification.get("batch_sizes", [])))
     click.echo(f"{report.entry:<28} {report.backend:<11} verified at batch {batches}: max abs error {errors}")
@@ -89,8 +96,9 @@ def main(checkpoint: Path, name: str, version: int, repository: Path, max_batch:
         raise click.ClickException(f"cannot write into {repository}: {exc}") from None
     except (VerificationError, onnx.checker.ValidationError) as exc:
         raise click.ClickException(f"verification failed, nothing written: {exc}") from None
-    plural = "s" if len(reports) != 1 else ""
-    click.echo(f"wrote {len(reports)} graph{plural} (each with a python-backend twin) into {job.repository}")
+    graphs = sum(report.kind in kinds for report in reports)
+    click.echo(f"wrote {graphs} graph{'s' if graphs != 1 else ''} (each with a python-backend twin) "
+               f"{'and the seed entries ' if graphs < len(reports) else ''}into {job.repository}")
     for report in reports:
         _report(report)
     if not trt:

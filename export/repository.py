@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Iterator
 
 from ddn.leftovers import remove_stale, tagged
-from ddn.repository_contract import (CONFIG_FILE, DESCRIPTION_FILE, GRAPH_KINDS, PYTHON_SUFFIX, TRT_SUFFIX,
-                                     RepositoryError, entry_name, read_description)
+from ddn.repository_contract import (CONFIG_FILE, DESCRIPTION_FILE, GRAPH_KINDS, PYTHON_SUFFIX, SEED_CODES_KIND,
+                                     SEEDS_KIND, TRT_SUFFIX, RepositoryError, entry_name, read_description)
 
 # Triton model names become folder names and URL path segments.
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
@@ -60,8 +60,14 @@ def check_model_name(name: str) -> str:
 
 
 def possible_entries(model: str) -> set[str]:
-    """Every entry name an export of ``model`` may ever write: each graph, its python twin, its engine."""
-    return {entry_name(model, kind, variant) for kind in GRAPH_KINDS for variant in ("", PYTHON_SUFFIX, TRT_SUFFIX)}
+    """Every entry name an export of ``model`` may ever write.
+
+    Each graph, its python twin and its engine, and the generate-by-seed
+    entries: the seed step and the ensembles ending in the graph and in its engine.
+    """
+    graphs = {entry_name(model, kind, variant) for kind in GRAPH_KINDS for variant in ("", PYTHON_SUFFIX, TRT_SUFFIX)}
+    return graphs | {entry_name(model, SEED_CODES_KIND), entry_name(model, SEEDS_KIND),
+                     entry_name(model, SEEDS_KIND, TRT_SUFFIX)}
 
 
 def check_name_is_free(repository: Path, model: str, entries: list[str]) -> None:

@@ -7,7 +7,10 @@ on the CPU. The Triton binary shipped in the nvidia-pytriton wheel has only the
 python backend, so it is pointed at a view: a folder that links each
 ``G_python`` directory under the plain name ``G``. The twin's config.pbtxt has
 no ``name`` field, so Triton takes the model name from the link's name and
-clients use the same model names on a CPU host as on a GPU host.
+clients use the same model names on a CPU host as on a GPU host. Ensembles
+(``G_seeds``) are linked unchanged when every model they run is in the view:
+their steps name ``G``, which the view serves from ``G_python``; one that runs
+a TensorRT entry (``G_seeds_trt``) is left out with it.
 
 Nothing in the exported repository is modified; the view is a folder of links
 (plus, when a config is rewritten, a private copy of that one config.pbtxt).
@@ -40,18 +43,23 @@ def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
         raise RepositoryError(f"cannot read {path}: {exc}") from None
 
 
-def python_entries(repository: str | Path) -> dict[str, Path]:
-    """Served name -> directory, for every python-backend model in ``repository``.
+def cpu_entries(repository: str | Path) -> dict[str, Path]:
+    """Served name -> directory, for every model of ``repository`` the CPU server can run.
 
     ``G_python`` is served as ``G``; a python-backend entry without the suffix
-    keeps its name. Entries for other backends (onnxruntime, TensorRT) are left out.
+    keeps its name. Entries for other backends (onnxruntime, TensorRT) are left
+    out, and so is an ensemble with a step that is not served here.
     """
     root = Path(repository).resolve()
     if not root.is_dir():
         raise RepositoryError(f"model repository not found: {root}")
     entries: dict[str, Path] = {}
+    ensembles: dict[str, tuple[Path, set[str]]] = {}
     for model_dir in sorted(p for p in root.iterdir() if (p / CONFIG_FILE).is_file()):
         config = read_config(model_dir)
+        if config.platform == "ensemble":
+            ensembles[model_dir.name] = (model_dir, {step.model_name for step in config.ensemble_scheduling.step})
+            continue
         if config.backend != "python":
             continue
         name = served_name(model_dir.name)
@@ -66,7 +74,13 @@ def python_entries(repository: str | Path) -> dict[str, Path]:
     if not entries:
         raise RepositoryError(f"{root} has no python-backend models (G_python entries written by ddn-export); "
                               "the CPU Triton server cannot run onnxruntime or TensorRT entries")
-    return entries
+    for name, (model_dir, steps) in ensembles.items():
+        if name in entries:
+            raise RepositoryError(f"the ensemble {name!r} and the python-backend entry {entries[name].name} would "
+                                  f"both be served as {name!r}")
+        if steps <= entries.keys():
+            entries[name] = model_dir
+    return dict(sorted(entries.items()))
 
 
 def build_cpu_view(repository: str | Path, view: str | Path, edit: ConfigEdit | None = None) -> dict[str, Path]:
@@ -75,16 +89,17 @@ def build_cpu_view(repository: str | Path, view: str | Path, edit: ConfigEdit | 
     Without ``edit`` each entry is a symlink to the source directory. With
     ``edit`` (a function that changes a parsed config in place, e.g. to turn
     dynamic batching off for a benchmark) each entry is a real directory with
-    the edited config.pbtxt and links to the source's version folders and files.
+    the edited config.pbtxt and links to the source's version folders and files;
+    ensembles stay links (they have no instances or batching of their own).
     """
     view = Path(view)
     view.mkdir(parents=True, exist_ok=True)
     if any(view.iterdir()):
         raise RepositoryError(f"view folder {view} is not empty")
-    entries = python_entries(repository)
+    entries = cpu_entries(repository)
     for name, source in entries.items():
         target = view / name
-        if edit is None:
+        if edit is None or read_config(source).platform == "ensemble":
             target.symlink_to(source, target_is_directory=True)
             continue
         target.mkdir()

@@ -68,3 +68,7 @@ def test_cli_trt_writes_verified_engine_entries(tmp_path):
         assert "max_batch_size: 8" in config and "KIND_GPU" in config
         info = json.loads((folder / "ddn.json").read_text())
         assert info["backend"] == "tensorrt" and info["verification"]["fp16"] == (entry == "rec")
+    # Generation by seed on the engine: the ensemble runs the seed step, then rec_trt.
+    config = (repository / "rec_seeds_trt" / "config.pbtxt").read_text()
+    assert 'platform: "ensemble"' in config and 'model_name: "rec_seed_codes"' in config
+    assert 'model_name: "rec_trt"' in config

@@ -33,7 +33,7 @@ from ddn.repository_contract import (ORT_PROVIDER_PARAMETER, PYTHON_SUFFIX, Grap
 from ddn.serving.client import DDNClient, ServingError  # noqa: E402
 from ddn.serving.generate_cli import main as generate_main  # noqa: E402
 from ddn.serving.onnx_model import OnnxModel  # noqa: E402
-from ddn.serving.repository_view import cpu_repository_view, cpu_settings, python_entries, read_config  # noqa: E402
+from ddn.serving.repository_view import cpu_repository_view, cpu_settings, cpu_entries, read_config  # noqa: E402
 from ddn.serving.triton_server import TritonServer, _free_ports  # noqa: E402
 from ddn.training.checkpoint import load_generator, save_checkpoint  # noqa: E402
 from ddn.training.networks import SingleShotGenerator  # noqa: E402
@@ -84,7 +84,8 @@ def assert_still_serving(client: DDNClient, local: OnnxModel) -> None:
 
 
 def test_served_names_and_parameters(client: DDNClient) -> None:
-    assert client.available_models() == [NAME, f"{NAME}_encode", f"{NAME}_inpaint"]
+    assert client.available_models() == [NAME, f"{NAME}_encode", f"{NAME}_inpaint", f"{NAME}_seed_codes",
+                                         f"{NAME}_seeds"]
     layout = client.layout
     assert (layout.num_layers, layout.branch_counts, layout.image_shape) == (8, (8,) * 8, (8, 8, 1))
     assert client.info.max_batch_size == MAX_BATCH
@@ -109,8 +110,9 @@ def test_every_reader_reads_back_what_the_exporter_wrote(repository: Path, clien
             assert [(t.name, tuple(t.dims)) for t in config.input] == [(s.name, s.shape) for s in io[0]]
         info = client.model_info(client.graph(kind))
         assert (info.layout, info.max_batch_size, (info.inputs, info.outputs)) == (layout, MAX_BATCH, io)
-    assert python_entries(repository) == {entry_name(NAME, kind): repository / entry_name(NAME, kind, PYTHON_SUFFIX)
-                                          for kind in KINDS}
+    seed_entries = {entry: repository / entry for entry in (f"{NAME}_seed_codes", f"{NAME}_seeds")}
+    assert cpu_entries(repository) == {**{entry_name(NAME, kind): repository / entry_name(NAME, kind, PYTHON_SUFFIX)
+                                          for kind in KINDS}, **seed_entries}
     # The local runner takes its layout and batch limit from ddn.json; the twin behind the client runs
     # the same session settings: 2 * MAX_BATCH + 3 codes, in batches of MAX_BATCH, match one whole-batch run.
     assert (local.layout, local.batch_size) == (client.layout, MAX_BATCH)

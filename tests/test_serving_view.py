@@ -1,4 +1,4 @@
-"""The CPU view of an exported repository: only python-backend twins, under their production names."""
+"""The CPU view of an exported repository: python-backend twins under their production names, and ensembles."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,10 +8,12 @@ import pytest
 pytest.importorskip("tritonclient.grpc")
 
 from ddn.serving.repository_view import (  # noqa: E402
-    RepositoryError, build_cpu_view, cpu_repository_view, cpu_settings, python_entries, read_config)
+    RepositoryError, build_cpu_view, cpu_entries, cpu_repository_view, cpu_settings, read_config)
 
 PRODUCTION = 'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: 8\ndynamic_batching { }\n'
 TWIN = 'backend: "python"\nmax_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 500 }\n'
+ENSEMBLE = ('name: "{name}"\nplatform: "ensemble"\nmax_batch_size: 8\nensemble_scheduling { step [ '
+            '{ model_name: "mnist_seed_codes" model_version: -1 }, { model_name: "{generator}" model_version: -1 } ] }\n')
 
 
 def entry(repository: Path, directory: str, config: str) -> Path:
@@ -50,18 +52,35 @@ def test_view_with_edited_config_leaves_the_repository_alone(repository: Path) -
     assert (repository / "mnist_python" / "config.pbtxt").read_text() == before
 
 
+def test_ensembles_are_linked_unchanged_when_the_view_serves_their_steps(repository: Path, tmp_path: Path) -> None:
+    entry(repository, "mnist_seed_codes", 'name: "mnist_seed_codes"\n' + TWIN)
+    for name, generator in (("mnist_seeds", "mnist"), ("mnist_seeds_trt", "mnist_trt")):
+        entry(repository, name, ENSEMBLE.replace("{name}", name).replace("{generator}", generator))
+    entries = build_cpu_view(repository, tmp_path / "view")
+    assert sorted(entries) == ["mnist", "mnist_encode", "mnist_seed_codes", "mnist_seeds"]
+    assert (tmp_path / "view" / "mnist_seeds").resolve() == (repository / "mnist_seeds").resolve()
+    with cpu_repository_view(repository, cpu_settings(instances=2)) as view:
+        assert (view / "mnist_seeds").is_symlink() and not (view / "mnist_seed_codes").is_symlink()
+        assert [g.count for g in read_config(view / "mnist_seed_codes").instance_group] == [2]
+    # An ensemble in the production folder of a graph whose twin the view serves under that name.
+    (repository / "mnist_encode" / "config.pbtxt").write_text(ENSEMBLE.replace("{name}", "mnist_encode")
+                                                              .replace("{generator}", "mnist"))
+    with pytest.raises(RepositoryError, match="would both be served as 'mnist_encode'"):
+        cpu_entries(repository)
+
+
 def test_twin_that_names_itself_is_refused(repository: Path) -> None:
     (repository / "mnist_python" / "config.pbtxt").write_text('name: "mnist_python"\n' + TWIN)
     with pytest.raises(RepositoryError, match="must not set a name"):
-        python_entries(repository)
+        cpu_entries(repository)
 
 
 def test_repository_without_twins_is_refused(tmp_path: Path) -> None:
     entry(tmp_path / "repo", "mnist", PRODUCTION.replace("{name}", "mnist"))
     with pytest.raises(RepositoryError, match="no python-backend models"):
-        python_entries(tmp_path / "repo")
+        cpu_entries(tmp_path / "repo")
     with pytest.raises(RepositoryError, match="not found"):
-        python_entries(tmp_path / "missing")
+        cpu_entries(tmp_path / "missing")
 
 
 def test_cpu_settings_rewrite_instances_threads_and_batching(repository: Path) -> None:
