@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from ddn.codes import SEED_RULE
+from ddn.conditions import CONDITIONS
 
 if TYPE_CHECKING:
     import onnxruntime
 
-GRAPH_KINDS = ("generate", "encode", "superres", "colorize", "inpaint")
+# Generation, encoding, and one guided graph per zero-shot condition (named as in the condition registry).
+GRAPH_KINDS = ("generate", "encode", *CONDITIONS)
 PYTHON_SUFFIX = "_python"
 TRT_SUFFIX = "_trt"
 CONFIG_FILE = "config.pbtxt"

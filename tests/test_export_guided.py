@@ -5,7 +5,7 @@ import torch
 
 from ddn.export.graphs import build_graphs, float_to_pixels, model_to_float, pixels_to_model
 from ddn.export.onnx_export import export_onnx
-from ddn.repository_contract import onnxruntime_session
+from ddn.repository_contract import GRAPH_KINDS, onnxruntime_session
 from ddn.training.guidance import Colorization, Inpainting, SuperResolution
 from ddn.training.networks import SingleShotGenerator
 
@@ -24,7 +24,7 @@ def sessions(model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("guided")
     graphs = build_graphs(model, superres_factor=FACTOR)
     out = {}
-    for kind in ("generate", "encode", "superres", "colorize", "inpaint"):
+    for kind in GRAPH_KINDS:
         export_onnx(graphs[kind], folder / f"{kind}.onnx", max_batch=16)
         out[kind] = onnxruntime_session(folder / f"{kind}.onnx")
     return out
