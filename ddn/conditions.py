@@ -162,6 +162,9 @@ CONDITIONS: dict[str, ConditionSpec] = {spec.name: spec for spec in (
                   (ConditionInput("image", "input", "the image, at the model's size and channels"),
                    ConditionInput("mask", "mask", "the known pixels: 1 (file: white) = keep, "
                                           "0 (black) = fill in", values=MASK, channels=1))),
+    ConditionSpec("denoise", "denoising / low-bit restoration (samples nearest, in L2, to the degraded input)",
+                  (ConditionInput("image", "input", "the noisy or low-bit image, at the model's size and "
+                                  "channels"),)),
 )}
 
 

@@ -16,7 +16,8 @@ from ddn.conditions import CONDITIONS, MASK, ConditionError, condition_spec
 from ddn.export.graphs import ConditionGraph, build_graphs
 from ddn.images import save_png
 from ddn.repository_contract import GRAPH_KINDS, GraphLayout
-from ddn.training.guidance import DISTANCES, Colorization, Inpainting, SuperResolution, condition_from_inputs
+from ddn.training.guidance import (DISTANCES, Colorization, Denoising, Inpainting, SuperResolution,
+                                   condition_from_inputs)
 from ddn.training.networks import SingleShotGenerator
 
 GRAY = GraphLayout("inpaint", 4, (8,) * 4, 8, 1)
@@ -31,7 +32,8 @@ def test_both_halves_of_the_registry_name_the_same_conditions() -> None:
         names = [i.name for i in spec.inputs]
         assert len(set(names)) == len(names), name
         assert condition_spec(name) is spec
-    with pytest.raises(ConditionError, match="unknown condition 'sharpen'; choose from superres, colorize, inpaint"):
+    with pytest.raises(ConditionError, match="unknown condition 'sharpen'; choose from superres, colorize, inpaint, "
+                                             "denoise"):
         condition_spec("sharpen")
 
 
@@ -66,6 +68,22 @@ def test_served_inputs_become_the_distances_pytorch_uses() -> None:
     assert isinstance(condition_from_inputs("superres", {"low_res": torch.from_numpy(image[:, :2, :2])}),
                       SuperResolution)
     assert isinstance(condition_from_inputs("colorize", {"gray": torch.from_numpy(image[..., :1])}), Colorization)
+
+
+def test_denoising_is_l2_to_the_noisy_image_it_observes() -> None:
+    image = np.random.default_rng(2).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    as_model = torch.from_numpy(image).float().permute(0, 3, 1, 2) / 127.5 - 1
+    candidates = torch.randn(2, 5, 3, 8, 8)
+    denoise = condition_from_inputs("denoise", {"image": torch.from_numpy(image)})
+    assert isinstance(denoise, Denoising)
+    torch.testing.assert_close(denoise.distance(candidates), ((candidates - as_model[:, None]) ** 2).mean((2, 3, 4)))
+
+    clean = torch.rand(4, 1, 8, 8) * 2 - 1
+    noisy = Denoising.observe(clean, {"image": (8, 8, 1)}, np.random.default_rng(0))["image"]
+    assert noisy.abs().max() <= 1 and 0.1 < float((noisy - clean).std()) < 0.3
+    other = torch.rand(4, 1, 8, 8) * 2 - 1
+    distances = Denoising(noisy).distance(torch.stack([other, clean], dim=1))
+    assert distances.argmin(1).tolist() == [1, 1, 1, 1]
 
 
 @pytest.mark.parametrize("name, inputs, message", [

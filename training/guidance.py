@@ -86,6 +86,25 @@ class TargetCondition(Condition):
         return _per_sample_mse(candidates, area_resize(self.target, candidates.shape[-1]))
 
 
+class Denoising(TargetCondition):
+    """Denoising and low-bit restoration: L2 to the degraded image, area-resized to each layer.
+
+    Coarse layers see the image averaged over many pixels, where noise and
+    quantisation mostly cancel; the finest layers can only choose among clean
+    candidates the model makes.
+    """
+
+    NOISE = 0.2  # standard deviation, in [-1, 1] units, of the noise observe() adds
+
+    def __init__(self, image: torch.Tensor):  # the registry's name for the degraded image
+        super().__init__(image)
+
+    @classmethod
+    def observe(cls, images, shapes, rng):
+        noise = torch.from_numpy(rng.normal(0.0, cls.NOISE, images.shape).astype(np.float32))
+        return {"image": (images + noise).clamp(-1.0, 1.0)}
+
+
 class SuperResolution(Condition):
     """Candidates, area-downsampled to the low-res condition's size, compared with it."""
 
@@ -145,6 +164,7 @@ DISTANCES: dict[str, type[Condition]] = {
     "superres": SuperResolution,
     "colorize": Colorization,
     "inpaint": Inpainting,
+    "denoise": Denoising,
 }
 
 
