@@ -45,16 +45,17 @@ def condition_options(required: bool) -> Callable[[Command], Command]:
     return add
 
 
-def condition_files(condition: str, params: Mapping[str, Any]) -> dict[str, Path]:
-    """The files of ``condition`` by option name from a command's parameters; click.UsageError if one
-    it needs is missing or one it does not take is given."""
-    spec = CONDITIONS[condition]
-    needed = {item.option: item.meaning for item in spec.inputs}
+def condition_files(condition: str | None, params: Mapping[str, Any]) -> dict[str, Path]:
+    """The files of ``condition`` by option name from a command's parameters (none without a condition).
+
+    click.UsageError if one it needs is missing or one it does not take is given.
+    """
+    needed = {item.option: item.meaning for item in CONDITIONS[condition].inputs} if condition else {}
     for option, meaning in needed.items():
         if params.get(_param(option)) is None:
             raise click.UsageError(f"--condition {condition} needs --{option} ({meaning})")
     for option in file_options():
         if option not in needed and params.get(_param(option)) is not None:
-            raise click.UsageError(f"--{option} does not apply to --condition {condition}")
+            raise click.UsageError(f"--{option} does not apply to --condition {condition}" if condition
+                                   else f"--{option} needs --condition")
     return {option: params[_param(option)] for option in needed}
-

@@ -19,8 +19,6 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from ddn.images import load_png
-
 if TYPE_CHECKING:  # repository_contract derives its graph kinds from this registry, so it imports this module
     from ddn.repository_contract import GraphLayout, TensorSpec
 
@@ -52,7 +50,7 @@ class ConditionInput:
         return side, side, layout.image_channels if self.channels == MODEL_CHANNELS else self.channels
 
     def spec(self, layout: GraphLayout) -> TensorSpec:
-        from ddn.repository_contract import TensorSpec
+        from ddn.repository_contract import TensorSpec  # here: that module imports this one
 
         return TensorSpec(self.name, np.dtype(np.uint8), self.shape(layout))
 
@@ -132,6 +130,9 @@ class ConditionSpec:
 
         A mask file is black (0, fill in) and white (255, keep) and becomes 0/1.
         """
+        # PIL here, not above: the python twin's model.py reaches this registry through repository_contract.
+        from ddn.images import load_png
+
         self._check_model(layout)
         arrays: dict[str, np.ndarray] = {}
         for spec in self.inputs:

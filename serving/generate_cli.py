@@ -210,22 +210,18 @@ def main(count: int, seed: int, out_dir: Path, grid: Path | None, codes_path: Pa
     folder), written as OUT/<input name>.png, by the model's exported
     condition graph.
     """
-    if condition is None:
-        given = [f"--{name.removesuffix('_path')}" for name, path in condition_paths.items() if path is not None]
-        if given:
-            raise click.UsageError(f"{given[0]} needs --condition")
-    else:
+    files = condition_files(condition, condition_paths)
+    if condition is not None:
         context = click.get_current_context()
         for name, option in SEED_ONLY_OPTIONS.items():
             if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
                 raise click.UsageError(f"{option} does not apply to --condition (one result per --input image)")
-        files = condition_files(condition, condition_paths)
     generator = open_generator(onnx, repository, urls, model, batch, concurrency, timeout_s=timeout,
                                connect_timeout_s=connect_timeout, retries=retries, tls=tls,
                                root_certificates=tls_root_cert)
     try:
         if condition is not None:
-            from .conditional_pngs import generate_conditional_pngs  # it writes through write_png above
+            from .conditional_pngs import generate_conditional_pngs  # here: it imports write_png from this module
 
             written, total = generate_conditional_pngs(generator, condition, files, out_dir, batch * concurrency,
                                                        progress)

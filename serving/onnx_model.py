@@ -145,10 +145,11 @@ class OnnxModel:
     def condition_graph(self, kind: str) -> OnnxGraph:
         """The entry ``<model>_<kind>`` beside the generation entry (opened once)."""
         if kind not in self._conditions:
-            entry_dir = self.graph.entry_dir
+            entry_dir, version = self.graph.entry_dir, self.graph.path.parent.name
+            # ddn-export writes every graph of a model under one version: the generation graph's, if it has one.
             self._conditions[kind] = OnnxGraph.from_entry(entry_dir.parent / entry_name(entry_dir.name, kind),
-                                                          self.graph.path.parent.name, self._requested_batch_size,
-                                                          self._threads)
+                                                          version if version.isdigit() else None,
+                                                          self._requested_batch_size, self._threads)
         return self._conditions[kind]
 
     def condition_layout(self, kind: str) -> GraphLayout:

@@ -153,3 +153,6 @@ def test_cli_options_derive_from_the_registry() -> None:
         condition_files("inpaint", paths)
     with pytest.raises(click.UsageError, match="--mask does not apply to --condition superres"):
         condition_files("superres", {**paths, "mask_path": Path("m.png")})
+    assert condition_files(None, {"input_path": None, "mask_path": None}) == {}
+    with pytest.raises(click.UsageError, match="--input needs --condition"):
+        condition_files(None, paths)

@@ -60,7 +60,7 @@ def test_cli_trt_writes_verified_engine_entries(tmp_path):
     result = CliRunner().invoke(main, [str(checkpoint), "--name", "rec", "--repository", str(repository),
                                        "--max-batch", "8", "--trt", "--fp16", "--timing-cache", str(tmp_path / "tc")])
     assert result.exit_code == 0, result.output
-    for entry in ("rec", "rec_encode", "rec_superres", "rec_inpaint"):
+    for entry in ("rec", "rec_encode", "rec_superres", "rec_inpaint", "rec_denoise"):
         folder = repository / f"{entry}_trt"
         assert (folder / "1" / "model.plan").stat().st_size > 0
         config = (folder / "config.pbtxt").read_text()

@@ -38,3 +38,11 @@ def test_no_serving_module_mentions_training() -> None:
     offenders = [f"{p.relative_to(SERVING)}:{n}" for p in sources
                  for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert offenders == []
+
+
+def test_the_python_twins_import_chain_stays_numpy_only() -> None:
+    """The twin's model.py imports repository_contract (and through it the condition registry) in Triton's Python."""
+    result = run_without_torch("import ddn.repository_contract\n"
+                               "print(sorted(m for m in ('PIL', 'click', 'onnxruntime') if m in sys.modules))")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
