@@ -24,11 +24,13 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from ddn.codes import OUT_OF_RANGE_CODES, SEED_RULE
+from ddn.conditions import CONDITIONS
 
 if TYPE_CHECKING:
     import onnxruntime
 
-GRAPH_KINDS = ("generate", "encode", "superres", "colorize", "inpaint")
+# Generation, encoding, and one guided graph per zero-shot condition (named as in the condition registry).
+GRAPH_KINDS = ("generate", "encode", *CONDITIONS)
 # Generation by seed: the ensemble NAME_seeds takes SEEDS_INPUT INT64 [B, 1] and runs the python step
 # NAME_seed_codes (seeds -> codes by ddn.codes.codes_from_seed) then the generation entry.
 SEEDS_KIND = "seeds"

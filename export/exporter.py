@@ -2,8 +2,8 @@
 
 For each graph kind (see :mod:`ddn.export.graphs`) the entry names are::
 
-    generate -> NAME      encode -> NAME_encode     superres -> NAME_superres
-    colorize -> NAME_colorize (RGB models only)     inpaint  -> NAME_inpaint
+    generate -> NAME      encode -> NAME_encode     condition C -> NAME_C (each of ddn.conditions.CONDITIONS
+                                                    the model supports: superres, colorize for RGB, ...)
 
 each with a python-backend twin ``<entry>_python`` and, with TensorRT,
 ``<entry>_trt``; names, files and ddn.json follow :mod:`ddn.repository_contract`.
@@ -30,7 +30,7 @@ from ddn.repository_contract import (CONFIG_FILE, GRAPH_KINDS, ONNX_DIGEST_PARAM
                                      EntryDescription, RepositoryError, entry_name, write_description)
 from ddn.training.checkpoint import load_generator
 
-from .graphs import GeneratorGraph, build_graphs
+from .graphs import ConditionGraph, GeneratorGraph, build_graphs
 from .onnx_export import OPSET, export_onnx, verify_onnx
 from .repository import check_model_name, check_name_is_free, commit_entry, staging_folder
 from .seed_entries import codes_spec, verify_seed_codes, write_seed_codes_entry, write_seeds_ensemble
@@ -114,8 +114,8 @@ class ModelExport:
     def description(self, graph: GeneratorGraph, backend: str, verification: dict) -> EntryDescription:
         """The ddn.json beside an entry's config."""
         details = self._details(backend, verification)
-        if graph.kind == "inpaint":
-            details["mask"] = "uint8 [B, H, W, 1]; nonzero = known pixel, 0 = to fill"
+        if isinstance(graph, ConditionGraph):
+            details["condition"] = graph.spec.description()
         return EntryDescription(graph.layout(), tuple(graph.inputs()), tuple(graph.outputs()), self.max_batch, details)
 
     def _comment(self, graph: GeneratorGraph, backend: str) -> str:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from ddn.conditions import CONDITIONS
 from ddn.export.cli import main
 from ddn.export.graphs import GenerateGraph
 from ddn.export.onnx_export import export_onnx
@@ -60,7 +61,8 @@ def test_cli_trt_writes_verified_engine_entries(tmp_path):
     result = CliRunner().invoke(main, [str(checkpoint), "--name", "rec", "--repository", str(repository),
                                        "--max-batch", "8", "--trt", "--fp16", "--timing-cache", str(tmp_path / "tc")])
     assert result.exit_code == 0, result.output
-    for entry in ("rec", "rec_encode", "rec_superres", "rec_inpaint"):
+    gray_conditions = [f"rec_{name}" for name, spec in CONDITIONS.items() if spec.supports(1)]
+    for entry in ("rec", "rec_encode", *gray_conditions):
         folder = repository / f"{entry}_trt"
         assert (folder / "1" / "model.plan").stat().st_size > 0
         config = (folder / "config.pbtxt").read_text()

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -301,7 +299,7 @@ def test_encode_and_conditional_match_local_onnx(client: DDNClient, local: OnnxM
 
     with pytest.raises(ServingError, match="'images' must be uint8, got float32"):
         client.encode(images.astype(np.float32))
-    with pytest.raises(ServingError, match=r"takes inputs \['image', 'mask'\], got \['image'\]"):
+    with pytest.raises(ServingError, match="inpaint takes inputs image, mask; got image"):
         client.conditional("inpaint", image=images)
 
 
@@ -346,23 +344,3 @@ def test_ddn_generate_explains_a_missing_source(tmp_path: Path) -> None:
     url = f"127.0.0.1:{_free_ports('127.0.0.1', 1)[0]}"
     result = CliRunner().invoke(generate_main, ["--n", "2", "--out", str(tmp_path), "--url", url, "--model", NAME])
     assert result.exit_code == 1 and f"cannot reach the Triton server at {url}" in result.output
-
-
-def test_serving_clients_do_not_import_torch() -> None:
-    code = ("import sys, ddn.repository_contract, ddn.serving.client, ddn.serving.generate_cli, "
-            "ddn.serving.onnx_model, ddn.serving.repository_view; print('torch' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False"
-
-
-def test_ddn_generate_dispatches_conditions_to_the_checkpoint(repository: Path, tmp_path: Path) -> None:
-    from ddn.images import save_png
-
-    low_res = save_png(tmp_path / "low.png", np.full((2, 2, 1), 200, np.uint8))
-    args = ["--checkpoint", str(repository.parent / "tiny.safetensors"), "--condition", "superres",
-            "--input", str(low_res), "--n", "2", "--out", str(tmp_path / "zscg")]
-    result = CliRunner().invoke(generate_main, args)
-    assert result.exit_code == 0, result.output
-    assert {"result_000.png", "result_001.png"} <= {p.name for p in (tmp_path / "zscg").iterdir()}
-    result = CliRunner().invoke(generate_main, args[:4] + ["--n", "2", "--out", str(tmp_path / "x")])
-    assert result.exit_code == 2 and "--condition needs --input" in result.output
