@@ -3,7 +3,7 @@
 One step, on every rank::
 
     loss = model.loss(batch, chain_dropout, dropout_generator)   # records branch usage
-    loss.backward(); average gradients over ranks; adam.step()
+    loss.backward(); adam.step()                                  # DDP averages gradients over ranks
     split_and_prune_(model.ddls(), adam, all_reduce)              # usage summed over ranks first
     weight_average.update()                                       # the generator that is sampled
 
@@ -15,7 +15,7 @@ the same bits as a run that was never stopped.
 
 Data-parallel: launched by ``torchrun`` (the WORLD_SIZE/RANK environment), each
 rank trains on its own shard (``images[rank::world]``) with ``batch / world``
-images per step; gradients are averaged by all-reduce and the split-and-prune
+images per step; DistributedDataParallel averages the gradients and the split-and-prune
 statistics are summed before each decision, so every rank takes the same
 decision and the replicas stay identical (:mod:`distributed`). Only rank 0
 writes files.
@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from .datasets import batch_stream, load_images
-from .distributed import Ranks
+from .distributed import Ranks, TrainingLoss
 from .distributed import resolve_device  # noqa: F401 (benchmarks/quality.py imports it from here)
 from .networks import DDNGenerator, build_generator
 from .presets import preset_config
@@ -133,15 +133,17 @@ def autocast_for(device: torch.device, precision: str) -> Callable[[], contextli
 
 # -- one step -------------------------------------------------------------------------
 
-def train_step(model: DDNGenerator, optimizer: torch.optim.Optimizer, batch: torch.Tensor, chain_dropout: float,
-               generator: torch.Generator, ranks: Ranks, scaler: torch.amp.GradScaler,
+def train_step(training_loss: TrainingLoss, optimizer: torch.optim.Optimizer, batch: torch.Tensor,
+               chain_dropout: float, generator: torch.Generator, scaler: torch.amp.GradScaler,
                autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> torch.Tensor:
-    """Loss, backward, gradient averaging and the Adam update. Returns the detached loss."""
+    """Loss, backward (averaging gradients over ranks, see Ranks.training_loss) and the Adam update.
+
+    Returns the detached loss.
+    """
     with autocast():
-        loss = model.loss(batch, chain_dropout, generator)
+        loss = training_loss(batch, chain_dropout, generator)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    ranks.average_gradients(list(model.parameters()))
     scaler.step(optimizer)
     scaler.update()
     return loss.detach()
@@ -209,6 +211,7 @@ class _Run:
     out_dir: Path
     ranks: Ranks
     model: DDNGenerator
+    training_loss: TrainingLoss  # model.loss, through DDP on several ranks
     optimizer: torch.optim.Optimizer
     average: WeightAverage | None
     scaler: torch.amp.GradScaler
@@ -229,8 +232,8 @@ class _Run:
     def train_one_step(self) -> tuple[torch.Tensor, int]:
         """One optimizer step, the split-and-prune and the weight average after it; returns (detached loss, splits)."""
         batch = next(self.batches).to(self.ranks.device, non_blocking=True)
-        loss = train_step(self.model, self.optimizer, batch, self.config.chain_dropout, self.generators["dropout"],
-                          self.ranks, self.scaler, self.autocast)
+        loss = train_step(self.training_loss, self.optimizer, batch, self.config.chain_dropout,
+                          self.generators["dropout"], self.scaler, self.autocast)
         made = usage_step(self.model, self.optimizer, self.config.split_and_prune, self.ranks, self.average)
         self.step += 1
         self.splits += made
@@ -282,14 +285,14 @@ def _start(config: TrainConfig, out_dir: Path, state: RunState | None, ranks: Ra
         if state.train.get("dataset") != dataset_info:
             say(f"warning: the dataset changed since the checkpoint ({state.train.get('dataset')} -> {dataset_info})")
     model = model.to(ranks.device).train()
-    ranks.broadcast_module(model)
+    training_loss = ranks.training_loss(model)  # on several ranks, every rank now holds rank 0's weights
     resumed = None if state is None or state.average is None else state.average.to(ranks.device)
     average = config.weight_average(model, resumed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
     scaler = torch.amp.GradScaler(ranks.device.type, enabled=config.precision == "fp16")
     generators = {name: torch.Generator().manual_seed(stream_seed(config.seed, ranks.rank, name)) for name in RNG_STREAMS}
     batches = batch_stream(shard, config.batch // ranks.world_size, generators["data"])
-    run = _Run(config, out_dir, ranks, model, optimizer, average, scaler, autocast, generators, batches,
+    run = _Run(config, out_dir, ranks, model, training_loss, optimizer, average, scaler, autocast, generators, batches,
                dataset_info, RunLog(out_dir / "log.jsonl"))
     if state is not None:
         _resume(run, state, shard, say)
