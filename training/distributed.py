@@ -75,7 +75,7 @@ class Ranks:
         if self.world_size == 1:
             return model.loss
         return DistributedDataParallel(_Loss(model), device_ids=[self.device] if self.device.type == "cuda" else None,
-                                       broadcast_buffers=False)
+                                       forward_sync_buffers=False)
 
     def gather_cpu(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every rank's copy of an equally shaped CPU tensor (on every rank)."""

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from ddn.progress import on_terminal, progress_line, utc_timestamp
 
 from .datasets import batch_stream, load_images
 from .distributed import Ranks, TrainingLoss
@@ -90,6 +93,10 @@ class TrainConfig:
         return preset_config(self.preset, image_size, image_channels, **overrides)
 
 
+class ConfigError(ValueError):
+    """Options the run cannot use together (or with its checkpoint); a usage error on the command line."""
+
+
 # Options a resumed run may change; everything else must match the checkpoint.
 ADJUSTABLE_ON_RESUME = {"steps", "checkpoint_every", "log_every", "sample_seeds", "device", "precision"}
 
@@ -98,7 +105,7 @@ def resume_config(stored: dict[str, Any], given: TrainConfig, explicit: set[str]
     """The stored config with the options the user gave now applied.
 
     ``explicit`` names the options the user set (the CLI knows); None means
-    "every field of ``given``". Changing a fixed option raises ValueError.
+    "every field of ``given``". Changing a fixed option raises ConfigError.
     """
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     stored = {"ema_halflife_kimg": 0.0, **stored}  # runs from before the weight average existed had none
@@ -108,7 +115,7 @@ def resume_config(stored: dict[str, Any], given: TrainConfig, explicit: set[str]
         if old == new:
             continue
         if name not in ADJUSTABLE_ON_RESUME:
-            raise ValueError(f"--{name.replace('_', '-')} cannot change on resume (checkpoint has {old!r}, got {new!r}); "
+            raise ConfigError(f"--{name.replace('_', '-')} cannot change on resume (checkpoint has {old!r}, got {new!r}); "
                              f"only {', '.join(sorted(ADJUSTABLE_ON_RESUME))} can")
         setattr(config, name, new)
     return config
@@ -122,12 +129,12 @@ def stream_seed(seed: int, rank: int, stream: str, restart_step: int = 0) -> int
 
 def autocast_for(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     dtype = PRECISIONS[precision]
     if dtype is None:
         return contextlib.nullcontext
     if dtype == torch.float16 and device.type != "cuda":
-        raise ValueError("fp16 mixed precision needs --device cuda (use bf16 on CPU)")
+        raise ConfigError("fp16 mixed precision needs --device cuda (use bf16 on CPU)")
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
@@ -177,12 +184,14 @@ class TrainResult:
 
 def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, explicit: set[str] | None = None,
           progress: bool = True, max_seconds: float | None = None,
-          log: Callable[[str], None] = lambda message: tqdm.write(message)) -> TrainResult:
+          log: Callable[[str], None] = lambda message: tqdm.write(message, file=sys.stderr)) -> TrainResult:
     """Train (or continue) the run in ``out_dir``; returns the final model and optimizer.
 
     With ``resume`` the newest good checkpoint in ``out_dir`` is continued and
     ``config`` only supplies the options in ``explicit`` (see :func:`resume_config`).
-    ``max_seconds`` stops early (all ranks agree) with a checkpoint.
+    ``max_seconds`` stops early (all ranks agree) with a checkpoint. ``progress``
+    draws a bar when stderr is a terminal; otherwise, or without it, rank 0 prints
+    a timestamped line at each log entry.
     """
     out_dir = Path(out_dir)
     if not resume and ((out_dir / LAST).exists() or (out_dir / PREVIOUS).exists()):
@@ -265,11 +274,11 @@ def _start(config: TrainConfig, out_dir: Path, state: RunState | None, ranks: Ra
     for note in state.notes if state else []:
         say(f"warning: {note}")
     if config.batch % ranks.world_size:
-        raise ValueError(f"--batch {config.batch} does not split evenly over {ranks.world_size} ranks")
+        raise ConfigError(f"--batch {config.batch} does not split evenly over {ranks.world_size} ranks")
     if config.log_every < 1:
-        raise ValueError(f"--log-every must be at least 1, got {config.log_every}")
+        raise ConfigError(f"--log-every must be at least 1, got {config.log_every}")
     if config.ema_halflife_kimg < 0 or config.ema_rampup < 0:
-        raise ValueError(f"--ema-halflife-kimg and --ema-rampup must be non-negative, "
+        raise ConfigError(f"--ema-halflife-kimg and --ema-rampup must be non-negative, "
                          f"got {config.ema_halflife_kimg} and {config.ema_rampup}")
     autocast = autocast_for(ranks.device, config.precision)
 
@@ -348,7 +357,7 @@ class _Interval:
         """This interval's log line (loss averaged over steps and ranks); counting starts afresh."""
         run.ranks.all_reduce(self.loss_sum)
         elapsed = time.perf_counter() - self.start
-        entry = {"step": run.step, "images_seen": run.images_seen,
+        entry = {"time": utc_timestamp(), "step": run.step, "images_seen": run.images_seen,
                  "loss": float(self.loss_sum) / (self.steps * run.ranks.world_size),
                  "images_per_s": self.steps * run.config.batch / elapsed,
                  "splits": run.splits, "splits_interval": self.splits,
@@ -365,8 +374,9 @@ def _train_until_done(run: _Run, progress: bool, max_seconds: float | None, say:
     step, writes a checkpoint and stops early.
     """
     config, ranks = run.config, run.ranks
-    bar = tqdm(total=config.steps, initial=run.step, disable=not (progress and ranks.is_main), unit="step",
-               dynamic_ncols=True, desc=run.out_dir.name)
+    draw_bar = progress and ranks.is_main and on_terminal()  # a redrawn bar would garble a piped log
+    bar = tqdm(total=config.steps, initial=run.step, disable=not draw_bar, unit="step", dynamic_ncols=True,
+               desc=run.out_dir.name)
     interval = _Interval(torch.zeros((), device=ranks.device))
     run_start = time.perf_counter()
     stopped_early = False
@@ -382,6 +392,9 @@ def _train_until_done(run: _Run, progress: bool, max_seconds: float | None, say:
                 entry = interval.log_entry(run)
                 if ranks.is_main:
                     run.run_log.append(entry)
+                    if not draw_bar:
+                        progress_line(f"{run.out_dir.name} step {run.step}/{config.steps} loss {entry['loss']:.4f} "
+                                      f"{entry['images_per_s']:.0f} img/s splits {run.splits}")
                 bar.set_postfix(loss=f"{entry['loss']:.4f}", img_s=f"{entry['images_per_s']:.0f}", splits=run.splits)
             stopped_early = out_of_time or stop.requested
             at_checkpoint = config.checkpoint_every and run.step % config.checkpoint_every == 0
