@@ -70,12 +70,13 @@ class Ranks:
         Wrapping first broadcasts rank 0's parameters and buffers, so every rank
         starts from the same weights. Buffers are not broadcast again at each
         forward: the usage statistics stay identical because each rank adds the
-        same rank-summed step counts (see split_and_prune), and the others are constants.
+        same rank-summed step counts (see split_and_prune), and the others are
+        constants. The gradients are views into DDP's buckets (no copy in or out).
         """
         if self.world_size == 1:
             return model.loss
         return DistributedDataParallel(_Loss(model), device_ids=[self.device] if self.device.type == "cuda" else None,
-                                       forward_sync_buffers=False)
+                                       forward_sync_buffers=False, gradient_as_bucket_view=True)
 
     def gather_cpu(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every rank's copy of an equally shaped CPU tensor (on every rank)."""
