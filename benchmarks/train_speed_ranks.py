@@ -6,8 +6,10 @@ machine load hits both alike. ``ddp`` is the trainer's own step
 :meth:`~ddn.training.distributed.Ranks.training_loss`: bucketed all-reduces
 overlapped with the backward pass); ``flat_all_reduce`` is the reference it
 replaced: the backward pass, then every gradient in one all-reduce. Both are
-followed by the trainer's split-and-prune (usage summed over ranks). Rank 0
-prints the per-step medians and the load average as JSON. Usage:
+followed by the trainer's split-and-prune (usage summed over ranks), on the
+same batches, so the two replicas must end with the same weights. Rank 0 prints
+the per-step medians, their ratio paired by round, whether the weights agree and
+the load average as JSON. Usage:
 
     python benchmarks/train_speed_ranks.py [--ranks 2 --preset cpu --batch 64 --rounds 8 --steps 5]
 """
@@ -70,11 +72,13 @@ def _rank(rank: int, world: int, port: int, preset: str, batch: int, rounds: int
                   (("flat_all_reduce", flat_model), ("ddp", ddp_model))}
     ddp_loss = ranks.training_loss(ddp_model)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    dropout = torch.Generator().manual_seed(rank)
-    batches = batch_stream(images, batch // world, torch.Generator().manual_seed(rank))
+    # Each method has its own data and dropout streams, seeded alike: both replicas see the same steps.
+    dropout = {name: torch.Generator().manual_seed(rank) for name in optimizers}
+    batches = {name: batch_stream(images, batch // world, torch.Generator().manual_seed(rank)) for name in optimizers}
     steps_of = {
-        "flat_all_reduce": lambda b: flat_all_reduce_step(flat_model, optimizers["flat_all_reduce"], b, dropout, world),
-        "ddp": lambda b: train_step(ddp_loss, optimizers["ddp"], b, 0.05, dropout, scaler),
+        "flat_all_reduce": lambda b: flat_all_reduce_step(flat_model, optimizers["flat_all_reduce"], b,
+                                                          dropout["flat_all_reduce"], world),
+        "ddp": lambda b: train_step(ddp_loss, optimizers["ddp"], b, 0.05, dropout["ddp"], scaler),
     }
     models = {"flat_all_reduce": flat_model, "ddp": ddp_model}
     times: dict[str, list[float]] = {name: [] for name in steps_of}
@@ -83,15 +87,20 @@ def _rank(rank: int, world: int, port: int, preset: str, batch: int, rounds: int
             dist.barrier()
             start = time.perf_counter()
             for _ in range(steps):
-                step(next(batches))
+                step(next(batches[name]))
                 usage_step(models[name], optimizers[name], True, ranks)
             if round_:
                 times[name].append(1000 * (time.perf_counter() - start) / steps)
     if ranks.is_main:
         medians = {name: statistics.median(t) for name, t in times.items()}
         print(json.dumps({"ranks": world, "preset": preset, "batch": batch, "rounds": rounds, "steps_per_round": steps,
-                          "ms_per_step_median": medians, "ddp_over_flat": medians["ddp"] / medians["flat_all_reduce"],
-                          "ms_per_step_rounds": times, "load_average_1min_end": os.getloadavg()[0],
+                          "ms_per_step_median": medians,
+                          # Paired by round (the two methods ran back to back), then the median over rounds.
+                          "ddp_over_flat": statistics.median(d / f for d, f in zip(times["ddp"], times["flat_all_reduce"])),
+                          "ms_per_step_rounds": times,
+                          # Averaging with two ranks is exact either way: the replicas must end bit-identical.
+                          "same_weights": all(torch.equal(a, b) for a, b in
+                                              zip(flat_model.state_dict().values(), ddp_model.state_dict().values())), "load_average_1min_end": os.getloadavg()[0],
                           "torch": torch.__version__, "command": " ".join(sys.argv)}, indent=2))
     ranks.close(finished=True)
 
