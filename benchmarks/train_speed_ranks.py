@@ -58,6 +58,13 @@ def flat_all_reduce_step(model: torch.nn.Module, optimizer: torch.optim.Optimize
     optimizer.step()
 
 
+def _summary(times: dict[str, list[float]]) -> dict:
+    """Per-method medians, and DDP's time over the flat all-reduce's paired by round (they ran back to back)."""
+    return {"ms_per_step_median": {name: statistics.median(t) for name, t in times.items()},
+            "ddp_over_flat": statistics.median(d / f for d, f in zip(times["ddp"], times["flat_all_reduce"])),
+            "ms_per_step_rounds": times}
+
+
 def _rank(rank: int, world: int, port: int, preset: str, batch: int, rounds: int, steps: int) -> None:
     """One rank (torch.multiprocessing spawn target), one torch thread per process."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
@@ -92,15 +99,10 @@ def _rank(rank: int, world: int, port: int, preset: str, batch: int, rounds: int
             if round_:
                 times[name].append(1000 * (time.perf_counter() - start) / steps)
     if ranks.is_main:
-        medians = {name: statistics.median(t) for name, t in times.items()}
+        # Averaging over two ranks is exact either way, so the replicas must end bit-identical.
+        same = all(torch.equal(a, b) for a, b in zip(flat_model.state_dict().values(), ddp_model.state_dict().values()))
         print(json.dumps({"ranks": world, "preset": preset, "batch": batch, "rounds": rounds, "steps_per_round": steps,
-                          "ms_per_step_median": medians,
-                          # Paired by round (the two methods ran back to back), then the median over rounds.
-                          "ddp_over_flat": statistics.median(d / f for d, f in zip(times["ddp"], times["flat_all_reduce"])),
-                          "ms_per_step_rounds": times,
-                          # Averaging with two ranks is exact either way: the replicas must end bit-identical.
-                          "same_weights": all(torch.equal(a, b) for a, b in
-                                              zip(flat_model.state_dict().values(), ddp_model.state_dict().values())), "load_average_1min_end": os.getloadavg()[0],
+                          **_summary(times), "same_weights": same, "load_average_1min_end": os.getloadavg()[0],
                           "torch": torch.__version__, "command": " ".join(sys.argv)}, indent=2))
     ranks.close(finished=True)
 

@@ -116,7 +116,7 @@ def resume_config(stored: dict[str, Any], given: TrainConfig, explicit: set[str]
             continue
         if name not in ADJUSTABLE_ON_RESUME:
             raise ConfigError(f"--{name.replace('_', '-')} cannot change on resume (checkpoint has {old!r}, got {new!r}); "
-                             f"only {', '.join(sorted(ADJUSTABLE_ON_RESUME))} can")
+                              f"only {', '.join(sorted(ADJUSTABLE_ON_RESUME))} can")
         setattr(config, name, new)
     return config
 
