@@ -52,7 +52,7 @@ class Bench:
             batch = next(self.batches).to(self.device)
             _sync(self.device)
             start = time.perf_counter()
-            train_step(self.model, self.optimizer, batch, 0.05, self.dropout, self.ranks, self.scaler)
+            train_step(self.model.loss, self.optimizer, batch, 0.05, self.dropout, self.scaler)
             _sync(self.device)
             middle = time.perf_counter()
             splits = usage_step(self.model, self.optimizer, True, self.ranks, self.average)

@@ -3,6 +3,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from ddn.export.onnx_export import VerificationError
 from ddn.export.tensorrt_build import missing_requirements
 from ddn.training.checkpoint import save_checkpoint
 from ddn.training.networks import SingleShotGenerator
-from cli_helpers import one_line_error
+from cli_helpers import one_line_error, usage_error
 
 NO_TRT = bool(missing_requirements())
 
@@ -99,13 +100,21 @@ def read_config(path: Path):
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
 
+def test_piped_progress_is_one_timestamped_line_per_entry(cli_export):
+    """Off a terminal no bar is drawn (no carriage returns); each entry gets a timestamped stderr line."""
+    result = cli_export[0]  # with --trt where TensorRT cannot run: the ONNX entries, then a one-line error
+    assert "\r" not in result.output
+    first = result.stderr.splitlines()[0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ONNX 1/1: tiny", first), result.stderr
+
+
 def test_configs_follow_the_triton_layout_contract(cli_export, checkpoint):
     repository = cli_export[1]
     config = read_config(repository / "tiny" / "config.pbtxt")
     twin = read_config(repository / "tiny_python" / "config.pbtxt")
     assert config.name == "tiny" and config.backend == "onnxruntime" and config.platform == "onnxruntime_onnx"
     assert twin.name == "" and twin.backend == "python"
-    for c, kind in ((config, "KIND_GPU"), (twin, "KIND_CPU")):
+    for c, kind in ((config, "KIND_AUTO"), (twin, "KIND_CPU")):  # ddn-export's default: --instance-kind auto
         assert c.max_batch_size == 16
         assert [(t.name, t.data_type, list(t.dims)) for t in c.input] == [("codes", 8, [4])]  # TYPE_INT32
         assert [(t.name, t.data_type, list(t.dims)) for t in c.output] == [
@@ -226,7 +235,7 @@ def test_failed_verification_exits_nonzero_and_writes_nothing(repository, checkp
         raise VerificationError("output 'images' differs by 9 (limit 1)")
 
     monkeypatch.setattr(exporter, "verify_onnx", mismatch)
-    result = CliRunner().invoke(main, [str(checkpoint), "--name", "tiny", "--repository", str(repository), "--version", "3"])
+    result = CliRunner().invoke(main, [str(checkpoint), "--name", "tiny", "--repository", str(repository), "--model-version", "3"])
     assert result.exit_code == 1 and "verification failed, nothing written" in result.output
     assert snapshot(repository) == before and not staging_leftovers(repository)
 
@@ -247,15 +256,17 @@ def test_new_version_keeps_the_others_and_replacing_one_is_complete(repository, 
     assert not staging_leftovers(repository)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--graphs", "generate,upscale"], "unknown graph 'upscale'"),
-    (["--graphs", "colorize"], "needs an RGB model"),
-    (["--superres-factor", "3"], "power of two"),
-    (["--fp16"], "--fp16 applies to TensorRT engines"),
+@pytest.mark.parametrize("extra, exit_code, message", [
+    (["--graphs", "generate,upscale"], 2, "Error: Invalid value for '--graphs': unknown graph 'upscale'; choose from generate, "),
+    (["--graphs", "colorize"], 1, "Error: graph 'colorize' needs an RGB model; this one has 1 channel(s)"),
+    (["--superres-factor", "3"], 2, "Error: Invalid value for '--superres-factor': 3 is not a power of two"),
+    (["--fp16"], 2, "Error: --fp16 applies to TensorRT engines; add --trt"),
 ])
-def test_bad_arguments_are_refused_before_anything_is_written(checkpoint, tmp_path, extra, message):
+def test_bad_arguments_are_refused_before_anything_is_written(checkpoint, tmp_path, extra, exit_code, message):
+    """Bad command lines are usage errors (exit 2); what only the checkpoint can tell is a runtime error (exit 1)."""
     result = CliRunner().invoke(main, [str(checkpoint), "--name", "tiny", "--repository", str(tmp_path / "repo"), *extra])
-    assert result.exit_code != 0 and message in result.output
+    line = usage_error(result) if exit_code == 2 else one_line_error(result)
+    assert line.startswith(message), line
     assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
 
 
