@@ -136,6 +136,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(self._get)
 
     def do_POST(self) -> None:
+        try:
+            self._request_body = self.rfile.read(self._body_length())
+        except _Reply as reply:
+            # The body stays unread, so the connection cannot carry another request.
+            self._error(reply.status, str(reply), close=True)
+            return
         self._answer(self._post)
 
     def _answer(self, route: Any) -> None:
@@ -143,8 +149,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             route(path)
         except _Reply as reply:
-            # A POST refused here may have its body unread: the connection cannot carry another request.
-            self._error(reply.status, str(reply), close=self.command == "POST")
+            self._error(reply.status, str(reply))
         except grpc.RpcError as error:
             self._error(_status_of(error), error.details() or str(error.code()))
 
@@ -181,9 +186,8 @@ class _Handler(BaseHTTPRequestHandler):
         match = MODEL_PATH.fullmatch(path)
         if self.server.serves_metrics or match is None or match[3] != "infer":
             raise _Reply(404, "Not Found")
-        body = self.rfile.read(self._body_length())
         try:
-            parsed = json.loads(body)
+            parsed = json.loads(self._request_body)
         except RecursionError:
             raise _Reply(400, "request JSON is nested too deeply") from None
         except ValueError as error:

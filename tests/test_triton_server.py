@@ -19,6 +19,7 @@ pytest.importorskip("pytriton", reason="needs the nvidia-pytriton wheel (pip ins
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
 from cli_helpers import one_line_error, usage_error  # noqa: E402
+from serve_helpers import children, kill, listening_addresses, start_serve_cli  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from ddn.serving.admin_apis import grpc_headers  # noqa: E402
@@ -92,22 +93,10 @@ def test_stub_runs_this_interpreter(server: TritonServer) -> None:
     assert (version, prefix) == (sys.version, sys.prefix)
 
 
-def _listening_addresses() -> dict[int, set[str]]:
-    """Port -> local addresses (hex, as in /proc/net) of this namespace's listening TCP sockets."""
-    listening: dict[int, set[str]] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for row in Path(table).read_text().splitlines()[1:]:
-            local, state = row.split()[1], row.split()[3]
-            if state == "0A":  # TCP_LISTEN
-                address, port = local.split(":")
-                listening.setdefault(int(port, 16), set()).add(address)
-    return listening
-
-
 def test_ports_bound_to_loopback_only(server: TritonServer) -> None:
     # 127.0.0.1 in /proc/net/tcp, and as ::ffff:127.0.0.1 in /proc/net/tcp6 (gRPC binds that way).
     loopback = {"0100007F", "0000000000000000FFFF00000100007F"}
-    listening = _listening_addresses()
+    listening = listening_addresses()
     for port in (server.grpc_port, server.metrics_port):
         assert listening.get(port) and listening[port] <= loopback, (port, listening.get(port))
     assert server.grpc_url == f"127.0.0.1:{server.grpc_port}"
@@ -143,32 +132,6 @@ def test_serve_help() -> None:
     assert bad.exit_code == 2 and "'rocm' is not one of 'cpu', 'cuda', 'tensorrt'" in bad.output
 
 
-def start_serve_cli(repository: Path, *args: str) -> tuple[subprocess.Popen, str, TritonServer]:
-    """A ddn-serve process on free ports, once it says it serves: the process, what it printed, its ports."""
-    # The CLI's defaults are Triton's fixed ports 8000-8002; borrow three free ones
-    # from a server object that is never started.
-    ports = TritonServer(repository, http=Address(), metrics=Address())
-    optional = [*(["--http-port", str(ports.http_port)] if "--http" in args else []),
-                *(["--metrics-port", str(ports.metrics_port)] if "--metrics" in args else [])]
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "ddn.serving.serve_cli", "--repository", str(repository),
-         "--grpc-port", str(ports.grpc_port), *optional, *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        # Like a terminal's shell: a background pytest would hand SIGINT down ignored.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    output = ""
-    deadline = time.monotonic() + 60
-    while "press Ctrl-C" not in output and cli.poll() is None and time.monotonic() < deadline:
-        output += cli.stdout.readline()
-    return cli, output, ports
-
-
-def kill(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-
-
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_serve_cli_serves_until_stopped(tmp_path: Path, stop_signal: signal.Signals) -> None:
     write_model(tmp_path, "double", DOUBLE)
@@ -180,7 +143,7 @@ def test_serve_cli_serves_until_stopped(tmp_path: Path, stop_signal: signal.Sign
         assert "HTTP" not in output and "metrics" not in output  # off unless asked for
         cli.send_signal(stop_signal)
         assert cli.wait(timeout=30) == 0
-        assert ports.grpc_port not in _listening_addresses()
+        assert ports.grpc_port not in listening_addresses()
     finally:
         kill(cli)
 
@@ -240,10 +203,6 @@ def wait_dead(pid: int) -> None:
         except FileNotFoundError:
             return
         time.sleep(0.05)
-
-
-def children(pid: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def test_next_server_removes_what_a_killed_ddn_serve_and_its_crashed_server_left(tmp_path: Path) -> None:
