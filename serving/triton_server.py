@@ -17,9 +17,9 @@ logging and trace APIs closed unless an admin key opens them
 (:mod:`ddn.serving.admin_apis`), the server exits if any model fails to load,
 and readiness is strict (ready means every model is ready). With a
 certificate and key every port speaks only TLS: gRPC through Triton's own
-``--grpc-use-ssl``, the gateways through Python's ssl module. The server runs
-The python backend's shared-memory regions, which hold the tensors, are made
-readable by their owner only as soon as they appear (see ``_keep_owner_only``).
+``--grpc-use-ssl``, the gateways through Python's ssl module. The python
+backend's shared-memory regions, which hold the tensors, are made readable by
+their owner only as soon as they appear (see ``_keep_owner_only``).
 
 The temporary folder and the python backend's shared-memory regions are
 named after the process that started the server (:mod:`ddn.leftovers`): a
@@ -31,7 +31,6 @@ from __future__ import annotations
 import atexit
 import ctypes
 import importlib.util
-import json
 import os
 import shutil
 import signal
@@ -133,6 +132,8 @@ def _keep_owner_only(regions: Callable[[], list[Path]], stopped: threading.Event
     the umask, and names them with a fresh UUID, so they can be neither created
     beforehand nor made private by the umask. A stub the backend restarts gets
     a new region, hence a watch for the server's whole life rather than one pass.
+    A local process that opens a region within that interval of its creation
+    (while the models load, before any request) keeps its descriptor.
     """
     while not stopped.wait(REGION_CHECK_INTERVAL_S):
         for region in regions():
@@ -148,14 +149,6 @@ class Address:
     """Where a port listens: ``host`` (0.0.0.0 exposes it to the network) and ``port`` (None: any free one)."""
     host: str = "127.0.0.1"
     port: int | None = None
-
-
-LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
-
-
-def is_loopback(host: str) -> bool:
-    """Whether only this machine can reach an address bound to ``host``."""
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
 def _client_host(host: str) -> str:
@@ -233,7 +226,8 @@ class TritonServer:
     Triton listens on gRPC only, at ``host``:``grpc_port``. ``http`` and
     ``metrics`` (an :class:`Address` each, or None for none) open this
     process's gateway for KServe v2 JSON inference and for Prometheus
-    ``/metrics``; metrics are on the loopback unless told otherwise, HTTP off.
+    ``/metrics``. By default metrics are on a free loopback port (tests and
+    benchmarks read them) and HTTP is off; ddn-serve opens neither unless asked.
     ``grpc_url`` and ``http_url`` are ``host:port`` (what tritonclient.grpc and
     tritonclient.http take); ``metrics_url`` is the Prometheus URL.
     ``admin_key`` opens the shared-memory, logging and trace APIs to requests

@@ -5,7 +5,6 @@ import os
 import signal
 import socket
 import stat
-import subprocess
 import sys
 import tempfile
 import time
