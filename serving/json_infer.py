@@ -39,8 +39,8 @@ def _expected_shape(tensor: model_config_pb2.ModelInput, max_batch_size: int) ->
 def _check_shape(name: str, shape: Any, expected: list[int], max_batch_size: int) -> list[int]:
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise BadRequest(f"input '{name}': shape must be a list of integers")
-    if len(shape) != len(expected) or any(e != -1 and d != e for d, e in zip(shape, expected)) or min(shape,
-                                                                                                    default=0) < 0:
+    fits = len(shape) == len(expected) and all(d >= 0 and e in (-1, d) for d, e in zip(shape, expected))
+    if not fits:
         raise BadRequest(f"input '{name}': unexpected shape {shape}, the model takes {expected}")
     if max_batch_size > 0 and not 1 <= shape[0] <= max_batch_size:
         raise BadRequest(f"input '{name}': batch size {shape[0]} is not in 1..{max_batch_size}")
