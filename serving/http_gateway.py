@@ -234,11 +234,12 @@ class _GatewayServer(ThreadingHTTPServer):
             self._slots.release()
 
     def finish_request(self, request: socket.socket, client_address: Any) -> None:
-        if self.tls is not None:
-            # Handshake in the connection's own thread, so a client that stalls it holds up no one else.
-            request.settimeout(IDLE_TIMEOUT_S)
-            request = self.tls.wrap_socket(request, server_side=True)
-        super().finish_request(request, client_address)
+        if self.tls is None:
+            return super().finish_request(request, client_address)
+        # Handshake in the connection's own thread, so a client that stalls it holds up no one else.
+        request.settimeout(IDLE_TIMEOUT_S)
+        with self.tls.wrap_socket(request, server_side=True) as secure:  # takes over the socket: close it here
+            super().finish_request(secure, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client that hung up or failed its TLS handshake is no error of the server's
