@@ -109,7 +109,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps({"error": message}).encode())
 
     def _body_length(self) -> int:
-        """The declared body length, or _Reply when it is missing, chunked or over the limit."""
+        """The declared body length (0 if none), or _Reply when it is chunked, not a number or over the limit."""
         if self.headers.get("Transfer-Encoding"):
             raise _Reply(411, "send the body with a Content-Length, not chunked")
         try:
@@ -130,10 +130,12 @@ class _Handler(BaseHTTPRequestHandler):
         return super().handle_expect_100()
 
     def do_GET(self) -> None:
+        # A body sent with a GET is never read, so the connection cannot carry another request.
+        self.close_connection = self.close_connection or bool(self.headers.get("Content-Length")
+                                                              or self.headers.get("Transfer-Encoding"))
         self._answer(self._get)
 
-    def do_HEAD(self) -> None:
-        self._answer(self._get)
+    do_HEAD = do_GET
 
     def do_POST(self) -> None:
         try:

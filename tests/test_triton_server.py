@@ -127,6 +127,7 @@ def test_serve_help() -> None:
     result = CliRunner().invoke(serve_main, ["--help"])
     assert result.exit_code == 0, result.output
     assert "--repository" in result.output and "--grpc-port" in result.output and "--ort-provider" in result.output
+    assert "--grpc-host, --host" in result.output  # --host stays, as the gRPC address
     bad = CliRunner().invoke(serve_main, ["--ort-provider", "rocm"])
     assert bad.exit_code == 2 and "'rocm' is not one of 'cpu', 'cuda', 'tensorrt'" in bad.output
 
