@@ -29,7 +29,6 @@ next server started on this machine removes them.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import importlib.util
 import os
 import shutil
@@ -105,19 +104,30 @@ def _server_env(dist: Path) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn that makes the kernel send the server SIGTERM when its parent dies.
+# Run as ``python -I -c LAUNCHER PARENT_PID BINARY ARGS...``: asks the kernel for SIGTERM when the
+# parent dies, then becomes the server (the request survives execve). Exits if the parent is gone already.
+_PARENT_DEATH_LAUNCHER = (
+    "import ctypes, os, signal, sys; "
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM); "  # 1: PR_SET_PDEATHSIG
+    "os.getppid() == int(sys.argv[1]) or sys.exit(1); "
+    "os.execv(sys.argv[2], sys.argv[2:])")
+
+
+def _dying_with_parent(command: list[str]) -> list[str]:
+    """``command`` started so that the kernel sends it SIGTERM when this process dies.
 
     The server runs in its own session, so without this a parent killed with
     SIGKILL (or os._exit, e.g. a test timeout) would leave it serving forever.
-    Linux delivers this when the *thread* that started the server exits, so
-    start servers from a thread that outlives them (normally the main thread).
+    Linux delivers the signal when the *thread* that started the server exits,
+    so start servers from a thread that outlives them (normally the main thread).
+    It is set by a launcher rather than a preexec_fn: a preexec_fn makes
+    subprocess fork() instead of vfork(), and fork runs grpcio's fork handlers,
+    which restart its poller in the child; the child's closing of inherited
+    descriptors then aborts it (``epoll_wait error: Bad file descriptor``).
     """
     if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the forked child
-    pr_set_pdeathsig = 1
-    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
+        return command
+    return [sys.executable, "-I", "-c", _PARENT_DEATH_LAUNCHER, str(os.getpid()), *command]
 
 
 REGION_MODE = 0o600
@@ -345,9 +355,9 @@ class TritonServer:
             with open(self._workdir / "tritonserver.log", "wb") as log:
                 # Own session/process group: a terminal's Ctrl-C reaches only us (we stop
                 # the server in order), and stop() can kill a hung server with its stubs.
-                self._process = subprocess.Popen(self.command(backends), stdout=log, stderr=subprocess.STDOUT,
+                self._process = subprocess.Popen(_dying_with_parent(self.command(backends)), stdout=log, stderr=subprocess.STDOUT,
                                                  stdin=subprocess.DEVNULL, env=_server_env(dist),
-                                                 start_new_session=True, preexec_fn=_die_with_parent())
+                                                 start_new_session=True)
             atexit.register(self.stop)
             stopped = threading.Event()
             watch = threading.Thread(target=_keep_owner_only, args=(lambda: self.shared_memory_regions, stopped),

@@ -23,6 +23,13 @@ def listening_addresses() -> dict[int, set[str]]:
     return listening
 
 
+# ddn-serve with SIGINT handled, as a terminal's shell starts it (a background pytest hands SIGINT down
+# ignored). Not through a preexec_fn: with grpcio running in this process, a fork()ed child can abort
+# before it execs (see ddn.serving.triton_server._dying_with_parent).
+RUN_WITH_SIGINT = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                   "sys.argv[0] = 'ddn-serve'; runpy.run_module('ddn.serving.serve_cli', run_name='__main__')")
+
+
 def start_serve_cli(repository: Path, *args: str) -> tuple[subprocess.Popen, str, TritonServer]:
     """A ddn-serve process on free ports, once it says it serves: the process, what it printed, its ports."""
     # The CLI's defaults are Triton's fixed ports 8000-8002; borrow three free ones
@@ -31,11 +38,9 @@ def start_serve_cli(repository: Path, *args: str) -> tuple[subprocess.Popen, str
     optional = [*(["--http-port", str(ports.http_port)] if "--http" in args else []),
                 *(["--metrics-port", str(ports.metrics_port)] if "--metrics" in args else [])]
     cli = subprocess.Popen(
-        [sys.executable, "-m", "ddn.serving.serve_cli", "--repository", str(repository),
+        [sys.executable, "-c", RUN_WITH_SIGINT, "--repository", str(repository),
          "--grpc-port", str(ports.grpc_port), *optional, *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        # Like a terminal's shell: a background pytest would hand SIGINT down ignored.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = ""
     deadline = time.monotonic() + 60
     while "press Ctrl-C" not in output and cli.poll() is None and time.monotonic() < deadline:
