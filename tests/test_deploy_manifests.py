@@ -416,6 +416,9 @@ def deployed_triton(resources: dict, tmp_path_factory: pytest.TempPathFactory):
                     "--allow-gpu-metrics=false",  # this build is the CPU server
                     f"--backend-config=python,shm-region-prefix-name={self._shared_memory_prefix}"]
 
+        def _start_gateways(self) -> None:
+            """None: in the pod Triton serves its own metrics port (only Prometheus may reach it)."""
+
         def health(self) -> str:
             """What the kubelet's gRPC probe gets: grpc.health.v1.Health/Check's status, or the call's error."""
             with grpc.insecure_channel(self.grpc_url) as channel:

@@ -29,7 +29,7 @@ from ddn.export.seed_entries import (SEED_RULE_FILE, SeedStepError, verify_seed_
 from ddn.repository_contract import GraphLayout, RepositoryError, read_description  # noqa: E402
 from ddn.serving.client import DDNClient  # noqa: E402
 from ddn.serving.repository_view import cpu_repository_view  # noqa: E402
-from ddn.serving.triton_server import TritonServer  # noqa: E402
+from ddn.serving.triton_server import Address, TritonServer  # noqa: E402
 from ddn.training.checkpoint import save_checkpoint  # noqa: E402
 from ddn.training.networks import SingleShotGenerator  # noqa: E402
 
@@ -58,7 +58,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repository: Path):
-    with cpu_repository_view(repository) as view, TritonServer(view) as running:
+    with cpu_repository_view(repository) as view, TritonServer(view, http=Address()) as running:
         yield running
 
 
