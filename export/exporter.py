@@ -127,6 +127,8 @@ class ModelExport:
                       "(\"has kind KIND_GPU but no GPUs are available\"). There, serve the python twin",
                       f"{entry_name(self.name, graph.kind, PYTHON_SUFFIX)} (ddn-serve does) or export with "
                       "--instance-kind auto (GPU if present, else CPU)."]
+        if backend == "onnxruntime" and self.instance_kind == "KIND_AUTO":
+            lines += ["instance_group without kind: KIND_AUTO, protobuf's default (the GPU if present, else the CPU)."]
         if backend == "python":
             lines += ["Python-backend twin: runs ../<entry>/<version>/model.onnx with ONNX Runtime",
                       "(ort_execution_provider: cpu, or cuda / tensorrt with onnxruntime-gpu).",

@@ -34,22 +34,12 @@ def read_only_folder(tmp_path: Path):
         folder.chmod(0o755)
 
 
-TINY_EXPORT = ("tiny", 16)  # model name, max batch size
-
 
 @pytest.fixture(scope="session")
 def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real ``ddn-export`` of a tiny generator's generation graph (with its seed entries); tests only read it."""
-    torch = pytest.importorskip("torch")
-    from ddn.export.exporter import ModelExport
-    from ddn.training.checkpoint import save_checkpoint
-    from ddn.training.networks import SingleShotGenerator
+    """A real ``ddn-export`` of model_repository/README.md's example generator (its generation graph and seed
+    entries, see ddn.export.repository_readme); tests only read it."""
+    pytest.importorskip("torch")
+    from ddn.export.repository_readme import export_example
 
-    folder = tmp_path_factory.mktemp("tiny_export")
-    torch.manual_seed(0)
-    save_checkpoint(folder / "tiny.safetensors", SingleShotGenerator(image_size=8, image_channels=1, channels=16,
-                                                                     blocks=1, k=8))
-    name, max_batch = TINY_EXPORT
-    ModelExport(folder / "tiny.safetensors", name, folder / "model_repository", max_batch=max_batch,
-                instance_kind="auto").write_onnx(["generate"])
-    return folder / "model_repository"
+    return export_example(tmp_path_factory.mktemp("tiny_export"))
