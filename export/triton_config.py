@@ -13,9 +13,9 @@ from the model config alone):
   view of the repository can serve it under the plain name ``G``;
 * ``G_trt``     TensorRT engine (``platform: tensorrt_plan``), GPU only.
 
-Instance kind of the ``G`` entries: ``KIND_AUTO`` by default (the GPUs if there
-are any, else the CPU). Triton refuses to load a ``KIND_GPU`` instance group
-where no GPU is visible ("has kind KIND_GPU but no GPUs are available").
+Instance kind of the ``G`` entries: ``ddn-export --instance-kind`` (auto: the
+GPUs if there are any, else the CPU). Triton refuses to load a ``KIND_GPU``
+instance group where no GPU is visible ("has kind KIND_GPU but no GPUs are available").
 
 The generate-by-seed entries: ``G_seed_codes`` is a python-backend entry
 (:func:`graph_config`) and ``G_seeds`` an ensemble (:func:`ensemble_config`).
