@@ -6,7 +6,8 @@
 
 Graph kind ``generate`` of model NAME is the entry NAME, every other kind
 ``NAME_<kind>``; the python-backend twin of an entry is ``<entry>_python``
-(served under the entry's own name by a CPU view), its TensorRT engine
+(served under the entry's own name by a CPU view, as the repository's
+targets.txt states: :mod:`ddn.deployment_targets`), its TensorRT engine
 ``<entry>_trt``. With the generation graph come the generate-by-seed entries:
 ``NAME_seeds`` (an ensemble: seeds -> ``NAME_seed_codes`` -> codes -> ``NAME``)
 and, with TensorRT, ``NAME_seeds_trt`` (ending in ``NAME_trt``). ``ddn.export``
@@ -67,11 +68,6 @@ class RepositoryError(ValueError):
 def entry_name(model: str, kind: str, variant: str = "") -> str:
     """The entry of graph ``kind`` of ``model``; ``variant`` is a suffix such as TRT_SUFFIX."""
     return (model if kind == "generate" else f"{model}_{kind}") + variant
-
-
-def served_name(entry: str) -> str:
-    """The name a CPU view serves an entry under: a python twin takes its production entry's name."""
-    return entry.removesuffix(PYTHON_SUFFIX)
 
 
 def identity_parameters(parameters: Mapping[str, str]) -> dict[str, str]:

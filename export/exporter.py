@@ -24,7 +24,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ddn.repository_contract import (CONFIG_FILE, GRAPH_KINDS, ONNX_DIGEST_PARAMETER, ONNX_FILE,
+from ddn.deployment_targets import Served
+from ddn.repository_contract import (GRAPH_KINDS, ONNX_DIGEST_PARAMETER, ONNX_FILE,
                                      ORT_PROVIDER_PARAMETER, ORT_THREADS_PARAMETER, PLAN_FILE, PYTHON_MODEL_FILE,
                                      PYTHON_SUFFIX, SEED_CODES_KIND, SEEDS_INPUT, SEEDS_KIND, TRT_SUFFIX,
                                      EntryDescription, RepositoryError, entry_name, write_description)
@@ -32,9 +33,9 @@ from ddn.training.checkpoint import load_generator
 
 from .graphs import ConditionGraph, GeneratorGraph, build_graphs
 from .onnx_export import OPSET, export_onnx, verify_onnx
-from .repository import check_model_name, check_name_is_free, commit_entry, staging_folder
+from .repository import check_model_name, check_name_is_free, commit_entry, record_targets, staging_folder
 from .seed_entries import codes_spec, verify_seed_codes, write_seed_codes_entry, write_seeds_ensemble
-from .triton_config import INSTANCE_KINDS, render_config
+from .triton_config import INSTANCE_KINDS, graph_config, write_config
 
 PYTHON_MODEL_TEMPLATE = Path(__file__).with_name("triton_python_model.py")
 TRT_VERIFY_BATCHES = (1, 3)
@@ -126,6 +127,8 @@ class ModelExport:
                       "(\"has kind KIND_GPU but no GPUs are available\"). There, serve the python twin",
                       f"{entry_name(self.name, graph.kind, PYTHON_SUFFIX)} (ddn-serve does) or export with "
                       "--instance-kind auto (GPU if present, else CPU)."]
+        if backend == "onnxruntime" and self.instance_kind == "KIND_AUTO":
+            lines += ["instance_group without kind: KIND_AUTO, protobuf's default (the GPU if present, else the CPU)."]
         if backend == "python":
             lines += ["Python-backend twin: runs ../<entry>/<version>/model.onnx with ONNX Runtime",
                       "(ort_execution_provider: cpu, or cuda / tensorrt with onnxruntime-gpu).",
@@ -139,10 +142,9 @@ class ModelExport:
         description = self.description(graph, backend, verification)
         parameters = {**description.layout.parameters(), ONNX_DIGEST_PARAMETER: sha256_file(onnx_path),
                       **(extra_parameters or {})}
-        (folder / CONFIG_FILE).write_text(render_config(
-            name=name, backend=backend, max_batch=self.max_batch, inputs=description.inputs,
-            outputs=description.outputs, parameters=parameters,
-            instance_kind=instance_kind, comment=self._comment(graph, backend)))
+        config = graph_config(name=name, backend=backend, max_batch=self.max_batch, inputs=description.inputs,
+                              outputs=description.outputs, parameters=parameters, instance_kind=instance_kind)
+        write_config(folder, config, self._comment(graph, backend))
         write_description(folder, description)
 
     # -- ONNX ------------------------------------------------------------------------
@@ -190,7 +192,23 @@ class ModelExport:
                 commit_entry(staging / twin, self.repository / twin, self.version)
             for report in seed_reports:  # after the entries they run
                 commit_entry(staging / report.entry, self.repository / report.entry, self.version)
+        self._record_onnx_targets(reports, seed_reports)
         return reports + seed_reports
+
+    def _record_onnx_targets(self, reports: list[EntryReport], seed_reports: list[EntryReport]) -> None:
+        """State the targets: GPU the production entries, CPU their twins under the same names, both the seed entries.
+
+        On the CPU the ensemble's step ``NAME`` is the twin served under that name.
+        """
+        served, entries = [], []
+        for report in reports:
+            twin = entry_name(self.name, report.kind, PYTHON_SUFFIX)
+            served += [Served("gpu", report.entry, report.entry), Served("cpu", report.entry, twin)]
+            entries += [report.entry, twin]
+        for report in seed_reports:
+            served += [Served(target, report.entry, report.entry) for target in ("gpu", "cpu")]
+            entries.append(report.entry)
+        record_targets(self.repository, served, entries)
 
     # -- generation by seed --------------------------------------------------------------
     def _stage_seed_codes(self, staging: Path) -> EntryReport:
@@ -265,4 +283,6 @@ class ModelExport:
                                                           self.repository / generator / v / ONNX_FILE, TRT_SUFFIX))
             for report in reports:
                 commit_entry(staging / report.entry, self.repository / report.entry, self.version)
+        # Engines, and the ensemble that ends in one, run on the GPU server only.
+        record_targets(self.repository, [Served("gpu", r.entry, r.entry) for r in reports], [r.entry for r in reports])
         return reports

@@ -7,9 +7,8 @@ ensemble runs the python-backend step ``NAME_seed_codes`` (seeds INT64 [B, 1]
 generation entry (``NAME``; ``NAME_trt`` for ``NAME_seeds_trt``). The step's
 version folder holds a copy of ``ddn/codes.py`` (``seed_rule.py``) beside its
 model.py, so it needs numpy only and runs on a server whose Python lacks the
-``ddn`` package (the Triton container). Its name does not end in ``_python``:
-GPU servers load it (they drop only the ``_python`` twins), and a CPU view
-serves it and the ensemble unchanged.
+``ddn`` package (the Triton container). The export states both entries for
+the GPU and the CPU target (targets.txt, :mod:`ddn.deployment_targets`).
 """
 from __future__ import annotations
 
@@ -23,10 +22,10 @@ from typing import Sequence
 import numpy as np
 
 import ddn.codes
-from ddn.repository_contract import CONFIG_FILE, PYTHON_MODEL_FILE, SEEDS_INPUT, GraphLayout, TensorSpec
+from ddn.repository_contract import PYTHON_MODEL_FILE, SEEDS_INPUT, GraphLayout, TensorSpec
 
 from .onnx_export import VerificationError
-from .triton_config import render_config, render_ensemble_config
+from .triton_config import ensemble_config, graph_config, write_config
 
 MODEL_TEMPLATE = Path(__file__).with_name("triton_seed_codes_model.py")
 SEED_RULE_FILE = "seed_rule.py"  # the name triton_seed_codes_model.py loads
@@ -65,9 +64,9 @@ def write_seed_codes_entry(folder: Path, version: int, layout: GraphLayout, max_
     (folder / str(version)).mkdir(parents=True)
     shutil.copyfile(MODEL_TEMPLATE, folder / str(version) / PYTHON_MODEL_FILE)
     shutil.copyfile(ddn.codes.__file__, folder / str(version) / SEED_RULE_FILE)
-    (folder / CONFIG_FILE).write_text(render_config(
-        name=folder.name, backend="python", max_batch=max_batch, inputs=[SEEDS_INPUT], outputs=[codes_spec(layout)],
-        parameters=parameters, instance_kind="KIND_CPU", comment=comment))
+    write_config(folder, graph_config(name=folder.name, backend="python", max_batch=max_batch, inputs=[SEEDS_INPUT],
+                                      outputs=[codes_spec(layout)], parameters=parameters, instance_kind="KIND_CPU"),
+                 comment)
 
 
 def write_seeds_ensemble(folder: Path, version: int, seed_codes: str, generator: str, layout: GraphLayout,
@@ -77,9 +76,8 @@ def write_seeds_ensemble(folder: Path, version: int, seed_codes: str, generator:
     (folder / str(version)).mkdir(parents=True)  # Triton wants a version folder, empty for an ensemble
     steps = [(seed_codes, {SEEDS_INPUT.name: SEEDS_INPUT.name}, {"codes": "codes"}),
              (generator, {"codes": "codes"}, {s.name: s.name for s in outputs})]
-    (folder / CONFIG_FILE).write_text(render_ensemble_config(
-        name=folder.name, max_batch=max_batch, inputs=[SEEDS_INPUT], outputs=outputs, steps=steps,
-        parameters=parameters, comment=comment))
+    write_config(folder, ensemble_config(name=folder.name, max_batch=max_batch, inputs=[SEEDS_INPUT], outputs=outputs,
+                                         steps=steps, parameters=parameters), comment)
 
 
 def verify_seed_codes(version_dir: Path, layout: GraphLayout, seeds: Sequence[int] = VERIFY_SEEDS) -> dict:

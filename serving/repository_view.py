@@ -1,16 +1,12 @@
 """A CPU view of a model repository written by ``ddn-export``.
 
-The exported repository holds, for every graph G, a production entry ``G``
-(Triton's onnxruntime/TensorRT backends, GPU instance groups) and a
-python-backend twin ``G_python`` that runs the same ONNX file with ONNX Runtime
-on the CPU. The Triton binary shipped in the nvidia-pytriton wheel has only the
-python backend, so it is pointed at a view: a folder that links each
-``G_python`` directory under the plain name ``G``. The twin's config.pbtxt has
-no ``name`` field, so Triton takes the model name from the link's name and
-clients use the same model names on a CPU host as on a GPU host. Ensembles
-(``G_seeds``) are linked unchanged when every model they run is in the view:
-their steps name ``G``, which the view serves from ``G_python``; one that runs
-a TensorRT entry (``G_seeds_trt``) is left out with it.
+The Triton binary shipped in the nvidia-pytriton wheel has only the python
+backend, so it is pointed at a view: a folder that links each entry the
+repository's targets.txt gives the ``cpu`` target under its served name
+(:mod:`ddn.deployment_targets`): the python twin ``G_python`` as ``G``, the
+seed step and the ensembles ``G_seeds`` as they are. The twin's config.pbtxt
+has no ``name`` field, so Triton takes the model name from the link's name and
+clients use the same model names on a CPU host as on a GPU host.
 
 Nothing in the exported repository is modified; the view is a folder of links
 (plus, when a config is rewritten, a private copy of that one config.pbtxt).
@@ -26,9 +22,9 @@ from typing import Callable, Iterator
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from ddn.deployment_targets import TARGETS_FILE, served_entries
 from ddn.leftovers import remove_stale, tagged
-from ddn.repository_contract import (CONFIG_FILE, ORT_PROVIDER_PARAMETER, ORT_THREADS_PARAMETER, RepositoryError,
-                                     served_name)
+from ddn.repository_contract import CONFIG_FILE, ORT_PROVIDER_PARAMETER, ORT_THREADS_PARAMETER, RepositoryError
 
 ConfigEdit = Callable[[model_config_pb2.ModelConfig], None]
 VIEW_PREFIX = "ddn-cpu-view-"
@@ -44,43 +40,26 @@ def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
 
 
 def cpu_entries(repository: str | Path) -> dict[str, Path]:
-    """Served name -> directory, for every model of ``repository`` the CPU server can run.
+    """Served name -> directory, for every model the repository's targets.txt gives the CPU server.
 
-    ``G_python`` is served as ``G``; a python-backend entry without the suffix
-    keeps its name. Entries for other backends (onnxruntime, TensorRT) are left
-    out, and so is an ensemble with a step that is not served here.
+    Checks what the CPU server relies on: a twin served under another name
+    than its folder's sets no ``name`` in its config, and every ensemble's
+    steps are served too.
     """
-    root = Path(repository).resolve()
-    if not root.is_dir():
-        raise RepositoryError(f"model repository not found: {root}")
-    entries: dict[str, Path] = {}
-    ensembles: dict[str, tuple[Path, set[str]]] = {}
-    for model_dir in sorted(p for p in root.iterdir() if (p / CONFIG_FILE).is_file()):
+    entries = served_entries(repository, "cpu")
+    if not entries:
+        raise RepositoryError(f"{Path(repository).resolve() / TARGETS_FILE} lists no entry for the cpu target; "
+                              "export a model with ddn-export")
+    for name, model_dir in entries.items():
         config = read_config(model_dir)
-        if config.platform == "ensemble":
-            ensembles[model_dir.name] = (model_dir, {step.model_name for step in config.ensemble_scheduling.step})
-            continue
-        if config.backend != "python":
-            continue
-        name = served_name(model_dir.name)
         if config.name and config.name != name:
             raise RepositoryError(
                 f"{model_dir / CONFIG_FILE} sets name {config.name!r}; a CPU view serves it as {name!r}, "
                 "so the config must not set a name (Triton then takes it from the directory)")
-        if name in entries:
-            raise RepositoryError(f"two python-backend entries would both be served as {name!r}: "
-                                  f"{entries[name].name} and {model_dir.name}")
-        entries[name] = model_dir
-    if not entries:
-        raise RepositoryError(f"{root} has no python-backend models (G_python entries written by ddn-export); "
-                              "the CPU Triton server cannot run onnxruntime or TensorRT entries")
-    for name, (model_dir, steps) in ensembles.items():
-        if name in entries:
-            raise RepositoryError(f"the ensemble {name!r} and the python-backend entry {entries[name].name} would "
-                                  f"both be served as {name!r}")
-        if steps <= entries.keys():
-            entries[name] = model_dir
-    return dict(sorted(entries.items()))
+        missing = sorted({step.model_name for step in config.ensemble_scheduling.step} - entries.keys())
+        if missing:
+            raise RepositoryError(f"the ensemble {name!r} runs {missing[0]!r}, which the cpu target does not serve")
+    return entries
 
 
 def build_cpu_view(repository: str | Path, view: str | Path, edit: ConfigEdit | None = None) -> dict[str, Path]:

@@ -6,7 +6,7 @@ gRPC port and nothing else, the probes and the scrape annotation name Triton's
 real ports, the autoscaler scales the Deployment on the adapter rule's queue
 time metric, the Job's arguments are a valid ddn-generate command line whose
 shard count is the Job's completions, and the init container's script links
-exactly the entries the GPU server loads.
+exactly the entries a real export's targets.txt gives the GPU server.
 
 The policy check for a shared cluster reads the manifests (kustomize is not
 needed: they are applied as written, with only images rewritten): every
@@ -23,6 +23,7 @@ import copy
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +35,8 @@ import numpy as np
 import pytest
 import yaml
 
+from ddn.deployment_targets import TARGETS_FILE, Served, read_targets, render_targets
+from ddn.export.repository import record_targets
 from ddn.serving.admin_apis import restriction_flags
 from ddn.serving.generate_cli import main as generate_main
 from ddn.serving.shards import Shard
@@ -138,24 +141,49 @@ def test_triton_runs_with_the_restrictions_ddn_serve_uses(resources: dict) -> No
     assert "replicas" not in resources[("Deployment", "ddn-triton")]["spec"]  # the autoscaler owns the count
 
 
-def test_init_container_links_every_entry_but_the_python_twins(resources: dict, tmp_path: Path) -> None:
-    """The seed ensembles and their python-backend step are served; the _python twins are not."""
-    pod = triton_pod(resources)["spec"]
+def run_init_container(pod: dict, repository: Path, models: Path) -> subprocess.CompletedProcess:
+    """The init container's script, run by this host's sh on ``repository`` into the empty folder ``models``."""
     (init,) = pod["initContainers"]
     mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
     (triton,) = pod["containers"]
     assert mounts == {m["name"]: m["mountPath"] for m in triton["volumeMounts"] if m["name"] in mounts}
-    repository, models = tmp_path / "repository", tmp_path / "models"
-    served = ["mnist", "mnist_encode", "mnist_seed_codes", "mnist_seeds", "mnist_superres", "mnist_trt"]
-    for entry in served + ["mnist_python", "mnist_encode_python", "mnist_superres_python"]:
-        (repository / entry / "1").mkdir(parents=True)
-    (repository / "README.txt").write_text("not an entry")
     models.mkdir()
     shell, flag, script = init["command"]
     script = script.replace(mounts["model-repository"], str(repository)).replace(mounts["models"], str(models))
-    subprocess.run([shell, flag, script], check=True, capture_output=True)
+    return subprocess.run([shell, flag, script], capture_output=True, text=True)
+
+
+def test_init_container_links_the_entries_the_export_states_for_the_gpu(resources: dict, tiny_repository: Path,
+                                                                       tmp_path: Path) -> None:
+    """A real export's targets.txt decides: production entries, seed step and ensembles; no python twin."""
+    repository, models = tmp_path / "repository", tmp_path / "models"
+    shutil.copytree(tiny_repository, repository, symlinks=True)
+    # What --trt would add (no engine can be built here): the statement's gpu lines for the engine entries.
+    trt = ["tiny_trt", "tiny_seeds_trt"]
+    for entry in trt:
+        (repository / entry / "1").mkdir(parents=True)
+    record_targets(repository, [Served("gpu", entry, entry) for entry in trt], trt)
+    # A python-backend entry the statement does not give the gpu target, whatever its name.
+    shutil.copytree(repository / "tiny_python", repository / "tiny_denoise_py", symlinks=True)
+    result = run_init_container(triton_pod(resources)["spec"], repository, models)
+    assert result.returncode == 0, result.stderr
+    served = ["tiny", "tiny_seed_codes", "tiny_seeds", "tiny_seeds_trt", "tiny_trt"]
     assert sorted(p.name for p in models.iterdir()) == served
     assert all((models / name).resolve() == repository / name for name in served)
+    assert sorted(s.name for s in read_targets(repository) if s.target == "gpu") == served
+
+
+def test_init_container_stops_on_a_repository_without_a_statement(resources: dict, tmp_path: Path) -> None:
+    repository = tmp_path / "repository"
+    (repository / "mnist" / "1").mkdir(parents=True)
+    result = run_init_container(triton_pod(resources)["spec"], repository, tmp_path / "models")
+    assert result.returncode == 1 and not any((tmp_path / "models").iterdir())
+    assert result.stderr == f"{repository}/targets.txt not found: export the models again with ddn-export\n"
+    (repository / TARGETS_FILE).write_text(render_targets([Served("gpu", "mnist", "mnist"),
+                                                           Served("gpu", "gone", "gone")]))
+    shutil.rmtree(tmp_path / "models")
+    result = run_init_container(triton_pod(resources)["spec"], repository, tmp_path / "models")
+    assert result.returncode == 1 and "lists " + str(repository / "gone") + ", which is not there" in result.stderr
 
 
 def test_services_expose_grpc_only_and_the_headless_one_lists_ready_pods(resources: dict) -> None:

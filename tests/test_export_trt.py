@@ -7,6 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from ddn.conditions import CONDITIONS
+from ddn.deployment_targets import read_targets
 from ddn.export.cli import main
 from ddn.export.graphs import GenerateGraph
 from ddn.export.onnx_export import export_onnx
@@ -74,3 +75,8 @@ def test_cli_trt_writes_verified_engine_entries(tmp_path):
     config = (repository / "rec_seeds_trt" / "config.pbtxt").read_text()
     assert 'platform: "ensemble"' in config and 'model_name: "rec_seed_codes"' in config
     assert 'model_name: "rec_trt"' in config
+    # The engines and their ensemble are stated for the GPU server only.
+    engines = {f"{entry}_trt" for entry in ("rec", "rec_encode", *gray_conditions)} | {"rec_seeds_trt"}
+    targets = read_targets(repository)
+    assert engines <= {s.entry for s in targets if s.target == "gpu"}
+    assert not engines & {s.entry for s in targets if s.target == "cpu"}

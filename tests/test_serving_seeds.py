@@ -22,13 +22,14 @@ import torch  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from ddn.codes import OUT_OF_RANGE_CODES, SEED_RULE  # noqa: E402
+from ddn.deployment_targets import Served  # noqa: E402
 from ddn.export.exporter import ModelExport  # noqa: E402
-from ddn.export.repository import check_name_is_free, possible_entries  # noqa: E402
+from ddn.export.repository import check_name_is_free, possible_entries, record_targets  # noqa: E402
 from ddn.export.seed_entries import (SEED_RULE_FILE, SeedStepError, verify_seed_codes,  # noqa: E402
                                      write_seed_codes_entry)
 from ddn.repository_contract import GraphLayout, RepositoryError, read_description  # noqa: E402
 from ddn.serving.client import DDNClient  # noqa: E402
-from ddn.serving.repository_view import cpu_repository_view  # noqa: E402
+from ddn.serving.repository_view import cpu_entries, cpu_repository_view, read_config  # noqa: E402
 from ddn.serving.triton_server import Address, TritonServer  # noqa: E402
 from ddn.training.checkpoint import save_checkpoint  # noqa: E402
 from ddn.training.networks import SingleShotGenerator  # noqa: E402
@@ -53,6 +54,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for index, vectors in enumerate(VECTORS):  # the same step, written for each published layout
         layout = GraphLayout("seed_codes", vectors["num_layers"], tuple(vectors["branch_counts"]), 8, 1)
         write_seed_codes_entry(repository / vector_entry(index), 1, layout, MAX_BATCH, layout.parameters(), "vectors")
+    entries = [vector_entry(index) for index in range(len(VECTORS))]
+    record_targets(repository, [Served("cpu", entry, entry) for entry in entries], entries)
     return repository
 
 
@@ -95,6 +98,19 @@ def test_served_seed_entries_and_their_contract_parameters(server: TritonServer,
     assert config["parameters"]["ddn_branch_counts"]["string_value"] == ",".join(["8"] * 8)
     assert config["platform"] == "ensemble" and config["input"][0]["data_type"] == "TYPE_INT64"
     assert read_description(repository / f"{NAME}_seeds").details["steps"] == [f"{NAME}_seed_codes", NAME]
+
+
+def test_the_server_loaded_the_configs_the_export_wrote(server: TritonServer, repository: Path) -> None:
+    """Every field of each exported config is what Triton's model_config API reports, but the names it fills in."""
+    raw = grpcclient.InferenceServerClient(server.grpc_url)
+    for name, entry in cpu_entries(repository).items():
+        expected = read_config(entry)
+        expected.name = name  # a twin's config names no model: Triton takes the folder's name
+        for index, group in enumerate(expected.instance_group):
+            group.name = f"{name}_{index}"  # Triton names each instance group
+        loaded = raw.get_model_config(name).config
+        for field, value in expected.ListFields():
+            assert getattr(loaded, field.name) == value, (name, field.name)
 
 
 def test_plain_grpc_seeds_give_the_bytes_ddnclient_gets(server: TritonServer, client: DDNClient) -> None:

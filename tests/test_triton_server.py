@@ -21,6 +21,7 @@ from cli_helpers import one_line_error, usage_error  # noqa: E402
 from serve_helpers import children, kill, listening_addresses, start_serve_cli  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+from ddn.deployment_targets import TARGETS_FILE, Served, merge_targets, read_targets, render_targets  # noqa: E402
 from ddn.serving.admin_apis import grpc_headers  # noqa: E402
 from ddn.serving.repository_view import VIEW_PREFIX, cpu_repository_view  # noqa: E402
 from ddn.serving.serve_cli import main as serve_main  # noqa: E402
@@ -63,9 +64,12 @@ class TritonPythonModel:
 
 
 def write_model(repository: Path, name: str, model_py: str) -> Path:
+    """A python-backend model, stated in targets.txt for the cpu target (ddn-serve) as ddn-export would."""
     (repository / name / "1").mkdir(parents=True)
     (repository / name / "config.pbtxt").write_text(CONFIG)
     (repository / name / "1" / "model.py").write_text(model_py)
+    existing = read_targets(repository) if (repository / TARGETS_FILE).is_file() else []
+    (repository / TARGETS_FILE).write_text(render_targets(merge_targets(existing, [Served("cpu", name, name)], [name])))
     return repository / name
 
 
