@@ -78,8 +78,8 @@ def main(repository: Path, grpc_host: str, grpc_port: int, http: bool, http_host
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     admin_key = new_admin_key() if admin_apis else None
     try:
-        # The wheel's server has only the python backend: serve the CPU view, where
-        # each G_python twin appears under its production name G.
+        # The wheel's server has only the python backend: serve the CPU view, the entries the
+        # repository's targets.txt gives the cpu target, under their served names.
         settings = cpu_settings(instances, ort_threads, max_queue_delay_us, dynamic_batching, ort_provider)
         with cpu_repository_view(repository, settings) as view, TritonServer(
                 view, grpc_port=grpc_port, host=grpc_host, http=http_address, metrics=metrics_address,
