@@ -52,8 +52,9 @@ def interleaved(methods: Mapping[str, Method | Callable[[], object]], seconds: f
     """Call times of every method: ``seconds`` each in all, split over ``rounds`` interleaved slices.
 
     Every method is warmed up first (``warmup_calls``, untimed); then each round
-    gives every method one slice of ``seconds / rounds`` (at least ``min_calls``
-    calls), starting one method later than the round before.
+    gives every method one slice of ``seconds / rounds`` and at least
+    ``min_calls`` calls (``seconds`` 0: exactly ``min_calls``), starting one
+    method later than the round before.
     """
     wrapped = {name: m if isinstance(m, Method) else Method(m) for name, m in methods.items()}
     names = list(wrapped)
