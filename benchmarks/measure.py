@@ -31,24 +31,38 @@ class Method:
     prepare: Callable[[], None] = field(default=lambda: None)
 
 
+@dataclass
+class Samples:
+    """Per call: wall-clock seconds, and CPU seconds of this process (every thread; unlike the wall clock,
+    barely moved by other processes' load when the method runs on one thread)."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def extend(self, other: "Samples") -> None:
+        self.wall += other.wall
+        self.cpu += other.cpu
+
+
 def time_calls(fn: Callable[[], object], seconds: float, min_calls: int = 3) -> list[float]:
     """Wall times of calls to ``fn`` over about ``seconds`` (at least ``min_calls``), after one warm-up call."""
     fn()
-    return _timed_slice(fn, seconds, min_calls)
+    return _timed_slice(fn, seconds, min_calls).wall
 
 
-def _timed_slice(fn: Callable[[], object], seconds: float, min_calls: int) -> list[float]:
-    times: list[float] = []
+def _timed_slice(fn: Callable[[], object], seconds: float, min_calls: int) -> Samples:
+    samples = Samples()
     deadline = time.perf_counter() + seconds
-    while len(times) < min_calls or time.perf_counter() < deadline:
-        start = time.perf_counter()
+    while len(samples.wall) < min_calls or time.perf_counter() < deadline:
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return times
+        samples.cpu.append(time.process_time() - start_cpu)
+        samples.wall.append(time.perf_counter() - start)
+    return samples
 
 
 def interleaved(methods: Mapping[str, Method | Callable[[], object]], seconds: float, rounds: int = 5,
-                warmup_calls: int = 1, min_calls: int = 1) -> dict[str, list[float]]:
+                warmup_calls: int = 1, min_calls: int = 1) -> dict[str, Samples]:
     """Call times of every method: ``seconds`` each in all, split over ``rounds`` interleaved slices.
 
     Every method is warmed up first (``warmup_calls``, untimed); then each round
@@ -62,21 +76,29 @@ def interleaved(methods: Mapping[str, Method | Callable[[], object]], seconds: f
         method.prepare()
         for _ in range(warmup_calls):
             method.call()
-    times: dict[str, list[float]] = {name: [] for name in names}
+    samples = {name: Samples() for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             method = wrapped[name]
             method.prepare()
-            times[name] += _timed_slice(method.call, seconds / rounds, min_calls)
-    return times
+            samples[name].extend(_timed_slice(method.call, seconds / rounds, min_calls))
+    return samples
 
 
-def summarize(batch: int, times: list[float]) -> dict[str, float]:
-    """Latency percentiles (ms) and images/s at the median call, for calls of ``batch`` images."""
-    p50, p99 = np.percentile(times, [50, 99])
-    return {"latency_ms": round(float(p50) * 1e3, 3), "p99_ms": round(float(p99) * 1e3, 3),
-            "best_latency_ms": round(min(times) * 1e3, 3), "images_per_s": round(batch / float(p50), 1),
-            "calls": len(times)}
+def summarize(batch: int, times: list[float] | Samples) -> dict[str, float]:
+    """Latency percentiles (ms) and images/s at the median call, for calls of ``batch`` images.
+
+    Given :class:`Samples`, also the median CPU time per call and the images per CPU second.
+    """
+    wall = times.wall if isinstance(times, Samples) else times
+    p50, p99 = np.percentile(wall, [50, 99])
+    summary = {"latency_ms": round(float(p50) * 1e3, 3), "p99_ms": round(float(p99) * 1e3, 3),
+               "best_latency_ms": round(min(wall) * 1e3, 3), "images_per_s": round(batch / float(p50), 1),
+               "calls": len(wall)}
+    if isinstance(times, Samples):
+        cpu = float(np.median(times.cpu))
+        summary.update(cpu_ms=round(cpu * 1e3, 3), images_per_cpu_s=round(batch / cpu, 1) if cpu > 0 else None)
+    return summary
 
 
 def matmul_peak_gflops(thread_counts: list[int], seconds: float, sizes: tuple[int, ...] = (512, 1024, 2048)) -> dict:

@@ -21,7 +21,7 @@ import click
 import numpy as np
 import torch
 
-from benchmarks.measure import BenchmarkRun, Method, interleaved, summarize
+from benchmarks.measure import BenchmarkRun, Method, Samples, interleaved, summarize
 from ddn.training.datasets import batch_stream, load_images
 from ddn.training.distributed import Ranks, resolve_device
 from ddn.training.networks import build_generator
@@ -68,15 +68,15 @@ class Bench:
         self.usage_s.append(middle - start)
         self.average_s.append(time.perf_counter() - middle)
 
-    def report(self, times: list[float], warmup: int) -> dict:
-        """The preset's numbers from the timed steps' wall times (the first ``warmup`` steps were untimed)."""
-        step_s = float(np.mean(times))
+    def report(self, times: Samples, warmup: int) -> dict:
+        """The preset's numbers from the timed steps (the first ``warmup`` steps were untimed)."""
+        step_s = float(np.mean(times.wall))
         usage_s, average_s = np.mean(self.usage_s[warmup:]), np.mean(self.average_s[warmup:])
         return {
             "config": self.model.config(),
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "batch": self.batch,
-            "steps_timed": len(times),
+            "steps_timed": len(times.wall),
             "ms_per_step": 1000 * step_s,
             "images_per_s": self.batch / step_s,
             "step": summarize(self.batch, times),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.measure import BenchmarkRun, Method, interleaved, summarize
+from benchmarks.measure import BenchmarkRun, Method, Samples, interleaved, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,12 +20,13 @@ def test_rounds_interleave_the_methods_and_rotate_which_goes_first():
     times = interleaved(methods, seconds=0, rounds=3, warmup_calls=1, min_calls=2)
     assert calls == list("abc") + list("aabbcc") + list("bbccaa") + list("ccaabb")  # warm-up, then 3 rounds
     assert prepared == list("abc") + list("abc") + list("bca") + list("cab")  # before the warm-up and every slice
-    assert {name: len(t) for name, t in times.items()} == {"a": 6, "b": 6, "c": 6}
+    assert {name: (len(t.wall), len(t.cpu)) for name, t in times.items()} == {n: (6, 6) for n in "abc"}
 
 
 def test_summary_reports_median_p99_and_images_per_second():
-    times = [0.010] * 98 + [0.020, 0.110]
+    times = Samples(wall=[0.010] * 98 + [0.020, 0.110], cpu=[0.004] * 100)
     summary = summarize(64, times)
+    assert summary["cpu_ms"] == 4.0 and summary["images_per_cpu_s"] == 16000.0
     assert summary["latency_ms"] == 10.0 and summary["best_latency_ms"] == 10.0
     assert 20.0 < summary["p99_ms"] < 110.0
     assert summary["images_per_s"] == 6400.0 and summary["calls"] == 100
