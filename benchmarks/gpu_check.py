@@ -52,7 +52,11 @@ Stages, in order:
   runs) with the python-backend twins on ONNX Runtime's CUDA provider
   (``--serve-provider``), dynamic batching on and off side by side, measured
   with ``benchmarks/serve_load.py``'s closed-loop sweep (1 and 16 clients,
-  one image per request, alternating rounds).
+  one image per request, alternating rounds). It also asks ``NAME_seeds``
+  for three seeds (0, 1, 2**63-1): the images must equal ``NAME``'s for the
+  seed rule's codes. ``NAME_seeds_trt`` (written with the engine) needs
+  Triton's TensorRT backend, which the wheel's server lacks: the stage checks
+  that it runs ``NAME_seed_codes`` then ``NAME_trt``.
 * ``gpu_tests``: ``python -m pytest -m gpu``.
 
 The JSON ends with ``summary``: every stage's status and the two targets,
@@ -198,7 +202,7 @@ def install_commands(settings: Settings) -> list[list[str]]:
         return [editable, *uninstall, [*pip, "--no-index", "--no-deps", *wheels]]
     project = _pyproject()
     extras = project["optional-dependencies"]
-    requirements = [*project["dependencies"], *extras["serving"], *extras["dev"], *extras["gpu"]]
+    requirements = [*project["dependencies"], *extras["train"], *extras["serving"], *extras["dev"], *extras["gpu"]]
     held = []
     if _version("torch") is not None:  # keep the host's torch: its CUDA build is what the GPU stages measure
         requirements = [r for r in requirements if _requirement_name(r) != "torch"]
@@ -431,6 +435,36 @@ def stage_latency(settings: Settings) -> dict:
 
 # -- serving --------------------------------------------------------------------------------
 
+SEED_CHECK = (0, 1, 2**63 - 1)
+
+
+def seed_entries_check(grpc_url: str, repository: Path) -> dict:
+    """``NAME_seeds`` on a running server against ``NAME`` on the seed rule's codes; ``NAME_seeds_trt``'s steps."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
+
+    from ddn.codes import codes_from_seed
+    from ddn.serving.repository_view import read_config
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+
+    def images(model: str, name: str, array: np.ndarray) -> np.ndarray:
+        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        return client.infer(model, [tensor], outputs=[grpcclient.InferRequestedOutput("images")]).as_numpy("images")
+
+    info = _entry_json(repository, NAME)
+    by_seed = images(f"{NAME}_seeds", "seeds", np.array(SEED_CHECK, np.int64).reshape(-1, 1))
+    by_codes = images(NAME, "codes", codes_from_seed(list(SEED_CHECK), info["num_layers"], info["branch_counts"]))
+    result: dict[str, Any] = {"seeds": list(SEED_CHECK), "seeds_equal_codes": bool(np.array_equal(by_seed, by_codes))}
+    if (repository / f"{NAME}_trt").is_dir():
+        ensemble = repository / f"{NAME}_seeds_trt"
+        result["seeds_trt_steps"] = ([step.model_name for step in read_config(ensemble).ensemble_scheduling.step]
+                                     if ensemble.is_dir() else None)
+    return result
+
+
 def stage_serve(settings: Settings) -> dict:
     import contextlib
 
@@ -456,13 +490,20 @@ def stage_serve(settings: Settings) -> dict:
             configs[variant] = server_settings(read_config(view / NAME))
             servers[variant] = stack.enter_context(TritonServer(view, startup_timeout=120))
             closed_loop(servers[variant], codes, max(levels), 1.0, NAME, shape)  # warm-up, not counted
+        seeds = seed_entries_check(servers["dynamic_batching"].grpc_url, repository)
         for r in range(SERVE_ROUNDS):
             sweep_round(servers, codes, levels, SERVE_SLICE_S, parts, reverse=r % 2 == 1, model=NAME,
                         image_shape=shape)
     sweeps = sweep_results(parts, list(variants), levels)
     print(json.dumps(sweeps, indent=2), flush=True)
-    return {"provider": settings.serve_provider, "server_config": configs, "rounds": SERVE_ROUNDS,
-            "seconds_per_slice": SERVE_SLICE_S, "one_image_per_request": sweeps}
+    result = {"provider": settings.serve_provider, "server_config": configs, "rounds": SERVE_ROUNDS,
+              "seconds_per_slice": SERVE_SLICE_S, "one_image_per_request": sweeps, "seed_entries": seeds}
+    if not seeds["seeds_equal_codes"]:
+        raise CheckFailed(f"{NAME}_seeds gives other images than {NAME} for the seed rule's codes", result)
+    if seeds.get("seeds_trt_steps", [f"{NAME}_seed_codes", f"{NAME}_trt"]) != [f"{NAME}_seed_codes", f"{NAME}_trt"]:
+        raise CheckFailed(f"{NAME}_seeds_trt runs {seeds['seeds_trt_steps']}, not {NAME}_seed_codes then {NAME}_trt",
+                          result)
+    return result
 
 
 # -- the -m gpu tests -------------------------------------------------------------------------

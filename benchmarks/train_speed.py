@@ -56,7 +56,7 @@ class Bench:
 
     def step(self) -> None:
         batch = next(self.batches).to(self.device)
-        train_step(self.model, self.optimizer, batch, 0.05, self.dropout, self.ranks, self.scaler)
+        train_step(self.model.loss, self.optimizer, batch, 0.05, self.dropout, self.scaler)
         _sync(self.device)
         start = time.perf_counter()
         self.splits.append(usage_step(self.model, self.optimizer, True, self.ranks, self.average))

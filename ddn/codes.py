@@ -11,6 +11,8 @@ from typing import Sequence
 import numpy as np
 
 SEED_RULE = "numpy.random.default_rng(seed).random(L); code = min(floor(K * u), K - 1)"
+# What a generation graph does with a code outside [0, K) on some layer (the DDL clamps before its gather).
+OUT_OF_RANGE_CODES = "clamped to [0, K-1] per layer"
 
 
 def _branch_counts(k: int | Sequence[int], num_layers: int) -> np.ndarray:
@@ -34,10 +36,26 @@ def codes_from_uniform(u: np.ndarray, k: int | Sequence[int]) -> np.ndarray:
     return np.minimum(np.floor(ks * u), ks - 1).astype(np.int32)
 
 
+def _check_seed(seed: object) -> int:
+    """``seed`` as an int, or ValueError: numpy's default_rng takes integers >= 0 only."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed {seed!r} is not an integer; seeds are integers >= 0")
+    if seed < 0:
+        raise ValueError(f"seed {int(seed)} is negative; seeds are integers >= 0 "
+                         "(numpy.random.default_rng refuses negative seeds)")
+    return int(seed)
+
+
 def codes_from_seed(seeds: int | Sequence[int], num_layers: int, k: int | Sequence[int]) -> np.ndarray:
-    """Codes [len(seeds), L] int32: row b draws L floats from numpy's default_rng(seeds[b])."""
-    seed_list = [seeds] if np.isscalar(seeds) else list(seeds)
-    u = np.stack([np.random.default_rng(int(s)).random(num_layers) for s in seed_list]) if seed_list else np.zeros((0, num_layers))
+    """Codes [len(seeds), L] int32: row b draws L floats from numpy's default_rng(seeds[b]).
+
+    Needs numpy only and imports nothing else of the project: ddn-export copies
+    this file into the served seed step (``<model>_seed_codes``), which runs
+    where the ``ddn`` package is not installed.
+    """
+    seed_list = [_check_seed(s) for s in ([seeds] if np.isscalar(seeds) else list(seeds))]
+    u = np.stack([np.random.default_rng(s).random(num_layers) for s in seed_list]) if seed_list \
+        else np.zeros((0, num_layers))
     return codes_from_uniform(u, k)
 
 

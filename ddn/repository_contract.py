@@ -6,10 +6,14 @@
 
 Graph kind ``generate`` of model NAME is the entry NAME, every other kind
 ``NAME_<kind>``; the python-backend twin of an entry is ``<entry>_python``
-(served under the entry's own name by a CPU view), its TensorRT engine
-``<entry>_trt``. ``ddn.export`` writes through this module; ``ddn.serving``
-and the twin's model.py read through it. Only numpy is imported (ONNX Runtime
-when a session is opened): Triton clients import this without torch.
+(served under the entry's own name by a CPU view, as the repository's
+targets.txt states: :mod:`ddn.deployment_targets`), its TensorRT engine
+``<entry>_trt``. With the generation graph come the generate-by-seed entries:
+``NAME_seeds`` (an ensemble: seeds -> ``NAME_seed_codes`` -> codes -> ``NAME``)
+and, with TensorRT, ``NAME_seeds_trt`` (ending in ``NAME_trt``). ``ddn.export``
+writes through this module; ``ddn.serving`` and the twin's model.py read
+through it. Only numpy is imported (ONNX Runtime when a session is opened):
+Triton clients import this without torch.
 """
 from __future__ import annotations
 
@@ -20,12 +24,18 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from ddn.codes import SEED_RULE
+from ddn.codes import OUT_OF_RANGE_CODES, SEED_RULE
+from ddn.conditions import CONDITIONS
 
 if TYPE_CHECKING:
     import onnxruntime
 
-GRAPH_KINDS = ("generate", "encode", "superres", "colorize", "inpaint")
+# Generation, encoding, and one guided graph per zero-shot condition (named as in the condition registry).
+GRAPH_KINDS = ("generate", "encode", *CONDITIONS)
+# Generation by seed: the ensemble NAME_seeds takes SEEDS_INPUT INT64 [B, 1] and runs the python step
+# NAME_seed_codes (seeds -> codes by ddn.codes.codes_from_seed) then the generation entry.
+SEEDS_KIND = "seeds"
+SEED_CODES_KIND = "seed_codes"
 PYTHON_SUFFIX = "_python"
 TRT_SUFFIX = "_trt"
 CONFIG_FILE = "config.pbtxt"
@@ -60,11 +70,6 @@ def entry_name(model: str, kind: str, variant: str = "") -> str:
     return (model if kind == "generate" else f"{model}_{kind}") + variant
 
 
-def served_name(entry: str) -> str:
-    """The name a CPU view serves an entry under: a python twin takes its production entry's name."""
-    return entry.removesuffix(PYTHON_SUFFIX)
-
-
 def identity_parameters(parameters: Mapping[str, str]) -> dict[str, str]:
     """The ``ddn_*`` parameters of a config, sorted: what must agree between servers of one model.
 
@@ -97,6 +102,10 @@ class TensorSpec:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
         return cls(data["name"], np.dtype(data["dtype"]), tuple(int(d) for d in data["shape"][1:]))
+
+
+# The seed entries' input: one seed per request row (numpy's default_rng takes seeds >= 0, INT64 carries < 2**63).
+SEEDS_INPUT = TensorSpec("seeds", np.dtype(np.int64), (1,))
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,7 @@ class GraphLayout:
             "ddn_image_size": str(self.image_size),
             "ddn_image_channels": str(self.image_channels),
             "ddn_seed_rule": SEED_RULE,
+            "ddn_out_of_range_codes": OUT_OF_RANGE_CODES,
         }
         if self.superres_factor is not None:
             params["ddn_superres_factor"] = str(self.superres_factor)
@@ -156,7 +166,8 @@ class GraphLayout:
     def to_json(self) -> dict[str, Any]:
         data = {"graph": self.graph, "num_layers": self.num_layers, "branch_counts": list(self.branch_counts),
                 "image_size": self.image_size, "image_channels": self.image_channels,
-                "image_shape": list(self.image_shape), "seed_rule": SEED_RULE}
+                "image_shape": list(self.image_shape), "seed_rule": SEED_RULE,
+                "out_of_range_codes": OUT_OF_RANGE_CODES}
         if self.superres_factor is not None:
             data["superres_factor"] = self.superres_factor
         return data

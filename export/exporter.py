@@ -2,16 +2,19 @@
 
 For each graph kind (see :mod:`ddn.export.graphs`) the entry names are::
 
-    generate -> NAME      encode -> NAME_encode     superres -> NAME_superres
-    colorize -> NAME_colorize (RGB models only)     inpaint  -> NAME_inpaint
+    generate -> NAME      encode -> NAME_encode     condition C -> NAME_C (each of ddn.conditions.CONDITIONS
+                                                    the model supports: superres, colorize for RGB, ...)
 
 each with a python-backend twin ``<entry>_python`` and, with TensorRT,
 ``<entry>_trt``; names, files and ddn.json follow :mod:`ddn.repository_contract`.
+With the generation graph come the generate-by-seed entries ``NAME_seed_codes``
+and ``NAME_seeds`` (``NAME_seeds_trt`` with TensorRT), see :mod:`ddn.export.seed_entries`.
 All ONNX graphs are exported and verified in a staging folder before the first
 entry is moved into the repository (:mod:`ddn.export.repository`).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 from dataclasses import dataclass, field
@@ -21,15 +24,18 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ddn.repository_contract import (CONFIG_FILE, GRAPH_KINDS, ONNX_DIGEST_PARAMETER, ONNX_FILE,
+from ddn.deployment_targets import Served
+from ddn.repository_contract import (GRAPH_KINDS, ONNX_DIGEST_PARAMETER, ONNX_FILE,
                                      ORT_PROVIDER_PARAMETER, ORT_THREADS_PARAMETER, PLAN_FILE, PYTHON_MODEL_FILE,
-                                     PYTHON_SUFFIX, TRT_SUFFIX, EntryDescription, entry_name, write_description)
+                                     PYTHON_SUFFIX, SEED_CODES_KIND, SEEDS_INPUT, SEEDS_KIND, TRT_SUFFIX,
+                                     EntryDescription, RepositoryError, entry_name, write_description)
 from ddn.training.checkpoint import load_generator
 
-from .graphs import GeneratorGraph, build_graphs
+from .graphs import ConditionGraph, GeneratorGraph, build_graphs
 from .onnx_export import OPSET, export_onnx, verify_onnx
-from .repository import check_model_name, check_name_is_free, commit_entry, staging_folder
-from .triton_config import INSTANCE_KINDS, render_config
+from .repository import check_model_name, check_name_is_free, commit_entry, record_targets, staging_folder
+from .seed_entries import codes_spec, verify_seed_codes, write_seed_codes_entry, write_seeds_ensemble
+from .triton_config import INSTANCE_KINDS, graph_config, write_config
 
 PYTHON_MODEL_TEMPLATE = Path(__file__).with_name("triton_python_model.py")
 TRT_VERIFY_BATCHES = (1, 3)
@@ -94,9 +100,9 @@ class ModelExport:
                                   f"{self.generator.image_channels} channel(s)")
         return list(dict.fromkeys(requested))
 
-    def description(self, graph: GeneratorGraph, backend: str, verification: dict) -> EntryDescription:
-        """The ddn.json beside an entry's config."""
-        details = {
+    def _details(self, backend: str, verification: dict) -> dict:
+        """ddn.json's provenance part: model, version, backend, checkpoint, exporter, checks."""
+        return {
             "model": self.name,
             "version": self.version,
             "backend": backend,
@@ -105,8 +111,12 @@ class ModelExport:
             "onnx": {"opset": OPSET, "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}"},
             "verification": verification,
         }
-        if graph.kind == "inpaint":
-            details["mask"] = "uint8 [B, H, W, 1]; nonzero = known pixel, 0 = to fill"
+
+    def description(self, graph: GeneratorGraph, backend: str, verification: dict) -> EntryDescription:
+        """The ddn.json beside an entry's config."""
+        details = self._details(backend, verification)
+        if isinstance(graph, ConditionGraph):
+            details["condition"] = graph.spec.description()
         return EntryDescription(graph.layout(), tuple(graph.inputs()), tuple(graph.outputs()), self.max_batch, details)
 
     def _comment(self, graph: GeneratorGraph, backend: str) -> str:
@@ -117,6 +127,8 @@ class ModelExport:
                       "(\"has kind KIND_GPU but no GPUs are available\"). There, serve the python twin",
                       f"{entry_name(self.name, graph.kind, PYTHON_SUFFIX)} (ddn-serve does) or export with "
                       "--instance-kind auto (GPU if present, else CPU)."]
+        if backend == "onnxruntime" and self.instance_kind == "KIND_AUTO":
+            lines += ["instance_group without kind: KIND_AUTO, protobuf's default (the GPU if present, else the CPU)."]
         if backend == "python":
             lines += ["Python-backend twin: runs ../<entry>/<version>/model.onnx with ONNX Runtime",
                       "(ort_execution_provider: cpu, or cuda / tensorrt with onnxruntime-gpu).",
@@ -130,10 +142,9 @@ class ModelExport:
         description = self.description(graph, backend, verification)
         parameters = {**description.layout.parameters(), ONNX_DIGEST_PARAMETER: sha256_file(onnx_path),
                       **(extra_parameters or {})}
-        (folder / CONFIG_FILE).write_text(render_config(
-            name=name, backend=backend, max_batch=self.max_batch, inputs=description.inputs,
-            outputs=description.outputs, parameters=parameters,
-            instance_kind=instance_kind, comment=self._comment(graph, backend)))
+        config = graph_config(name=name, backend=backend, max_batch=self.max_batch, inputs=description.inputs,
+                              outputs=description.outputs, parameters=parameters, instance_kind=instance_kind)
+        write_config(folder, config, self._comment(graph, backend))
         write_description(folder, description)
 
     # -- ONNX ------------------------------------------------------------------------
@@ -145,8 +156,10 @@ class ModelExport:
         ``step(entry)`` is called before each graph (progress reporting).
         """
         kinds = self.kinds(kinds)
+        seed_entries = [entry_name(self.name, SEED_CODES_KIND), entry_name(self.name, SEEDS_KIND)] \
+            if "generate" in kinds else []
         check_name_is_free(self.repository, self.name, [entry_name(self.name, kind, variant) for kind in kinds
-                                                        for variant in ("", PYTHON_SUFFIX)])
+                                                        for variant in ("", PYTHON_SUFFIX)] + seed_entries)
         reports: list[EntryReport] = []
         v = str(self.version)
         with staging_folder(self.repository) as staging:
@@ -166,13 +179,67 @@ class ModelExport:
                 shutil.copyfile(PYTHON_MODEL_TEMPLATE, twin / v / PYTHON_MODEL_FILE)
                 (twin / v / ONNX_FILE).symlink_to(Path("..", "..", entry, v, ONNX_FILE))
                 reports.append(EntryReport(entry, kind, "onnxruntime", verification))
+            seed_reports = []
+            if "generate" in kinds:
+                seed_reports.append(self._stage_seed_codes(staging))
+                generator = entry_name(self.name, "generate")
+                seed_reports.append(self._stage_seeds_ensemble(staging, generator, staging / generator / v / ONNX_FILE))
             # Production entries first: each python twin's model.onnx links into one.
             for report in reports:
                 commit_entry(staging / report.entry, self.repository / report.entry, self.version)
             for report in reports:
                 twin = entry_name(self.name, report.kind, PYTHON_SUFFIX)
                 commit_entry(staging / twin, self.repository / twin, self.version)
-        return reports
+            for report in seed_reports:  # after the entries they run
+                commit_entry(staging / report.entry, self.repository / report.entry, self.version)
+        self._record_onnx_targets(reports, seed_reports)
+        return reports + seed_reports
+
+    def _record_onnx_targets(self, reports: list[EntryReport], seed_reports: list[EntryReport]) -> None:
+        """State the targets: GPU the production entries, CPU their twins under the same names, both the seed entries.
+
+        On the CPU the ensemble's step ``NAME`` is the twin served under that name.
+        """
+        served, entries = [], []
+        for report in reports:
+            twin = entry_name(self.name, report.kind, PYTHON_SUFFIX)
+            served += [Served("gpu", report.entry, report.entry), Served("cpu", report.entry, twin)]
+            entries += [report.entry, twin]
+        for report in seed_reports:
+            served += [Served(target, report.entry, report.entry) for target in ("gpu", "cpu")]
+            entries.append(report.entry)
+        record_targets(self.repository, served, entries)
+
+    # -- generation by seed --------------------------------------------------------------
+    def _stage_seed_codes(self, staging: Path) -> EntryReport:
+        """Stage and verify ``NAME_seed_codes``: seeds -> codes by ddn.codes' rule, numpy only."""
+        layout = dataclasses.replace(self.graphs["generate"].layout(), graph=SEED_CODES_KIND)
+        folder = staging / entry_name(self.name, SEED_CODES_KIND)
+        comment = (f"Written by ddn-export: the seed step of {entry_name(self.name, SEEDS_KIND)} for "
+                   f"{self.checkpoint.name}, see ddn.json.\nseeds INT64 [B, 1] -> codes INT32 [B, L] by "
+                   "seed_rule.py (a copy of ddn/codes.py; numpy only).")
+        write_seed_codes_entry(folder, self.version, layout, self.max_batch, layout.parameters(), comment)
+        verification = verify_seed_codes(folder / str(self.version), layout)
+        write_description(folder, EntryDescription(layout, (SEEDS_INPUT,), (codes_spec(layout),), self.max_batch,
+                                                   self._details("python", verification)))
+        return EntryReport(folder.name, SEED_CODES_KIND, "python", verification)
+
+    def _stage_seeds_ensemble(self, staging: Path, generator: str, onnx_path: Path, variant: str = "") -> EntryReport:
+        """Stage the ensemble ``NAME_seeds<variant>``: ``NAME_seed_codes`` then ``generator``."""
+        graph = self.graphs["generate"]
+        layout = dataclasses.replace(graph.layout(), graph=SEEDS_KIND)
+        folder = staging / entry_name(self.name, SEEDS_KIND, variant)
+        seed_codes = entry_name(self.name, SEED_CODES_KIND)
+        comment = (f"Written by ddn-export: generation by seed of {self.checkpoint.name}, see ddn.json.\n"
+                   f"seeds INT64 [B, 1] -> {seed_codes} -> codes -> {generator} -> images, the bytes\n"
+                   "DDNClient.generate(seeds=...) gets. Seed rule, L and K per layer: the ddn_* parameters.")
+        parameters = {**layout.parameters(), ONNX_DIGEST_PARAMETER: sha256_file(onnx_path)}
+        write_seeds_ensemble(folder, self.version, seed_codes, generator, layout, graph.outputs(), self.max_batch,
+                             parameters, comment)
+        details = {**self._details("ensemble", {}), "steps": [seed_codes, generator]}
+        write_description(folder, EntryDescription(layout, (SEEDS_INPUT,), tuple(graph.outputs()), self.max_batch,
+                                                   details))
+        return EntryReport(folder.name, SEEDS_KIND, "ensemble")
 
     # -- TensorRT ----------------------------------------------------------------------
     def write_tensorrt(self, kinds: Sequence[str] | None = None, fp16: bool = False,
@@ -186,7 +253,12 @@ class ModelExport:
         from .tensorrt_build import build_engine, verify_engine
 
         kinds = self.kinds(kinds)
-        check_name_is_free(self.repository, self.name, [entry_name(self.name, kind, TRT_SUFFIX) for kind in kinds])
+        seeds_trt = [entry_name(self.name, SEEDS_KIND, TRT_SUFFIX)] if "generate" in kinds else []
+        check_name_is_free(self.repository, self.name,
+                           [entry_name(self.name, kind, TRT_SUFFIX) for kind in kinds] + seeds_trt)
+        if seeds_trt and not (self.repository / entry_name(self.name, SEED_CODES_KIND)).is_dir():
+            raise RepositoryError(f"{self.repository} has no {entry_name(self.name, SEED_CODES_KIND)} entry for "
+                                  f"{seeds_trt[0]} to run; export the ONNX entries of this version again first")
         reports: list[EntryReport] = []
         v = str(self.version)
         rng = np.random.default_rng(2)
@@ -205,6 +277,12 @@ class ModelExport:
                 (folder / v / PLAN_FILE).write_bytes(plan)
                 self._write_entry(folder, graph, "tensorrt", folder.name, "KIND_GPU", verification, onnx_path)
                 reports.append(EntryReport(folder.name, kind, "tensorrt", verification))
+            if seeds_trt:
+                generator = entry_name(self.name, "generate")
+                reports.append(self._stage_seeds_ensemble(staging, entry_name(self.name, "generate", TRT_SUFFIX),
+                                                          self.repository / generator / v / ONNX_FILE, TRT_SUFFIX))
             for report in reports:
                 commit_entry(staging / report.entry, self.repository / report.entry, self.version)
+        # Engines, and the ensemble that ends in one, run on the GPU server only.
+        record_targets(self.repository, [Served("gpu", r.entry, r.entry) for r in reports], [r.entry for r in reports])
         return reports

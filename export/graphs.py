@@ -9,34 +9,24 @@ PyTorch model cannot drift apart:
   (the sampled path: each DDL gathers only the chosen branch's rows, ``apply_branch``;
   the DDL clamps indices into [0, K) before the gather, so no backend reads out of bounds)
 * ``encode``    images uint8 [B, H, W, C] -> codes int32 [B, L] (argmin of the L2 to the target per layer)
-* ``superres``  low_res uint8 [B, H/f, W/f, C] -> images, codes (top-1 zero-shot super-resolution)
-* ``colorize``  gray uint8 [B, H, W, 1] -> images, codes (top-1 zero-shot colorization, C == 3 only)
-* ``inpaint``   image uint8 [B, H, W, C], mask uint8 [B, H, W, 1] (nonzero = known) -> images, codes
+* one graph per condition of :data:`ddn.conditions.CONDITIONS`, named as the condition: its inputs
+  (uint8, e.g. ``superres`` low_res [B, H/f, W/f, C]; ``inpaint`` image [B, H, W, C] and mask [B, H, W, 1],
+  nonzero = known) -> images, codes: the top-1 zero-shot path (:class:`ConditionGraph`)
 
 Every graph is a static graph with a dynamic batch axis; argmin runs inside it.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from ddn.conditions import CONDITIONS, MASK
 from ddn.repository_contract import GraphLayout, TensorSpec
-from ddn.training.ddl import area_resize
-from ddn.training.guidance import (Colorization, Condition, Inpainting, SuperResolution, TargetCondition,
-                                   to_grayscale)
+from ddn.training.guidance import DISTANCES, Condition, TargetCondition, condition_from_inputs, pixels_to_model
 from ddn.training.networks import DDNGenerator
-
-
-def pixels_to_model(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, H, W, C] -> float [B, C, H, W] in [-1, 1] (inverse of :func:`float_to_pixels` up to rounding).
-
-    The cast comes first: TensorRT accepts a uint8 network input only when a Cast consumes it.
-    """
-    return pixels.float().permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
 def model_to_float(images: torch.Tensor) -> torch.Tensor:
@@ -85,6 +75,10 @@ class GeneratorGraph(nn.Module):
     def example_inputs(self, batch: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         """Inputs for export and verification, in the order of :meth:`inputs`."""
         raise NotImplementedError
+
+    def dynamic_shapes(self, batch: torch.export.Dim) -> tuple:
+        """torch.export's ``dynamic_shapes`` for :meth:`forward`'s arguments: each input's batch axis."""
+        return tuple({0: batch} for _ in self.inputs())
 
     def random_codes(self, batch: int, rng: np.random.Generator) -> np.ndarray:
         ks = np.asarray(self.generator.branch_counts)
@@ -135,79 +129,51 @@ class EncodeGraph(GeneratorGraph):
         return self._guided(TargetCondition(pixels_to_model(images)))[1]
 
 
-class SuperResolutionGraph(GeneratorGraph):
-    kind = "superres"
+class ConditionGraph(GeneratorGraph):
+    """A zero-shot condition's graph: its registry inputs (uint8) -> images, codes (top-1 path).
 
-    def __init__(self, generator: DDNGenerator, factor: int = 4):
+    Everything condition-specific comes from the registry: the inputs from
+    :data:`ddn.conditions.CONDITIONS`, the distance and the example inputs
+    (a clean image as the condition sees it) from
+    :data:`ddn.training.guidance.DISTANCES`, both under the graph's kind.
+    """
+
+    def __init__(self, generator: DDNGenerator, kind: str, superres_factor: int = 4):
         super().__init__(generator)
-        size = generator.image_size
-        if factor < 1 or factor & (factor - 1) or size % factor:
-            raise ValueError(f"super-resolution factor must be a power of two dividing the image size {size}, got {factor}")
-        self.factor = factor
+        self.kind, self.spec = kind, CONDITIONS[kind]
+        if not self.spec.supports(generator.image_channels):
+            raise ValueError(f"{kind} needs an RGB model, this one has {generator.image_channels} channel(s)")
+        self.superres_factor = None
+        if any(i.low_res for i in self.spec.inputs):
+            size, factor = generator.image_size, superres_factor
+            if factor < 1 or factor & (factor - 1) or size % factor:
+                raise ValueError(f"super-resolution factor must be a power of two dividing the image size {size}, "
+                                 f"got {factor}")
+            self.superres_factor = factor
 
     def layout(self) -> GraphLayout:
-        return dataclasses.replace(super().layout(), superres_factor=self.factor)
+        return dataclasses.replace(super().layout(), superres_factor=self.superres_factor)
 
     def inputs(self) -> list[TensorSpec]:
-        h, w, c = self.image_shape
-        return [TensorSpec("low_res", np.dtype(np.uint8), (h // self.factor, w // self.factor, c))]
+        return list(self.spec.input_specs(self.layout()))
 
     def example_inputs(self, batch: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-        images = self._decoded(batch, rng)
-        return (_pixels(area_resize(images, images.shape[-1] // self.factor)),)
+        shapes = {spec.name: spec.shape for spec in self.inputs()}
+        observed = DISTANCES[self.kind].observe(self._decoded(batch, rng), shapes, rng)
+        return tuple(observed[i.name].permute(0, 2, 3, 1).to(torch.uint8).numpy() if i.values == MASK
+                     else _pixels(observed[i.name]) for i in self.spec.inputs)
 
-    def forward(self, low_res: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._guided(SuperResolution(pixels_to_model(low_res)))
+    def dynamic_shapes(self, batch: torch.export.Dim) -> tuple:
+        return (super().dynamic_shapes(batch),)  # forward(*inputs) takes the inputs as one tuple
 
-
-class ColorizationGraph(GeneratorGraph):
-    kind = "colorize"
-
-    def __init__(self, generator: DDNGenerator):
-        super().__init__(generator)
-        if generator.image_channels != 3:
-            raise ValueError(f"colorization needs an RGB model, this one has {generator.image_channels} channel(s)")
-
-    def inputs(self) -> list[TensorSpec]:
-        h, w, _ = self.image_shape
-        return [TensorSpec("gray", np.dtype(np.uint8), (h, w, 1))]
-
-    def example_inputs(self, batch: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-        return (_pixels(to_grayscale(self._decoded(batch, rng))),)
-
-    def forward(self, gray: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._guided(Colorization(pixels_to_model(gray)))
-
-
-class InpaintingGraph(GeneratorGraph):
-    kind = "inpaint"
-
-    def inputs(self) -> list[TensorSpec]:
-        h, w, c = self.image_shape
-        return [TensorSpec("image", np.dtype(np.uint8), (h, w, c)), TensorSpec("mask", np.dtype(np.uint8), (h, w, 1))]
-
-    def example_inputs(self, batch: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-        h, w, _ = self.image_shape
-        mask = np.ones((batch, h, w, 1), dtype=np.uint8)
-        for m in mask:  # hide one random box per sample, at least a quarter of the image
-            top, left = rng.integers(0, h // 2 + 1), rng.integers(0, w // 2 + 1)
-            m[top:top + max(1, h // 2), left:left + max(1, w // 2)] = 0
-        return _pixels(self._decoded(batch, rng)), mask
-
-    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        known = (mask.float() > 0).float().permute(0, 3, 1, 2)  # cast first, as in pixels_to_model
-        return self._guided(Inpainting(pixels_to_model(image), known))
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._guided(condition_from_inputs(self.kind, dict(zip([i.name for i in self.spec.inputs], inputs))))
 
 
 def build_graphs(generator: DDNGenerator, superres_factor: int = 4) -> dict[str, GeneratorGraph]:
-    """Every graph this generator supports, by kind (colorization only for RGB models)."""
-    builders: dict[str, Callable[[], GeneratorGraph]] = {
-        "generate": lambda: GenerateGraph(generator),
-        "encode": lambda: EncodeGraph(generator),
-        "superres": lambda: SuperResolutionGraph(generator, superres_factor),
-        "colorize": lambda: ColorizationGraph(generator),
-        "inpaint": lambda: InpaintingGraph(generator),
-    }
-    if generator.image_channels != 3:
-        del builders["colorize"]
-    return {kind: build() for kind, build in builders.items()}
+    """Every graph this generator supports, by kind: generate, encode, and each registered condition it supports."""
+    graphs: dict[str, GeneratorGraph] = {"generate": GenerateGraph(generator), "encode": EncodeGraph(generator)}
+    for kind, spec in CONDITIONS.items():
+        if spec.supports(generator.image_channels):
+            graphs[kind] = ConditionGraph(generator, kind, superres_factor)
+    return graphs

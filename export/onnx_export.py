@@ -61,7 +61,7 @@ def export_onnx(graph: GeneratorGraph, path: Path, max_batch: int, seed: int = 0
             torch.onnx.export(
                 graph.eval(), example, str(path), dynamo=True, opset_version=OPSET, external_data=False,
                 input_names=names, output_names=[spec.name for spec in graph.outputs()],
-                dynamic_shapes=tuple({0: batch} for _ in names),
+                dynamic_shapes=graph.dynamic_shapes(batch),
                 verbose=False)
     finally:
         logger.setLevel(level)

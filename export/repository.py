@@ -23,6 +23,10 @@ staging folder is removed on the way out. A killed process leaves it beside
 the repository, where Triton never looks, named after the process
 (:mod:`ddn.leftovers`), and the next export removes it.
 
+After its entries, an export records which target serves them in the
+repository's ``targets.txt`` (:mod:`ddn.deployment_targets`), merged with the
+other models' lines under a lock on the repository folder and replaced in one rename.
+
 An export never replaces another model's entries: every entry of a model
 repository records its model in ddn.json, and an export refuses a name whose
 entries (any graph, twin or engine) could be another model's
@@ -32,16 +36,19 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
+from ddn.deployment_targets import TARGETS_FILE, Served, merge_targets, read_targets, render_targets
 from ddn.leftovers import remove_stale, tagged
-from ddn.repository_contract import (CONFIG_FILE, DESCRIPTION_FILE, GRAPH_KINDS, PYTHON_SUFFIX, TRT_SUFFIX,
-                                     RepositoryError, entry_name, read_description)
+from ddn.repository_contract import (CONFIG_FILE, DESCRIPTION_FILE, GRAPH_KINDS, PYTHON_SUFFIX, SEED_CODES_KIND,
+                                     SEEDS_KIND, TRT_SUFFIX, RepositoryError, entry_name, read_description)
+from ddn.training.checkpoint import atomic_write
 
 # Triton model names become folder names and URL path segments.
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
@@ -56,12 +63,20 @@ def check_model_name(name: str) -> str:
         raise RepositoryError(f"model name {name!r} must be letters, digits, '_', '-' or '.', not starting with '.'")
     if len(name) > MAX_NAME_LENGTH:
         raise RepositoryError(f"model name is {len(name)} characters long; at most {MAX_NAME_LENGTH} are allowed")
+    if TARGETS_FILE in possible_entries(name):
+        raise RepositoryError(f"model name {name!r} is the repository's {TARGETS_FILE}; choose another --name")
     return name
 
 
 def possible_entries(model: str) -> set[str]:
-    """Every entry name an export of ``model`` may ever write: each graph, its python twin, its engine."""
-    return {entry_name(model, kind, variant) for kind in GRAPH_KINDS for variant in ("", PYTHON_SUFFIX, TRT_SUFFIX)}
+    """Every entry name an export of ``model`` may ever write.
+
+    Each graph, its python twin and its engine, and the generate-by-seed
+    entries: the seed step and the ensembles ending in the graph and in its engine.
+    """
+    graphs = {entry_name(model, kind, variant) for kind in GRAPH_KINDS for variant in ("", PYTHON_SUFFIX, TRT_SUFFIX)}
+    return graphs | {entry_name(model, SEED_CODES_KIND), entry_name(model, SEEDS_KIND),
+                     entry_name(model, SEEDS_KIND, TRT_SUFFIX)}
 
 
 def check_name_is_free(repository: Path, model: str, entries: list[str]) -> None:
@@ -181,3 +196,22 @@ def commit_entry(staged: Path, target: Path, version: int) -> None:
         staged = retired
     _fsync_dir(target.parent)
     shutil.rmtree(staged)  # now the previous entry
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive flock on ``folder`` itself: exports into one repository update its statement in turn."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def record_targets(repository: Path, served: Iterable[Served], entries: Iterable[str]) -> None:
+    """Replace the statement's lines of ``entries`` (just committed) by ``served``, keeping every other line."""
+    with _locked(repository):
+        existing = read_targets(repository) if (repository / TARGETS_FILE).is_file() else []
+        text = render_targets(merge_targets(existing, served, entries))
+        atomic_write(repository / TARGETS_FILE, lambda f: f.write(text.encode()))

@@ -1,48 +1,42 @@
 """config.pbtxt for the Triton model repository entries ``ddn-export`` writes.
 
-Three kinds of entry share one io description, dynamic batching, warmup and
-``ddn_*`` parameters (:class:`ddn.repository_contract.GraphLayout`, so clients
-can validate codes from the model config alone):
+Configs are ``ModelConfig`` messages of tritonclient's ``model_config_pb2``, the
+schema readers parse them with, written in protobuf text format under a comment
+header that says what wrote them. Three kinds of graph entry share one io
+description, dynamic batching, warmup and ``ddn_*`` parameters
+(:class:`ddn.repository_contract.GraphLayout`, so clients can validate codes
+from the model config alone):
 
-* ``G``         ONNX Runtime backend (``platform: onnxruntime_onnx``), GPU instances by default;
+* ``G``         ONNX Runtime backend (``platform: onnxruntime_onnx``);
 * ``G_python``  python backend running the same ONNX file with ONNX Runtime on the CPU,
   for servers without the onnxruntime backend; its config sets no ``name`` so a CPU
   view of the repository can serve it under the plain name ``G``;
 * ``G_trt``     TensorRT engine (``platform: tensorrt_plan``), GPU only.
 
-Instance kind of the ``G`` entries: ``KIND_GPU`` by default. Triton refuses to
-load a KIND_GPU instance group where no GPU is visible (the model fails with
-"has kind KIND_GPU but no GPUs are available", and with --exit-on-error the
-server stops), so a CPU-only host either serves the ``G_python`` twins (what
-``ddn-serve`` does) or exports with ``--instance-kind auto`` (Triton then uses
-the GPUs if there are any and the CPU otherwise) or ``cpu``.
+Instance kind of the ``G`` entries: ``ddn-export --instance-kind`` (auto: the
+GPUs if there are any, else the CPU). Triton refuses to load a ``KIND_GPU``
+instance group where no GPU is visible ("has kind KIND_GPU but no GPUs are available").
+
+The generate-by-seed entries: ``G_seed_codes`` is a python-backend entry
+(:func:`graph_config`) and ``G_seeds`` an ensemble (:func:`ensemble_config`).
 """
 from __future__ import annotations
 
-import json
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
 
-from ddn.repository_contract import TensorSpec
+from ddn.repository_contract import CONFIG_FILE, TensorSpec
 
-TRITON_TYPES = {np.dtype(np.uint8): "TYPE_UINT8", np.dtype(np.int32): "TYPE_INT32", np.dtype(np.float32): "TYPE_FP32"}
+TRITON_TYPES = {np.dtype(np.uint8): pb.TYPE_UINT8, np.dtype(np.int32): pb.TYPE_INT32,
+                np.dtype(np.int64): pb.TYPE_INT64, np.dtype(np.float32): pb.TYPE_FP32}
 INSTANCE_KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU", "auto": "KIND_AUTO"}
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "python": None}
 MAX_QUEUE_DELAY_US = 500
-
-
-def _quote(text: str) -> str:
-    """A protobuf text-format string literal (ASCII; json's escapes are valid there)."""
-    return json.dumps(str(text), ensure_ascii=True)
-
-
-def _dims(shape: Sequence[int]) -> str:
-    return "[ " + ", ".join(str(int(d)) for d in shape) + " ]"
-
-
-def _tensors(specs: Sequence[TensorSpec]) -> str:
-    rows = [f"  {{ name: {_quote(s.name)} data_type: {TRITON_TYPES[s.dtype]} dims: {_dims(s.shape)} }}" for s in specs]
-    return "[\n" + ",\n".join(rows) + "\n]"
+WARMUP_NAME = "zeros_batch_1"
 
 
 def preferred_batch_sizes(max_batch: int) -> list[int]:
@@ -50,36 +44,60 @@ def preferred_batch_sizes(max_batch: int) -> list[int]:
     return sorted({max(1, max_batch // 4), max_batch})
 
 
-def render_config(*, name: str | None, backend: str, max_batch: int, inputs: Sequence[TensorSpec],
-                  outputs: Sequence[TensorSpec], parameters: Mapping[str, str], instance_kind: str,
-                  comment: str) -> str:
-    """config.pbtxt text. ``backend`` is "onnxruntime", "python" or "tensorrt"; ``name`` None leaves it out."""
-    platform = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "python": None}[backend]
-    lines = [f"# {line}".rstrip() for line in comment.strip().splitlines()]
-    if name is not None:
-        lines.append(f"name: {_quote(name)}")
-    if platform is not None:
-        lines.append(f"platform: {_quote(platform)}")
-    lines += [
-        f"backend: {_quote(backend)}",
-        f"max_batch_size: {int(max_batch)}",
-        "version_policy: { latest: { num_versions: 1 } }",
-        f"input {_tensors(inputs)}",
-        f"output {_tensors(outputs)}",
-        "dynamic_batching {",
-        f"  preferred_batch_size: {_dims(preferred_batch_sizes(max_batch))}",
-        f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}",
-        "}",
-        f"instance_group [ {{ kind: {instance_kind} count: 1 }} ]",
-        "model_warmup [",
-        "  {",
-        '    name: "zeros_batch_1"',
-        "    batch_size: 1",
-    ]
-    for s in inputs:
-        lines.append(f"    inputs {{ key: {_quote(s.name)} value: {{ data_type: {TRITON_TYPES[s.dtype]} "
-                     f"dims: {_dims(s.shape)} zero_data: true }} }}")
-    lines += ["  }", "]"]
+def _add_tensors(field, specs: Sequence[TensorSpec]) -> None:
+    for spec in specs:
+        field.add(name=spec.name, data_type=TRITON_TYPES[spec.dtype], dims=spec.shape)
+
+
+def _set_parameters(config: pb.ModelConfig, parameters: Mapping[str, str]) -> None:
     for key, value in parameters.items():
-        lines.append(f"parameters {{ key: {_quote(key)} value: {{ string_value: {_quote(value)} }} }}")
-    return "\n".join(lines) + "\n"
+        config.parameters[key].string_value = value
+
+
+def graph_config(*, name: str | None, backend: str, max_batch: int, inputs: Sequence[TensorSpec],
+                 outputs: Sequence[TensorSpec], parameters: Mapping[str, str], instance_kind: str) -> pb.ModelConfig:
+    """The config of a graph entry. ``backend`` is a key of PLATFORMS; ``name`` None leaves it out."""
+    config = pb.ModelConfig(name=name or "", platform=PLATFORMS[backend] or "", backend=backend,
+                            max_batch_size=max_batch)
+    config.version_policy.latest.num_versions = 1
+    _add_tensors(config.input, inputs)
+    _add_tensors(config.output, outputs)
+    config.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes(max_batch))
+    config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
+    config.instance_group.add(kind=pb.ModelInstanceGroup.Kind.Value(instance_kind), count=1)
+    warmup = config.model_warmup.add(name=WARMUP_NAME, batch_size=1)
+    for spec in inputs:
+        warmup.inputs[spec.name].CopyFrom(pb.ModelWarmup.Input(data_type=TRITON_TYPES[spec.dtype], dims=spec.shape,
+                                                                zero_data=True))
+    _set_parameters(config, parameters)
+    return config
+
+
+def ensemble_config(*, name: str, max_batch: int, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+                    steps: Sequence[tuple[str, Mapping[str, str], Mapping[str, str]]],
+                    parameters: Mapping[str, str]) -> pb.ModelConfig:
+    """The config of a Triton ensemble: ``steps`` are (model, input_map, output_map), run in order.
+
+    Each map is the step model's tensor name -> the ensemble's tensor name. An
+    ensemble has no batching or instances of its own: each step's model queues
+    and batches the requests that reach it.
+    """
+    config = pb.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch)
+    _add_tensors(config.input, inputs)
+    _add_tensors(config.output, outputs)
+    for model, input_map, output_map in steps:
+        config.ensemble_scheduling.step.add(model_name=model, model_version=-1, input_map=input_map,
+                                            output_map=output_map)
+    _set_parameters(config, parameters)
+    return config
+
+
+def config_text(config: pb.ModelConfig, comment: str) -> str:
+    """config.pbtxt's text: ``comment`` as ``#`` lines, then the message in protobuf text format."""
+    header = "".join(f"# {line}".rstrip() + "\n" for line in comment.strip().splitlines())
+    return header + text_format.MessageToString(config, use_short_repeated_primitives=True)
+
+
+def write_config(folder: Path, config: pb.ModelConfig, comment: str) -> None:
+    """Write ``folder/config.pbtxt`` (a staged entry: the repository sees it only once the entry is committed)."""
+    (folder / CONFIG_FILE).write_text(config_text(config, comment))

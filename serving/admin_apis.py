@@ -8,13 +8,13 @@ output into it, and tritonserver aborts with every model. The logging and
 trace APIs change verbosity and write files wherever the caller says.
 
 Triton 2.51 serves an API group only to requests that carry a header
-(``--grpc-restricted-protocol`` / ``--http-restricted-api``
-``=<groups>:<key>=<value>``; a gRPC client sends the key as metadata
-``triton-grpc-protocol-<key>``, an HTTP client as header ``<key>``).
-Closed, the groups ask for a header that no client can send: its name has an
-upper-case letter, which HTTP/2 (so gRPC) forbids in header names, and its
-value a newline, which no HTTP/1.1 header can hold. A key on a command line
-is visible to every local user (``ps``), so a secret one would not do.
+(``--grpc-restricted-protocol=<groups>:<key>=<value>``; a gRPC client sends
+the key as metadata ``triton-grpc-protocol-<key>``). Closed, the groups ask
+for a header that no client can send: its name has an upper-case letter,
+which HTTP/2 (so gRPC) forbids in header names, and its value a newline. A
+key on a command line is visible to every local user (``ps``), so a secret
+one would not do. Triton's HTTP frontend is never started, and ddn-serve's
+HTTP gateway does not route these APIs at all, so gRPC is their only way in.
 Opened on purpose with ``admin_key``, they answer requests that carry it;
 that key is visible to local users the same way.
 
@@ -40,7 +40,7 @@ def restriction_flags(admin_key: str | None = None) -> list[str]:
     """The tritonserver options that put ADMIN_GROUPS behind ``admin_key``, or close them when it is None."""
     key, value = _CLOSED if admin_key is None else (ADMIN_HEADER, admin_key)
     setting = f"{','.join(ADMIN_GROUPS)}:{key}={value}"
-    return [f"--grpc-restricted-protocol={setting}", f"--http-restricted-api={setting}"]
+    return [f"--grpc-restricted-protocol={setting}"]
 
 
 def grpc_headers(admin_key: str) -> dict[str, str]:
@@ -48,15 +48,9 @@ def grpc_headers(admin_key: str) -> dict[str, str]:
     return {GRPC_HEADER_PREFIX + ADMIN_HEADER: admin_key}
 
 
-def http_headers(admin_key: str) -> dict[str, str]:
-    """The ``headers`` a tritonclient.http call (or curl -H) needs to reach the administrative APIs."""
-    return {ADMIN_HEADER: admin_key}
-
-
 def usage(admin_key: str) -> list[str]:
     """How to pass the key, for ddn-serve to print."""
     return [f"{', '.join(ADMIN_GROUPS)} APIs are open to requests carrying the key {admin_key}",
             f"  gRPC: headers={grpc_headers(admin_key)}",
-            f"  HTTP: headers={http_headers(admin_key)} (curl -H '{ADMIN_HEADER}: {admin_key}')",
             "  the key is visible to local users in the server's command line (ps); "
             "a crafted shared-memory request can crash the server"]

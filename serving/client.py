@@ -38,6 +38,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
 from ddn.codes import codes_from_seed, validate_codes
+from ddn.conditions import ConditionError, condition_spec
 from ddn.repository_contract import GraphLayout, RepositoryError, TensorSpec, entry_name, identity_parameters
 
 from .endpoints import Endpoint, EndpointPool, NoEndpointError, one_line, parse_urls, retryable
@@ -299,12 +300,24 @@ class DDNClient:
         name = self.graph("encode")
         return self.infer(name, {self._only_input(name): images}, ["codes"])["codes"]
 
-    def conditional(self, kind: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        """Zero-shot conditional generation on the ``<model>_<kind>`` graph; all its outputs by name.
+    def condition_layout(self, kind: str) -> GraphLayout:
+        """The layout of condition ``kind``'s graph ``<model>_<kind>`` (its input shapes follow from it)."""
+        return self.model_info(self.graph(kind)).layout
 
-        e.g. ``conditional("superres", low_res=x)`` or ``conditional("inpaint", image=x, mask=m)``.
+    def conditional(self, kind: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Zero-shot conditional generation on the ``<model>_<kind>`` graph: ``images`` and ``codes`` by name.
+
+        ``kind`` and the inputs are a condition of :data:`ddn.conditions.CONDITIONS`, e.g.
+        ``conditional("superres", low_res=x)`` or ``conditional("inpaint", image=x, mask=m)`` (mask 0/1).
+        Inputs are checked against the condition's schema before anything is
+        sent, with the message :class:`ddn.serving.onnx_model.OnnxModel` gives.
         """
-        return self.infer(self.graph(kind), inputs)
+        try:
+            spec = condition_spec(kind)
+            arrays = spec.check(self.condition_layout(kind), inputs)
+        except ConditionError as exc:
+            raise ServingError(str(exc)) from None
+        return self.infer(self.graph(kind), arrays)
 
     # -- the request engine ----------------------------------------------------------
     def infer(self, model: str, inputs: Mapping[str, np.ndarray],

@@ -16,9 +16,10 @@ With several ``--url`` endpoints the run is spread over them and survives
 servers that die (see :class:`ddn.serving.client.DDNClient`); ``--shard I/N``
 writes only the seeds of shard I (see :mod:`ddn.serving.shards`).
 
-With ``--checkpoint`` and ``--condition`` the command runs zero-shot
-conditional generation from a PyTorch checkpoint instead (needs torch; the
-options are :mod:`ddn.training.zscg_cli`'s, shared with its ``conditional`` command).
+With ``--condition`` the command runs that zero-shot condition's exported graph
+(``<model>_<condition>``) on ``--input`` images instead, through the same
+sources (see :mod:`ddn.serving.conditional_pngs`); the condition options come
+from the condition registry (:mod:`ddn.condition_cli`).
 """
 from __future__ import annotations
 
@@ -33,13 +34,17 @@ import click
 import numpy as np
 from tqdm import tqdm
 
+from ddn.condition_cli import condition_files, condition_options
 from ddn.images import load_png, save_grid, save_png
 from ddn.repository_contract import GraphLayout
-from ddn.training.zscg_cli import SEED_RANGE, condition_options, run_conditional
 
 from .shards import Shard, ShardParam
 
 GRID_MAX = 64  # the grid shows the first images of the run; thousands of tiles help nobody
+# Seeds are what numpy's default_rng takes: 64-bit unsigned.
+SEED_RANGE = click.IntRange(0, 2**64 - 1)
+# Options of generation by seed, which a conditional run does not take.
+SEED_ONLY_OPTIONS = {"count": "--n", "seed": "--seed", "shard": "--shard", "codes_path": "--codes", "grid": "--grid"}
 
 
 class Generator(Protocol):
@@ -197,34 +202,40 @@ def open_generator(onnx: str | None, repository: str | None, urls: Sequence[str]
 def main(count: int, seed: int, out_dir: Path, grid: Path | None, codes_path: Path | None, onnx: str | None,
          repository: str | None, urls: tuple[str, ...], timeout: float, connect_timeout: float, retries: int,
          tls_root_cert: str | None, tls: bool, model: str | None, batch: int, concurrency: int,
-         shard: Shard | None, checkpoint: Path | None, condition: str | None, input_path: Path | None,
-         mask_path: Path | None, selection: str, progress: bool) -> None:
+         shard: Shard | None, condition: str | None, progress: bool, **condition_paths: Path | None) -> None:
     """Generate N images (seeds SEED .. SEED+N-1) as PNG files into OUT.
 
     With --shard I/N only the seeds s with s % N == I of them. With
-    --checkpoint and --condition: N zero-shot conditional samples of the
-    --input image instead (seed SEED draws the top2 choices).
+    --condition: one result per --input image (a file, or every image in a
+    folder), written as OUT/<input name>.png, by the model's exported
+    condition graph.
     """
-    if checkpoint or condition:
-        if not (checkpoint and condition):
-            raise click.UsageError("conditional generation needs both --checkpoint and --condition")
-        if not input_path:
-            raise click.UsageError("--condition needs --input IMAGE")
-        run_conditional(checkpoint, condition, input_path, mask_path, selection, count, out_dir, seed)
-        return
+    files = condition_files(condition, condition_paths)
+    if condition is not None:
+        context = click.get_current_context()
+        for name, option in SEED_ONLY_OPTIONS.items():
+            if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+                raise click.UsageError(f"{option} does not apply to --condition (one result per --input image)")
     generator = open_generator(onnx, repository, urls, model, batch, concurrency, timeout_s=timeout,
                                connect_timeout_s=connect_timeout, retries=retries, tls=tls,
                                root_certificates=tls_root_cert)
-    seeds = range(seed, seed + count)
-    if shard is not None:
-        seeds = shard.seeds(seeds)
     try:
+        if condition is not None:
+            from .conditional_pngs import generate_conditional_pngs  # here: it imports write_png from this module
+
+            written, total = generate_conditional_pngs(generator, condition, files, out_dir, batch * concurrency,
+                                                       progress)
+            click.echo(f"{written} written, {total - written} already there, in {out_dir}", err=True)
+            return
+        seeds = range(seed, seed + count)
+        if shard is not None:
+            seeds = shard.seeds(seeds)
         with CodesFile(codes_path, seeds, generator.layout.num_layers) if codes_path else nullcontext() as codes:
             written = generate_pngs(generator, seeds, out_dir, batch * concurrency, progress, codes)
         if grid and seeds:
             save_grid(grid, np.stack([load_png(out_dir / png_name(s)) for s in seeds[:GRID_MAX]]))
     except (ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(" ".join(str(exc).split())) from None
     except OSError as exc:
         raise click.ClickException(f"cannot write {exc.filename or 'the output'}: {exc.strerror or exc}") from None
     finally:

@@ -1,24 +1,25 @@
-"""An exported DDN generation graph run in this process by ONNX Runtime (no server).
+"""Exported DDN graphs run in this process by ONNX Runtime (no server).
 
-It offers the generation half of :class:`ddn.serving.client.DDNClient`
-(``layout``, ``codes_for_seeds``, ``generate``), so the batch CLI and the
-benchmarks treat a local file and a Triton server alike, and the same seed
-gives the same pixels through either.
+:class:`OnnxModel` offers what :class:`ddn.serving.client.DDNClient` offers
+(``layout``, ``codes_for_seeds``, ``generate``, ``conditional``), so the batch
+CLI and the benchmarks treat a local repository and a Triton server alike, and
+the same seed or condition gives the same pixels through either.
 
-The model's layout (L, K per layer, image shape) and batch limit come from the
-entry's ``ddn.json`` (:func:`ddn.repository_contract.read_description`): for
+Each entry's layout (L, K per layer, image shape) and batch limit come from its
+``ddn.json`` (:func:`ddn.repository_contract.read_description`): for
 ``<repo>/<G>/<version>/model.onnx`` that is ``<repo>/<G>/ddn.json``.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from ddn.codes import codes_from_seed, validate_codes
-from ddn.repository_contract import (ONNX_FILE, GraphLayout, RepositoryError, latest_version, onnxruntime_session,
-                                     read_description)
+from ddn.conditions import condition_spec
+from ddn.repository_contract import (ONNX_FILE, EntryDescription, GraphLayout, RepositoryError, entry_name, latest_version,
+                                     onnxruntime_session, read_description)
 
 
 def _onnxruntime_errors() -> tuple[type[Exception], ...]:
@@ -28,11 +29,11 @@ def _onnxruntime_errors() -> tuple[type[Exception], ...]:
     return state.Fail, state.InvalidArgument, state.InvalidGraph, state.InvalidProtobuf, state.NoSuchFile
 
 
-class OnnxModel:
-    """A generation graph (``codes`` int32 [B, L] -> ``images`` uint8 [B, H, W, C]) in ONNX Runtime.
+class OnnxGraph:
+    """One entry's graph in an ONNX Runtime session, run in chunks of at most ``batch_size`` rows.
 
-    ``batch_size`` caps the rows per session call; the entry's max batch size
-    (what the graph was exported and verified for) caps it too.
+    ``batch_size`` is capped by the entry's max batch size (what the graph was
+    exported and verified for).
     """
 
     def __init__(self, onnx_path: str | Path, entry_dir: str | Path | None = None,
@@ -42,10 +43,8 @@ class OnnxModel:
         self.path = Path(onnx_path)
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {self.path}")
-        self.description = read_description(Path(entry_dir) if entry_dir else self.path.resolve().parent.parent)
-        if self.layout.graph != "generate":
-            raise RepositoryError(f"{self.path} is the {self.layout.graph!r} graph; ddn-generate needs the "
-                                  "generation graph (the entry named after the model, without a suffix)")
+        self.entry_dir = Path(entry_dir) if entry_dir else self.path.resolve().parent.parent
+        self.description = read_description(self.entry_dir)
         self.max_batch_size = self.description.max_batch_size
         self.batch_size = min(batch_size or self.max_batch_size, self.max_batch_size)
         try:
@@ -55,6 +54,56 @@ class OnnxModel:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     @classmethod
+    def from_entry(cls, entry_dir: str | Path, version: str | None = None, batch_size: int | None = None,
+                   threads: int = 0) -> OnnxGraph:
+        """The entry's given version, or its latest."""
+        entry_dir = Path(entry_dir)
+        folder = entry_dir / version if version else latest_version(entry_dir)
+        return cls(folder / ONNX_FILE, entry_dir, batch_size, threads)
+
+    @property
+    def layout(self) -> GraphLayout:
+        return self.description.layout
+
+    def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """``outputs`` by name for batched ``inputs`` of any size (already checked by the caller)."""
+        unknown = [name for name in outputs if name not in self.output_names]
+        if unknown:
+            raise ValueError(f"{self.path} has no output {unknown[0]!r}; its outputs are {self.output_names}")
+        batch = len(next(iter(inputs.values())))
+        if batch == 0:  # the graph's reshapes cannot take an empty batch
+            return {s.name: np.zeros((0, *s.shape), s.dtype) for s in self.description.outputs if s.name in outputs}
+        step = self.batch_size
+        try:
+            parts = [self.session.run(list(outputs), {name: x[i:i + step] for name, x in inputs.items()})
+                     for i in range(0, batch, step)]
+        except _onnxruntime_errors() as exc:
+            raise RuntimeError(f"{self.path}: {' '.join(str(exc).split())}") from None
+        return {name: np.concatenate([part[j] for part in parts]) for j, name in enumerate(outputs)}
+
+    def close(self) -> None:
+        """Release the session (its memory and threads)."""
+        self.session = None
+
+
+class OnnxModel:
+    """A model's generation graph (``codes`` int32 [B, L] -> ``images`` uint8 [B, H, W, C]) in ONNX Runtime.
+
+    Its condition graphs (``<model>_<condition>`` beside the generation entry)
+    are opened on first use by :meth:`conditional`, with the same batch size
+    and threads.
+    """
+
+    def __init__(self, onnx_path: str | Path, entry_dir: str | Path | None = None,
+                 batch_size: int | None = None, threads: int = 0):
+        self.graph = OnnxGraph(onnx_path, entry_dir, batch_size, threads)
+        if self.layout.graph != "generate":
+            raise RepositoryError(f"{self.path} is the {self.layout.graph!r} graph; ddn-generate needs the "
+                                  "generation graph (the entry named after the model, without a suffix)")
+        self._requested_batch_size, self._threads = batch_size, threads
+        self._conditions: dict[str, OnnxGraph] = {}
+
+    @classmethod
     def from_repository(cls, repository: str | Path, model: str, version: str | None = None,
                         batch_size: int | None = None, threads: int = 0) -> OnnxModel:
         entry_dir = Path(repository) / model
@@ -62,8 +111,24 @@ class OnnxModel:
         return cls(folder / ONNX_FILE, entry_dir, batch_size, threads)
 
     @property
+    def path(self) -> Path:
+        return self.graph.path
+
+    @property
+    def description(self) -> EntryDescription:
+        return self.graph.description
+
+    @property
     def layout(self) -> GraphLayout:
-        return self.description.layout
+        return self.graph.layout
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.graph.max_batch_size
+
+    @property
+    def batch_size(self) -> int:
+        return self.graph.batch_size
 
     def codes_for_seeds(self, seeds: int | Sequence[int]) -> np.ndarray:
         return codes_from_seed(seeds, self.layout.num_layers, self.layout.branch_counts)
@@ -75,18 +140,30 @@ class OnnxModel:
             raise ValueError("generate() takes exactly one of seeds or codes")
         codes = self.codes_for_seeds(seeds) if seeds is not None else validate_codes(
             codes, self.layout.num_layers, self.layout.branch_counts)
-        if output not in self.output_names:
-            raise ValueError(f"{self.path} has no output {output!r}; its outputs are {self.output_names}")
-        if len(codes) == 0:  # the graph's reshapes cannot take an empty batch
-            spec = next(s for s in self.description.outputs if s.name == output)
-            return np.zeros((0, *spec.shape), spec.dtype)
-        step = self.batch_size
-        try:
-            return np.concatenate([self.session.run([output], {"codes": codes[i:i + step]})[0]
-                                   for i in range(0, len(codes), step)])
-        except _onnxruntime_errors() as exc:
-            raise RuntimeError(f"{self.path}: {' '.join(str(exc).split())}") from None
+        return self.graph.run({"codes": codes}, [output])[output]
+
+    def condition_graph(self, kind: str) -> OnnxGraph:
+        """The entry ``<model>_<kind>`` beside the generation entry (opened once)."""
+        if kind not in self._conditions:
+            entry_dir, version = self.graph.entry_dir, self.graph.path.parent.name
+            # ddn-export writes every graph of a model under one version: the generation graph's, if it has one.
+            self._conditions[kind] = OnnxGraph.from_entry(entry_dir.parent / entry_name(entry_dir.name, kind),
+                                                          version if version.isdigit() else None,
+                                                          self._requested_batch_size, self._threads)
+        return self._conditions[kind]
+
+    def condition_layout(self, kind: str) -> GraphLayout:
+        """The layout of condition ``kind``'s graph (its input shapes follow from it)."""
+        return self.condition_graph(kind).layout
+
+    def conditional(self, kind: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Same contract as :meth:`DDNClient.conditional`: ``images`` and ``codes`` of the top-1 path."""
+        spec = condition_spec(kind)
+        graph = self.condition_graph(kind)
+        arrays = spec.check(graph.layout, inputs)
+        return graph.run(arrays, graph.output_names)
 
     def close(self) -> None:
-        """Release the session (its memory and threads)."""
-        self.session = None
+        """Release the sessions (their memory and threads)."""
+        for graph in (self.graph, *self._conditions.values()):
+            graph.close()

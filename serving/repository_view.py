@@ -1,12 +1,11 @@
 """A CPU view of a model repository written by ``ddn-export``.
 
-The exported repository holds, for every graph G, a production entry ``G``
-(Triton's onnxruntime/TensorRT backends, GPU instance groups) and a
-python-backend twin ``G_python`` that runs the same ONNX file with ONNX Runtime
-on the CPU. The Triton binary shipped in the nvidia-pytriton wheel has only the
-python backend, so it is pointed at a view: a folder that links each
-``G_python`` directory under the plain name ``G``. The twin's config.pbtxt has
-no ``name`` field, so Triton takes the model name from the link's name and
+The Triton binary shipped in the nvidia-pytriton wheel has only the python
+backend, so it is pointed at a view: a folder that links each entry the
+repository's targets.txt gives the ``cpu`` target under its served name
+(:mod:`ddn.deployment_targets`): the python twin ``G_python`` as ``G``, the
+seed step and the ensembles ``G_seeds`` as they are. The twin's config.pbtxt
+has no ``name`` field, so Triton takes the model name from the link's name and
 clients use the same model names on a CPU host as on a GPU host.
 
 Nothing in the exported repository is modified; the view is a folder of links
@@ -23,9 +22,9 @@ from typing import Callable, Iterator
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from ddn.deployment_targets import TARGETS_FILE, served_entries
 from ddn.leftovers import remove_stale, tagged
-from ddn.repository_contract import (CONFIG_FILE, ORT_PROVIDER_PARAMETER, ORT_THREADS_PARAMETER, RepositoryError,
-                                     served_name)
+from ddn.repository_contract import CONFIG_FILE, ORT_PROVIDER_PARAMETER, ORT_THREADS_PARAMETER, RepositoryError
 
 ConfigEdit = Callable[[model_config_pb2.ModelConfig], None]
 VIEW_PREFIX = "ddn-cpu-view-"
@@ -40,32 +39,26 @@ def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
         raise RepositoryError(f"cannot read {path}: {exc}") from None
 
 
-def python_entries(repository: str | Path) -> dict[str, Path]:
-    """Served name -> directory, for every python-backend model in ``repository``.
+def cpu_entries(repository: str | Path) -> dict[str, Path]:
+    """Served name -> directory, for every model the repository's targets.txt gives the CPU server.
 
-    ``G_python`` is served as ``G``; a python-backend entry without the suffix
-    keeps its name. Entries for other backends (onnxruntime, TensorRT) are left out.
+    Checks what the CPU server relies on: a twin served under another name
+    than its folder's sets no ``name`` in its config, and every ensemble's
+    steps are served too.
     """
-    root = Path(repository).resolve()
-    if not root.is_dir():
-        raise RepositoryError(f"model repository not found: {root}")
-    entries: dict[str, Path] = {}
-    for model_dir in sorted(p for p in root.iterdir() if (p / CONFIG_FILE).is_file()):
+    entries = served_entries(repository, "cpu")
+    if not entries:
+        raise RepositoryError(f"{Path(repository).resolve() / TARGETS_FILE} lists no entry for the cpu target; "
+                              "export a model with ddn-export")
+    for name, model_dir in entries.items():
         config = read_config(model_dir)
-        if config.backend != "python":
-            continue
-        name = served_name(model_dir.name)
         if config.name and config.name != name:
             raise RepositoryError(
                 f"{model_dir / CONFIG_FILE} sets name {config.name!r}; a CPU view serves it as {name!r}, "
                 "so the config must not set a name (Triton then takes it from the directory)")
-        if name in entries:
-            raise RepositoryError(f"two python-backend entries would both be served as {name!r}: "
-                                  f"{entries[name].name} and {model_dir.name}")
-        entries[name] = model_dir
-    if not entries:
-        raise RepositoryError(f"{root} has no python-backend models (G_python entries written by ddn-export); "
-                              "the CPU Triton server cannot run onnxruntime or TensorRT entries")
+        missing = sorted({step.model_name for step in config.ensemble_scheduling.step} - entries.keys())
+        if missing:
+            raise RepositoryError(f"the ensemble {name!r} runs {missing[0]!r}, which the cpu target does not serve")
     return entries
 
 
@@ -75,16 +68,17 @@ def build_cpu_view(repository: str | Path, view: str | Path, edit: ConfigEdit | 
     Without ``edit`` each entry is a symlink to the source directory. With
     ``edit`` (a function that changes a parsed config in place, e.g. to turn
     dynamic batching off for a benchmark) each entry is a real directory with
-    the edited config.pbtxt and links to the source's version folders and files.
+    the edited config.pbtxt and links to the source's version folders and files;
+    ensembles stay links (they have no instances or batching of their own).
     """
     view = Path(view)
     view.mkdir(parents=True, exist_ok=True)
     if any(view.iterdir()):
         raise RepositoryError(f"view folder {view} is not empty")
-    entries = python_entries(repository)
+    entries = cpu_entries(repository)
     for name, source in entries.items():
         target = view / name
-        if edit is None:
+        if edit is None or read_config(source).platform == "ensemble":
             target.symlink_to(source, target_is_directory=True)
             continue
         target.mkdir()

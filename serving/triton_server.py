@@ -7,13 +7,19 @@ and the server needs the wheel's bundled shared libraries. Rather than touch
 site-packages, every server gets a private temporary folder with a backend
 directory of symlinks into the wheel (and its log file), removed on stop.
 
-Safe defaults: gRPC, HTTP and metrics bind to 127.0.0.1 unless a host is given
-(the binary's own default is 0.0.0.0), model control mode ``none`` (no
-load/unload API), the shared-memory, logging and trace APIs closed unless an
-admin key opens them (:mod:`ddn.serving.admin_apis`), the server exits if any
-model fails to load, and readiness is strict (ready means every model is ready).
-With a certificate and key the gRPC endpoint speaks only TLS (Triton's own
-``--grpc-use-ssl``); HTTP and metrics stay plaintext (this server has no TLS for them).
+Safe defaults: Triton listens on gRPC only, bound to 127.0.0.1 unless a host
+is given (the binary's own default is 0.0.0.0); its HTTP frontend and metrics
+port are never started, since single requests crash them: HTTP inference and
+``/metrics`` are served, when asked for, by ddn-serve's own gateway
+(:mod:`ddn.serving.http_gateway`) on the addresses given (the loopback by
+default). Model control mode ``none`` (no load/unload API), the shared-memory,
+logging and trace APIs closed unless an admin key opens them
+(:mod:`ddn.serving.admin_apis`), the server exits if any model fails to load,
+and readiness is strict (ready means every model is ready). With a
+certificate and key every port speaks only TLS: gRPC through Triton's own
+``--grpc-use-ssl``, the gateways through Python's ssl module. The python
+backend's shared-memory regions, which hold the tensors, are made readable by
+their owner only as soon as they appear (see ``_keep_owner_only``).
 
 The temporary folder and the python backend's shared-memory regions are
 named after the process that started the server (:mod:`ddn.leftovers`): a
@@ -23,9 +29,7 @@ next server started on this machine removes them.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import importlib.util
-import json
 import os
 import shutil
 import signal
@@ -34,16 +38,21 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
-import urllib.error
-import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Callable
 
+import grpc
+from tritonclient.grpc import service_pb2
+
 from ddn.leftovers import remove_stale, tagged
 
 from .admin_apis import restriction_flags
+from .http_gateway import HttpGateway
+from .local_grpc import inference_service, open_channel
 
 INSTALL_HINT = "install the nvidia-pytriton package (pip install 'ddn-serve[serving]')"
 
@@ -95,19 +104,67 @@ def _server_env(dist: Path) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn that makes the kernel send the server SIGTERM when its parent dies.
+# Run as ``python -I -c LAUNCHER PARENT_PID BINARY ARGS...``: asks the kernel for SIGTERM when the
+# parent dies, then becomes the server (the request survives execve). Exits if the parent is gone already.
+_PARENT_DEATH_LAUNCHER = (
+    "import ctypes, os, signal, sys; "
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM); "  # 1: PR_SET_PDEATHSIG
+    "os.getppid() == int(sys.argv[1]) or sys.exit(1); "
+    "os.execv(sys.argv[2], sys.argv[2:])")
+
+
+def _dying_with_parent(command: list[str]) -> list[str]:
+    """``command`` started so that the kernel sends it SIGTERM when this process dies.
 
     The server runs in its own session, so without this a parent killed with
     SIGKILL (or os._exit, e.g. a test timeout) would leave it serving forever.
-    Linux delivers this when the *thread* that started the server exits, so
-    start servers from a thread that outlives them (normally the main thread).
+    Linux delivers the signal when the *thread* that started the server exits,
+    so start servers from a thread that outlives them (normally the main thread).
+    It is set by a launcher rather than a preexec_fn: a preexec_fn makes
+    subprocess fork() instead of vfork(), and fork runs grpcio's fork handlers,
+    which restart its poller in the child; the child's closing of inherited
+    descriptors then aborts it (``epoll_wait error: Bad file descriptor``).
     """
     if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the forked child
-    pr_set_pdeathsig = 1
-    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
+        return command
+    return [sys.executable, "-I", "-c", _PARENT_DEATH_LAUNCHER, str(os.getpid()), *command]
+
+
+REGION_MODE = 0o600
+REGION_CHECK_INTERVAL_S = 0.02
+
+
+def _keep_owner_only(regions: Callable[[], list[Path]], stopped: threading.Event) -> None:
+    """Until ``stopped``: chmod every region ``regions()`` lists to owner-only as soon as it appears.
+
+    The python backend creates its shared-memory regions (the tensors of every
+    request) through Boost.Interprocess, which fchmods them to 0644 whatever
+    the umask, and names them with a fresh UUID, so they can be neither created
+    beforehand nor made private by the umask. A stub the backend restarts gets
+    a new region, hence a watch for the server's whole life rather than one pass.
+    A local process that opens a region within that interval of its creation
+    (while the models load, before any request) keeps its descriptor.
+    """
+    while not stopped.wait(REGION_CHECK_INTERVAL_S):
+        for region in regions():
+            try:
+                if region.stat().st_mode & 0o777 != REGION_MODE:
+                    region.chmod(REGION_MODE)
+            except FileNotFoundError:
+                pass  # removed by the backend meanwhile
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a port listens: ``host`` (0.0.0.0 exposes it to the network) and ``port`` (None: any free one)."""
+    host: str = "127.0.0.1"
+    port: int | None = None
+
+
+def _client_host(host: str) -> str:
+    """How this machine reaches an address bound to ``host`` (a wildcard bind through the loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
 
 
 def _free_ports(host: str, count: int) -> list[int]:
@@ -134,12 +191,13 @@ def check_port(port: int, what: str) -> int:
     return port
 
 
-def _check_free(host: str, ports: dict[str, int]) -> None:
+def _check_free(ports: dict[str, tuple[str, int]]) -> None:
     """RuntimeError naming the first port something already listens on (the server would fail to bind it)."""
-    if len(set(ports.values())) < len(ports):
-        raise RuntimeError(f"the server's ports must differ, got {', '.join(f'{k} {v}' for k, v in ports.items())}")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for what, port in ports.items():
+    numbers = [port for _, port in ports.values()]
+    if len(set(numbers)) < len(numbers):
+        raise RuntimeError(f"the server's ports must differ, got {', '.join(f'{k} {v[1]}' for k, v in ports.items())}")
+    for what, (host, port) in ports.items():
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no conflict
             try:
@@ -175,52 +233,73 @@ def _tls_files(cert: str | Path | None, key: str | Path | None) -> tuple[Path, P
 class TritonServer:
     """A tritonserver process serving ``repository``; use as a context manager.
 
+    Triton listens on gRPC only, at ``host``:``grpc_port``. ``http`` and
+    ``metrics`` (an :class:`Address` each, or None for none) open this
+    process's gateway for KServe v2 JSON inference and for Prometheus
+    ``/metrics``. By default metrics are on a free loopback port (tests and
+    benchmarks read them) and HTTP is off; ddn-serve opens neither unless asked.
     ``grpc_url`` and ``http_url`` are ``host:port`` (what tritonclient.grpc and
     tritonclient.http take); ``metrics_url`` is the Prometheus URL.
     ``admin_key`` opens the shared-memory, logging and trace APIs to requests
     that carry it (see :mod:`ddn.serving.admin_apis`); without it they are closed.
-    ``tls_cert`` and ``tls_key`` (PEM files, both or neither) make gRPC TLS-only.
+    ``tls_cert`` and ``tls_key`` (PEM files, both or neither) make every port TLS-only.
     """
 
-    def __init__(self, repository: str | Path, grpc_port: int | None = None, http_port: int | None = None,
-                 metrics_port: int | None = None, host: str = "127.0.0.1", log_verbose: int = 0,
+    def __init__(self, repository: str | Path, grpc_port: int | None = None, host: str = "127.0.0.1",
+                 http: Address | None = None, metrics: Address | None = Address(), log_verbose: int = 0,
                  startup_timeout: float = 60.0, admin_key: str | None = None,
                  tls_cert: str | Path | None = None, tls_key: str | Path | None = None) -> None:
         self.repository = Path(repository).expanduser().resolve()
         if not self.repository.is_dir():
             raise FileNotFoundError(f"model repository not found: {self.repository}")
-        for port, what in ((grpc_port, "gRPC port"), (http_port, "HTTP port"), (metrics_port, "metrics port")):
-            if port is not None:
-                check_port(port, what)
+        wanted = {"gRPC port": Address(host, grpc_port), "HTTP port": http, "metrics port": metrics}
+        for what, address in wanted.items():
+            if address is not None and address.port is not None:
+                check_port(address.port, what)
         self.tls = _tls_files(tls_cert, tls_key)
         self.binary = find_tritonserver()
-        self.host = host
-        free = iter(_free_ports(host, [grpc_port, http_port, metrics_port].count(None)))
-        self.grpc_port, self.http_port, self.metrics_port = (
-            port if port is not None else next(free) for port in (grpc_port, http_port, metrics_port))
+        # Free ports are chosen per host, all at once, so that no two of them coincide.
+        self.addresses: dict[str, Address] = {}
+        for bind_host in dict.fromkeys(a.host for a in wanted.values() if a is not None):
+            mine = [w for w, a in wanted.items() if a is not None and a.host == bind_host]
+            free = iter(_free_ports(bind_host, sum(wanted[w].port is None for w in mine)))
+            for what in mine:
+                self.addresses[what] = Address(bind_host, wanted[what].port or next(free))
+        self.host, self.grpc_port = host, self.addresses["gRPC port"].port
         self.admin_key = admin_key
         self.log_verbose = log_verbose
         self.startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
+        self._channel: grpc.Channel | None = None
+        self._gateways: list[HttpGateway] = []
+        self._regions_watch: tuple[threading.Thread, threading.Event] | None = None
 
-    @property
-    def _client_host(self) -> str:
-        # A wildcard bind is reached through loopback from this machine.
-        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
-        return f"[{host}]" if ":" in host else host
+    def _url(self, what: str) -> str:
+        address = self.addresses.get(what)
+        if address is None:
+            raise RuntimeError(f"this server has no {what} (it was not asked for)")
+        return f"{_client_host(address.host)}:{address.port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"{self._client_host}:{self.grpc_port}"
+        return self._url("gRPC port")
 
     @property
     def http_url(self) -> str:
-        return f"{self._client_host}:{self.http_port}"
+        return self._url("HTTP port")
+
+    @property
+    def http_port(self) -> int | None:
+        return self.addresses["HTTP port"].port if "HTTP port" in self.addresses else None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.addresses["metrics port"].port if "metrics port" in self.addresses else None
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self._client_host}:{self.metrics_port}/metrics"
+        return f"{'https' if self.tls else 'http'}://{self._url('metrics port')}/metrics"
 
     @property
     def pid(self) -> int | None:
@@ -241,13 +320,11 @@ class TritonServer:
             f"--backend-directory={backend_directory}",
             f"--cache-directory={dist / 'caches'}",
             f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
-            f"--http-address={self.host}", f"--http-port={self.http_port}",
-            f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+            # Both are crashed by single requests (see http_gateway); our gateway serves them instead.
+            "--allow-http=false", "--allow-metrics=false",
             "--model-control-mode=none",
             "--exit-on-error=true",
             "--strict-readiness=true",
-            # This build is the CPU server; GPU metrics would only log NVML/DCGM errors.
-            "--allow-gpu-metrics=false",
             f"--log-verbose={self.log_verbose}",
             *restriction_flags(self.admin_key),
             f"--backend-config=python,shm-region-prefix-name={self._shared_memory_prefix}",
@@ -269,8 +346,7 @@ class TritonServer:
         """Launch the server and return once it and every model in the repository are ready."""
         if self._process is not None:
             raise RuntimeError("server already started")
-        _check_free(self.host, {"gRPC port": self.grpc_port, "HTTP port": self.http_port,
-                                "metrics port": self.metrics_port})
+        _check_free({what: (a.host, a.port) for what, a in self.addresses.items()})
         _remove_leftovers()
         self._workdir = Path(tempfile.mkdtemp(prefix=tagged(TEMP_PREFIX)))
         try:
@@ -279,30 +355,48 @@ class TritonServer:
             with open(self._workdir / "tritonserver.log", "wb") as log:
                 # Own session/process group: a terminal's Ctrl-C reaches only us (we stop
                 # the server in order), and stop() can kill a hung server with its stubs.
-                self._process = subprocess.Popen(self.command(backends), stdout=log, stderr=subprocess.STDOUT,
+                self._process = subprocess.Popen(_dying_with_parent(self.command(backends)), stdout=log, stderr=subprocess.STDOUT,
                                                  stdin=subprocess.DEVNULL, env=_server_env(dist),
-                                                 start_new_session=True, preexec_fn=_die_with_parent())
+                                                 start_new_session=True)
             atexit.register(self.stop)
+            stopped = threading.Event()
+            watch = threading.Thread(target=_keep_owner_only, args=(lambda: self.shared_memory_regions, stopped),
+                                     name="shared-memory-modes", daemon=True)
+            self._regions_watch = watch, stopped
+            watch.start()
+            self._channel = open_channel(self.grpc_url, self.tls[0] if self.tls else None)
             self._wait_ready()
+            self._start_gateways()
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _get(self, path: str, data: bytes | None = None) -> bytes | None:
-        """Body of an HTTP call to the server, or None if it is not answering 200 (yet)."""
-        request = urllib.request.Request(f"http://{self.http_url}{path}", data=data)
+    def _start_gateways(self) -> None:
+        service = inference_service(self._channel)
+        for what, serves_metrics in (("HTTP port", False), ("metrics port", True)):
+            address = self.addresses.get(what)
+            if address is not None:
+                try:
+                    gateway = HttpGateway(service, address.host, address.port, serves_metrics, self.tls)
+                except OSError as exc:
+                    raise RuntimeError(f"{what} {address.port} on {address.host} is not free: {exc.strerror}") \
+                        from None
+                self._gateways.append(gateway.start())
+
+    def _call(self, method: str, request: object) -> object | None:
+        """The answer of a gRPC call to the server, or None while it does not answer (yet)."""
+        assert self._channel is not None
         try:
-            with urllib.request.urlopen(request, timeout=2) as response:
-                return response.read()
-        except (urllib.error.URLError, OSError):
+            return getattr(inference_service(self._channel), method)(request, timeout=2)
+        except grpc.RpcError:
             return None
 
     def model_states(self) -> dict[str, str]:
         """Model name -> state (``READY``, or state and reason) from the repository index."""
-        body = self._get("/v2/repository/index", data=b"{}")
-        entries = json.loads(body) if body else []
-        return {e["name"]: " ".join(filter(None, [e.get("state", "UNKNOWN"), e.get("reason")])) for e in entries}
+        index = self._call("RepositoryIndex", service_pb2.RepositoryIndexRequest())
+        entries = index.models if index is not None else []
+        return {e.name: " ".join(filter(None, [e.state or "UNKNOWN", e.reason])) for e in entries}
 
     def _wait_ready(self) -> None:
         assert self._process is not None
@@ -313,10 +407,10 @@ class TritonServer:
             code = self._process.poll()
             if code is not None:
                 raise RuntimeError(f"tritonserver exited with code {code} before it was ready{self.log_report()}")
-            if self._get("/v2/health/ready") is not None:
+            ready = self._call("ServerReady", service_pb2.ServerReadyRequest())
+            if ready is not None and ready.ready:
                 states = self.model_states()
-                # The gRPC listener starts alongside HTTP; a connect confirms it is up.
-                if all(states.get(name) == "READY" for name in expected) and self._grpc_listening():
+                if all(states.get(name) == "READY" for name in expected):
                     return
             if time.monotonic() > deadline:
                 waiting = {name: states.get(name, "still loading") for name in expected
@@ -324,13 +418,6 @@ class TritonServer:
                 raise RuntimeError(f"tritonserver not ready after {self.startup_timeout:g} s "
                                    f"(models not ready: {waiting or 'none'}){self.log_report()}")
             time.sleep(0.1)
-
-    def _grpc_listening(self) -> bool:
-        try:
-            with socket.create_connection((self._client_host.strip("[]"), self.grpc_port), timeout=1):
-                return True
-        except OSError:
-            return False
 
     def log_report(self, lines: int = 30) -> str:
         """Model load failures plus the tail of the log, for error messages."""
@@ -350,6 +437,12 @@ class TritonServer:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the server (SIGINT: finish in-flight requests, unload models), killing it after ``timeout``."""
+        for gateway in self._gateways:
+            gateway.stop()
+        self._gateways = []
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             # Only the server: it finalizes the models and stops its own stubs.
@@ -362,6 +455,11 @@ class TritonServer:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         atexit.unregister(self.stop)
+        if self._regions_watch is not None:
+            watch, stopped = self._regions_watch
+            stopped.set()
+            watch.join()
+            self._regions_watch = None
         if self._workdir is not None:
             # A server that stopped cleanly removed its regions; one that crashed did not.
             for region in self.shared_memory_regions:

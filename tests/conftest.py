@@ -32,3 +32,14 @@ def read_only_folder(tmp_path: Path):
             pytest.skip("no folder here refuses new files to this user")
     finally:
         folder.chmod(0o755)
+
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real ``ddn-export`` of model_repository/README.md's example generator (its generation graph and seed
+    entries, see ddn.export.repository_readme); tests only read it."""
+    pytest.importorskip("torch")
+    from ddn.export.repository_readme import export_example
+
+    return export_example(tmp_path_factory.mktemp("tiny_export"))

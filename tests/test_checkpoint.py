@@ -10,11 +10,11 @@ import torch
 from click.testing import CliRunner
 
 from ddn.export.cli import main as ddn_export
-from ddn.serving.generate_cli import main as ddn_generate
 from ddn.training.checkpoint import CheckpointError, load_generator, read_checkpoint, save_checkpoint, tensor_digest
 from ddn.training.networks import SingleShotGenerator
 from ddn.training.train_loop import train
 from ddn.training.train_state import LAST
+from ddn.training.zscg_cli import conditional
 from cli_helpers import one_line_error
 from train_helpers import one_thread, tiny  # noqa: F401 (fixture)
 
@@ -61,8 +61,8 @@ def test_flipped_weight_byte_is_refused_by_every_reader(checkpoint: Path, tmp_pa
     assert not repository.exists() or not any(repository.iterdir())
 
     (tmp_path / "in.png").write_bytes(b"")  # never read: the checkpoint is refused first
-    line = one_line_error(CliRunner().invoke(ddn_generate, [
-        "--checkpoint", str(checkpoint), "--condition", "denoise", "--input", str(tmp_path / "in.png"),
+    line = one_line_error(CliRunner().invoke(conditional, [
+        "--checkpoint", str(checkpoint), "--condition", "superres", "--input", str(tmp_path / "in.png"),
         "--out", str(tmp_path / "out")]))
     assert str(checkpoint) in line and "corrupt" in line
     assert not (tmp_path / "out").exists()

@@ -3,6 +3,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,16 +15,21 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
 
 import ddn.export.exporter as exporter
 from ddn.codes import SEED_RULE
+from ddn.deployment_targets import TARGETS_FILE, read_targets
 from ddn.export.cli import main
 from ddn.export.exporter import ModelExport
 from ddn.export.onnx_export import VerificationError
 from ddn.export.tensorrt_build import missing_requirements
+from ddn.export.triton_config import config_text, ensemble_config, graph_config
+from ddn.repository_contract import TensorSpec
 from ddn.training.checkpoint import save_checkpoint
 from ddn.training.networks import SingleShotGenerator
-from cli_helpers import one_line_error
+from cli_helpers import one_line_error, usage_error
 
 NO_TRT = bool(missing_requirements())
 
@@ -93,10 +99,20 @@ def test_trt_without_gpu_fails_in_one_line_after_writing_the_onnx_entries(cli_ex
     assert not staging_leftovers(repository)
 
 
+def read_config_text(text: str):
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
 def read_config(path: Path):
-    text_format = pytest.importorskip("google.protobuf.text_format")
-    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    return read_config_text(path.read_text())
+
+
+def test_piped_progress_is_one_timestamped_line_per_entry(cli_export):
+    """Off a terminal no bar is drawn (no carriage returns); each entry gets a timestamped stderr line."""
+    result = cli_export[0]  # with --trt where TensorRT cannot run: the ONNX entries, then a one-line error
+    assert "\r" not in result.output
+    first = result.stderr.splitlines()[0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ONNX 1/1: tiny", first), result.stderr
 
 
 def test_configs_follow_the_triton_layout_contract(cli_export, checkpoint):
@@ -105,7 +121,7 @@ def test_configs_follow_the_triton_layout_contract(cli_export, checkpoint):
     twin = read_config(repository / "tiny_python" / "config.pbtxt")
     assert config.name == "tiny" and config.backend == "onnxruntime" and config.platform == "onnxruntime_onnx"
     assert twin.name == "" and twin.backend == "python"
-    for c, kind in ((config, "KIND_GPU"), (twin, "KIND_CPU")):
+    for c, kind in ((config, "KIND_AUTO"), (twin, "KIND_CPU")):  # ddn-export's default: --instance-kind auto
         assert c.max_batch_size == 16
         assert [(t.name, t.data_type, list(t.dims)) for t in c.input] == [("codes", 8, [4])]  # TYPE_INT32
         assert [(t.name, t.data_type, list(t.dims)) for t in c.output] == [
@@ -134,6 +150,41 @@ def test_configs_follow_the_triton_layout_contract(cli_export, checkpoint):
     assert info["inputs"] == [{"name": "codes", "dtype": "int32", "shape": [-1, 4]}]
     assert [o["name"] for o in info["outputs"]] == ["images", "images_float"]
     assert info["verification"]["max_abs_error"]["images"] <= 1
+
+
+def test_every_config_is_the_text_format_of_a_model_config_message(cli_export):
+    """Each exported config.pbtxt is a comment header plus exactly text_format's output for the parsed message."""
+    repository = cli_export[1]
+    entries = sorted(p for p in repository.iterdir() if (p / "config.pbtxt").is_file())
+    assert [p.name for p in entries] == ["tiny", "tiny_python", "tiny_seed_codes", "tiny_seeds"]
+    for entry in entries:
+        text = (entry / "config.pbtxt").read_text()
+        header = [line.removeprefix("# ") for line in text.splitlines() if line.startswith("#")]
+        assert header and text.startswith("".join(f"# {line}\n" for line in header)), entry.name
+        config = read_config(entry / "config.pbtxt")
+        assert config_text(config, "\n".join(header)) == text, entry.name
+        assert read_config_text(config_text(config, "\n".join(header))) == config, entry.name
+
+
+def test_configs_round_trip_through_the_schema():
+    """parse(write(config)) == config for a graph entry of every backend and kind, and an ensemble."""
+    spec = TensorSpec
+    inputs = [spec("codes", np.dtype(np.int32), (3,))]
+    outputs = [spec("images", np.dtype(np.uint8), (8, 8, 3)), spec("images_float", np.dtype(np.float32), (8, 8, 3))]
+    parameters = {"ddn_graph": "generate", "quote\"and\\backslash": "line\nbreak, ünïcode"}
+    configs = [graph_config(name=name, backend=backend, max_batch=max_batch, inputs=inputs, outputs=outputs,
+                            parameters=parameters, instance_kind=kind)
+               for name, backend, max_batch, kind in [("m", "onnxruntime", 64, "KIND_GPU"), (None, "python", 1, "KIND_CPU"),
+                                                      ("m_trt", "tensorrt", 5, "KIND_AUTO")]]
+    configs.append(ensemble_config(name="m_seeds", max_batch=64, inputs=[spec("seeds", np.dtype(np.int64), (1,))],
+                                   outputs=outputs, parameters=parameters,
+                                   steps=[("m_seed_codes", {"seeds": "seeds"}, {"codes": "codes"}),
+                                          ("m", {"codes": "codes"}, {"images": "images"})]))
+    for config in configs:
+        assert read_config_text(config_text(config, "a comment\nof two lines")) == config
+    assert [type(c.instance_group[0]).Kind.Name(c.instance_group[0].kind) for c in configs[:3]] == [
+        "KIND_GPU", "KIND_CPU", "KIND_AUTO"]
+    assert list(configs[0].dynamic_batching.preferred_batch_size) == [16, 64] and configs[1].name == ""
 
 
 class FakeTensor:
@@ -226,7 +277,7 @@ def test_failed_verification_exits_nonzero_and_writes_nothing(repository, checkp
         raise VerificationError("output 'images' differs by 9 (limit 1)")
 
     monkeypatch.setattr(exporter, "verify_onnx", mismatch)
-    result = CliRunner().invoke(main, [str(checkpoint), "--name", "tiny", "--repository", str(repository), "--version", "3"])
+    result = CliRunner().invoke(main, [str(checkpoint), "--name", "tiny", "--repository", str(repository), "--model-version", "3"])
     assert result.exit_code == 1 and "verification failed, nothing written" in result.output
     assert snapshot(repository) == before and not staging_leftovers(repository)
 
@@ -247,15 +298,17 @@ def test_new_version_keeps_the_others_and_replacing_one_is_complete(repository, 
     assert not staging_leftovers(repository)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--graphs", "generate,upscale"], "unknown graph 'upscale'"),
-    (["--graphs", "colorize"], "needs an RGB model"),
-    (["--superres-factor", "3"], "power of two"),
-    (["--fp16"], "--fp16 applies to TensorRT engines"),
+@pytest.mark.parametrize("extra, exit_code, message", [
+    (["--graphs", "generate,upscale"], 2, "Error: Invalid value for '--graphs': unknown graph 'upscale'; choose from generate, "),
+    (["--graphs", "colorize"], 1, "Error: graph 'colorize' needs an RGB model; this one has 1 channel(s)"),
+    (["--superres-factor", "3"], 2, "Error: Invalid value for '--superres-factor': 3 is not a power of two"),
+    (["--fp16"], 2, "Error: --fp16 applies to TensorRT engines; add --trt"),
 ])
-def test_bad_arguments_are_refused_before_anything_is_written(checkpoint, tmp_path, extra, message):
+def test_bad_arguments_are_refused_before_anything_is_written(checkpoint, tmp_path, extra, exit_code, message):
+    """Bad command lines are usage errors (exit 2); what only the checkpoint can tell is a runtime error (exit 1)."""
     result = CliRunner().invoke(main, [str(checkpoint), "--name", "tiny", "--repository", str(tmp_path / "repo"), *extra])
-    assert result.exit_code != 0 and message in result.output
+    line = usage_error(result) if exit_code == 2 else one_line_error(result)
+    assert line.startswith(message), line
     assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
 
 
@@ -291,6 +344,28 @@ def test_exports_never_replace_an_entry_of_another_model_or_a_foreign_folder(rep
     ModelExport(checkpoint, "tiny", repository, version=2).write_onnx(["generate"])
     assert {k: v for k, v in snapshot(repository).items() if k.startswith(("other", "mine"))} == {
         k: v for k, v in before.items() if k.startswith(("other", "mine"))}
+
+
+def test_every_export_states_its_targets_and_keeps_the_other_models_lines(repository, checkpoint, fast_export):
+    """targets.txt: the GPU serves production and seed entries, the CPU the twins under the same names."""
+    def lines() -> list[tuple[str, str, str]]:
+        return sorted((s.target, s.name, s.entry) for s in read_targets(repository))
+
+    tiny = [("cpu", "tiny", "tiny_python"), ("gpu", "tiny", "tiny")] + [
+        (target, entry, entry) for target in ("cpu", "gpu") for entry in ("tiny_seed_codes", "tiny_seeds")]
+    assert lines() == sorted(tiny)
+    ModelExport(checkpoint, "other", repository).write_onnx(["generate"])
+    other = [(target, name.replace("tiny", "other"), entry.replace("tiny", "other")) for target, name, entry in tiny]
+    assert lines() == sorted(tiny + other)
+    ModelExport(checkpoint, "tiny", repository, version=2).write_onnx(["generate"])
+    assert lines() == sorted(tiny + other)
+    assert [p.name for p in repository.iterdir() if p.is_file()] == [TARGETS_FILE]  # no temporary file left
+
+
+def test_the_statements_file_name_is_no_model_name(checkpoint, tmp_path):
+    line = one_line_error(CliRunner().invoke(main, [str(checkpoint), "--name", TARGETS_FILE, "--repository",
+                                                    str(tmp_path / "repo")]))
+    assert line == f"Error: model name {TARGETS_FILE!r} is the repository's {TARGETS_FILE}; choose another --name"
 
 
 def test_a_300_character_name_is_one_line(checkpoint, tmp_path):

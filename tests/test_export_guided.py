@@ -5,8 +5,8 @@ import torch
 
 from ddn.export.graphs import build_graphs, float_to_pixels, model_to_float, pixels_to_model
 from ddn.export.onnx_export import export_onnx
-from ddn.repository_contract import onnxruntime_session
-from ddn.training.guidance import Colorization, Inpainting, SuperResolution
+from ddn.repository_contract import GRAPH_KINDS, onnxruntime_session
+from ddn.training.guidance import Colorization, Denoising, Inpainting, SuperResolution
 from ddn.training.networks import SingleShotGenerator
 
 FACTOR = 4
@@ -15,7 +15,7 @@ FACTOR = 4
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    # One block per scale (L = 4) halves the export time of the five graphs.
+    # One block per scale (L = 4) halves the export time of the six graphs.
     return SingleShotGenerator(image_size=8, image_channels=3, channels=16, blocks=1, k=8).eval()
 
 
@@ -24,7 +24,7 @@ def sessions(model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("guided")
     graphs = build_graphs(model, superres_factor=FACTOR)
     out = {}
-    for kind in ("generate", "encode", "superres", "colorize", "inpaint"):
+    for kind in GRAPH_KINDS:
         export_onnx(graphs[kind], folder / f"{kind}.onnx", max_batch=16)
         out[kind] = onnxruntime_session(folder / f"{kind}.onnx")
     return out
@@ -89,6 +89,20 @@ def test_colorize_graph_matches_guided_sample(model, sessions):
     condition = Colorization(as_model(gray))
     np.testing.assert_array_equal(codes, model.guided_codes(condition).numpy())
     assert_images_close(images, model.guided_sample(condition))
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_denoise_graph_matches_guided_sample(model, sessions, batch):
+    clean = as_model(model_images(model, batch, seed=40 + batch))
+    noise = torch.from_numpy(np.random.default_rng(batch).normal(0, 0.3, clean.shape).astype(np.float32))
+    noisy = float_to_pixels(model_to_float((clean + noise).clamp(-1, 1))).numpy()
+    images, codes = sessions["denoise"].run(["images", "codes"], {"image": noisy})
+    condition = Denoising(as_model(noisy))
+    np.testing.assert_array_equal(codes, model.guided_codes(condition).numpy())
+    assert_images_close(images, model.guided_sample(condition))
+    # The noise is not what the model reproduces: the result is nearer the clean image than the noisy input is.
+    clean_pixels = float_to_pixels(model_to_float(clean)).numpy().astype(float)
+    assert np.abs(images - clean_pixels).mean() < np.abs(noisy - clean_pixels).mean()
 
 
 def test_colorize_needs_an_rgb_model():

@@ -6,6 +6,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from ddn.conditions import CONDITIONS
+from ddn.deployment_targets import read_targets
 from ddn.export.cli import main
 from ddn.export.graphs import GenerateGraph
 from ddn.export.onnx_export import export_onnx
@@ -60,7 +62,8 @@ def test_cli_trt_writes_verified_engine_entries(tmp_path):
     result = CliRunner().invoke(main, [str(checkpoint), "--name", "rec", "--repository", str(repository),
                                        "--max-batch", "8", "--trt", "--fp16", "--timing-cache", str(tmp_path / "tc")])
     assert result.exit_code == 0, result.output
-    for entry in ("rec", "rec_encode", "rec_superres", "rec_inpaint"):
+    gray_conditions = [f"rec_{name}" for name, spec in CONDITIONS.items() if spec.supports(1)]
+    for entry in ("rec", "rec_encode", *gray_conditions):
         folder = repository / f"{entry}_trt"
         assert (folder / "1" / "model.plan").stat().st_size > 0
         config = (folder / "config.pbtxt").read_text()
@@ -68,3 +71,12 @@ def test_cli_trt_writes_verified_engine_entries(tmp_path):
         assert "max_batch_size: 8" in config and "KIND_GPU" in config
         info = json.loads((folder / "ddn.json").read_text())
         assert info["backend"] == "tensorrt" and info["verification"]["fp16"] == (entry == "rec")
+    # Generation by seed on the engine: the ensemble runs the seed step, then rec_trt.
+    config = (repository / "rec_seeds_trt" / "config.pbtxt").read_text()
+    assert 'platform: "ensemble"' in config and 'model_name: "rec_seed_codes"' in config
+    assert 'model_name: "rec_trt"' in config
+    # The engines and their ensemble are stated for the GPU server only.
+    engines = {f"{entry}_trt" for entry in ("rec", "rec_encode", *gray_conditions)} | {"rec_seeds_trt"}
+    targets = read_targets(repository)
+    assert engines <= {s.entry for s in targets if s.target == "gpu"}
+    assert not engines & {s.entry for s in targets if s.target == "cpu"}

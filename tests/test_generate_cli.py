@@ -1,4 +1,4 @@
-"""ddn-generate without a server: constant memory for any N, and one-line errors for bad input."""
+"""ddn-generate without a server (and the research conditional command): constant memory for any N, one-line errors."""
 import os
 import resource
 import shutil
@@ -19,6 +19,7 @@ from ddn.serving.onnx_model import OnnxModel
 from ddn.training.checkpoint import save_checkpoint
 from ddn.training.networks import SingleShotGenerator
 from ddn.training.zscg import BATCH, generate_conditional
+from ddn.training.zscg_cli import conditional
 from cli_helpers import one_line_error, usage_error
 
 NAME = "tiny"
@@ -42,12 +43,12 @@ def limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
-def run_until_written(args: list[str], out: Path, count: int) -> None:
-    """Run ddn-generate under MEMORY_LIMIT until ``count`` images are in ``out``, then stop it."""
+def run_until_written(args: list[str], out: Path, count: int, module: str = "ddn.serving.generate_cli") -> None:
+    """Run ddn-generate (or another ``module``'s command) under MEMORY_LIMIT until ``count`` images are in
+    ``out``, then stop it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
-    process = subprocess.Popen([sys.executable, "-m", "ddn.serving.generate_cli", *args, "--out", str(out),
-                                "--no-progress"], stderr=subprocess.PIPE, text=True, env=env,
-                               preexec_fn=limit_memory)
+    process = subprocess.Popen([sys.executable, "-m", module, *args, "--out", str(out)], stderr=subprocess.PIPE,
+                               text=True, env=env, preexec_fn=limit_memory)
     try:
         deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline:
@@ -63,8 +64,8 @@ def run_until_written(args: list[str], out: Path, count: int) -> None:
 def test_a_billion_seeds_stream_in_bounded_memory(exported, tmp_path):
     _, repository = exported
     out = tmp_path / "samples"
-    run_until_written(["--repository", str(repository), "--model", NAME, "--n", "1000000000", "--batch", "16"],
-                      out, 200)
+    run_until_written(["--repository", str(repository), "--model", NAME, "--n", "1000000000", "--batch", "16",
+                       "--no-progress"], out, 200)
     local = OnnxModel.from_repository(repository, NAME)
     want = local.generate(seeds=range(100))
     np.testing.assert_array_equal(np.stack([load_png(out / f"{seed:06d}.png") for seed in range(100)]), want)
@@ -72,12 +73,14 @@ def test_a_billion_seeds_stream_in_bounded_memory(exported, tmp_path):
 
 def test_ten_million_conditional_samples_stream_in_bounded_memory(exported, tmp_path):
     checkpoint, _ = exported
-    save_png(tmp_path / "noisy.png", np.random.default_rng(0).integers(0, 256, (8, 8, 1), dtype=np.uint8))
+    save_png(tmp_path / "low.png", np.random.default_rng(0).integers(0, 256, (4, 4, 1), dtype=np.uint8))
     out = tmp_path / "zscg"
-    run_until_written(["--checkpoint", str(checkpoint), "--condition", "denoise", "--input",
-                       str(tmp_path / "noisy.png"), "--n", "10000000", "--seed", "5"], out, 3 * BATCH)
+    run_until_written(["--checkpoint", str(checkpoint), "--condition", "superres", "--input",
+                       str(tmp_path / "low.png"), "--n", "10000000", "--seed", "5"], out, 3 * BATCH,
+                      module="ddn.training.zscg_cli")
     # The first batch draws as a run of exactly one batch does.
-    generate_conditional(checkpoint, "denoise", tmp_path / "noisy.png", n=BATCH, out_dir=tmp_path / "one", seed=5)
+    generate_conditional(checkpoint, "superres", {"input": tmp_path / "low.png"}, n=BATCH, out_dir=tmp_path / "one",
+                         seed=5)
     for i in range(BATCH):
         assert load_png(out / f"result_{i:03d}.png").tobytes() == load_png(tmp_path / "one" / f"result_{i:03d}.png").tobytes()
     assert (out / "grid.png").is_file()  # written once its first results were in
@@ -151,6 +154,7 @@ def test_a_corrupt_description_names_its_path(exported, tmp_path, change, messag
 def test_an_impossible_seed_on_the_conditional_path(exported, tmp_path, seed, message):
     checkpoint, _ = exported
     save_png(tmp_path / "in.png", np.zeros((8, 8, 1), dtype=np.uint8))
-    line = usage_error(generate("--checkpoint", checkpoint, "--condition", "denoise", "--input", tmp_path / "in.png",
-                               "--seed", seed, "--out", tmp_path / "out"))
+    line = usage_error(CliRunner().invoke(conditional, ["--checkpoint", str(checkpoint), "--condition", "superres",
+                                                        "--input", str(tmp_path / "in.png"), "--seed", seed,
+                                                        "--out", str(tmp_path / "out")]))
     assert "--seed" in line and message in line

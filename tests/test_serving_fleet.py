@@ -8,9 +8,7 @@ to appear start their own.
 """
 from __future__ import annotations
 
-import datetime
 import hashlib
-import ipaddress
 import os
 import re
 import signal
@@ -25,12 +23,9 @@ from click.testing import CliRunner
 
 pytest.importorskip("pytriton", reason="needs the nvidia-pytriton wheel (pip install 'ddn-serve[serving]')")
 grpcclient = pytest.importorskip("tritonclient.grpc")
-x509 = pytest.importorskip("cryptography.x509")
+pytest.importorskip("cryptography")
 
 import torch  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
 
 from ddn.export.exporter import ModelExport  # noqa: E402
 from ddn.repository_contract import ONNX_DIGEST_PARAMETER  # noqa: E402
@@ -44,6 +39,7 @@ from ddn.serving.triton_server import TritonServer  # noqa: E402
 from ddn.training.checkpoint import save_checkpoint  # noqa: E402
 from ddn.training.networks import SingleShotGenerator  # noqa: E402
 from cli_helpers import one_line_error, usage_error  # noqa: E402
+from tls_helpers import self_signed  # noqa: E402
 
 NAME = "tiny"
 SEEDS = range(100, 148)
@@ -291,26 +287,6 @@ def test_shard_seeds_partition_any_range(seeds: range, count: int) -> None:
 
 
 # -- TLS ------------------------------------------------------------------------------------------------------------
-def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
-    """A certificate for localhost / 127.0.0.1 signed by its own key: (certificate, key) PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = folder / f"{name}.crt", folder / f"{name}.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_file, key_file
-
-
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return self_signed(tmp_path_factory.mktemp("tls"), "server")

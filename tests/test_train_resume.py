@@ -14,6 +14,7 @@ from ddn.training.checkpoint import CheckpointError, load_generator
 from ddn.training.cli import main as ddn_train
 from ddn.training.train_loop import train
 from ddn.training.train_state import LAST, PREVIOUS, find_resumable, read_run_checkpoint
+from cli_helpers import usage_error
 from train_helpers import assert_bitwise_equal, one_thread, run_state, tiny  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -89,10 +90,10 @@ def test_resume_refuses_to_change_the_model(tmp_path):
     run = tmp_path / "run"
     train(tiny(steps=2), run, progress=False)
     result = CliRunner().invoke(ddn_train, ["--resume", "--out", str(run), "--k", "4", "--no-progress"])
-    assert result.exit_code == 1
-    assert "--k cannot change on resume (checkpoint has None, got 4)" in result.output  # None: the preset's K
+    # A usage error (exit 2): None is the preset's K.
+    assert usage_error(result).startswith("Error: --k cannot change on resume (checkpoint has None, got 4); only ")
     result = CliRunner().invoke(ddn_train, ["--resume", "--out", str(run), "--preset", "cpu", "--no-progress"])
-    assert "--preset cannot change on resume (checkpoint has 'tiny', got 'cpu')" in result.output
+    assert "--preset cannot change on resume (checkpoint has 'tiny', got 'cpu')" in usage_error(result)
 
 
 def test_killed_process_resumes_to_the_same_bits(tmp_path):

@@ -1,18 +1,22 @@
 """Zero-shot conditional generation from a briefly trained digits model: API and CLI."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
+from ddn.conditions import CONDITIONS, MASK
 from ddn.images import load_png, save_png, to_float, to_uint8
 from ddn.training.datasets import load_images
-from ddn.training.guidance import SuperResolution
+from ddn.training.guidance import DISTANCES, SuperResolution
 from ddn.training.run_outputs import images_to_uint8
 from ddn.training.train_loop import train
 from ddn.training.train_state import LAST
-from ddn.training.zscg import generate_conditional
+from ddn.training.zscg import generate_conditional, model_layout
 from ddn.training.zscg_cli import conditional
+from cli_helpers import one_line_error, usage_error
 from train_helpers import tiny
 
 
@@ -54,7 +58,8 @@ def test_generate_conditional_writes_results_and_grid(trained, tmp_path):
     model, checkpoint = trained
     target = digits(1)[0]
     to_png(tmp_path / "low.png", F.avg_pool2d(target[None], 2)[0])
-    assert generate_conditional(checkpoint, "superres", tmp_path / "low.png", None, "top2", 5, tmp_path / "out", 1) == 5
+    assert generate_conditional(checkpoint, "superres", {"input": tmp_path / "low.png"}, "top2", 5, tmp_path / "out",
+                                1) == 5
     paths = sorted((tmp_path / "out").glob("result_*.png"))
     assert [p.name for p in paths] == [f"result_{i:03d}.png" for i in range(5)]
     results = np.stack([load_png(p) for p in paths])
@@ -62,46 +67,58 @@ def test_generate_conditional_writes_results_and_grid(trained, tmp_path):
     assert len({r.tobytes() for r in results}) > 1  # top2 draws differ
     assert (tmp_path / "out" / "grid.png").exists() and (tmp_path / "out" / "condition.png").exists()
     # top1 is deterministic and equals the API's guided sample of the same (PNG-quantised) condition.
-    generate_conditional(checkpoint, "superres", tmp_path / "low.png", None, "top1", 2, tmp_path / "top1", 0)
+    generate_conditional(checkpoint, "superres", {"input": tmp_path / "low.png"}, "top1", 2, tmp_path / "top1", 0)
     again = sorted((tmp_path / "top1").glob("result_*.png"))
     low = torch.from_numpy(to_float(load_png(tmp_path / "low.png"))).permute(2, 0, 1)[None]
     want = images_to_uint8(model.guided_sample(SuperResolution(low.expand(2, -1, -1, -1)), selection="top1"))
     np.testing.assert_array_equal(np.stack([load_png(p) for p in again]), want)
 
 
-@pytest.mark.parametrize("condition", ["inpaint", "denoise"])
+@pytest.mark.parametrize("condition", [name for name, spec in CONDITIONS.items() if spec.supports(1)])
 def test_cli_runs_each_condition(trained, tmp_path, condition):
-    _, checkpoint = trained
-    target = digits(1)[0]
-    to_png(tmp_path / "in.png", target)
-    mask = np.zeros((8, 8, 1), dtype=np.uint8)
-    mask[:, :4] = 255  # keep the left half
-    save_png(tmp_path / "mask.png", mask)
-    args = ["--checkpoint", str(checkpoint), "--condition", condition, "--input", str(tmp_path / "in.png"),
-            "--n", "3", "--out", str(tmp_path / "out")]
-    if condition == "inpaint":
-        args += ["--mask", str(tmp_path / "mask.png")]
-    result = CliRunner().invoke(conditional, args)
+    model, checkpoint = trained
+    spec = CONDITIONS[condition]
+    layout = dataclasses.replace(model_layout(model, condition), superres_factor=2)
+    shapes = {item.name: item.shape(layout) for item in spec.inputs}
+    observed = DISTANCES[condition].observe(digits(1), shapes, np.random.default_rng(0))
+    args = []
+    for item in spec.inputs:
+        pixels = observed[item.name][0].permute(1, 2, 0).numpy()
+        pixels = (pixels * 255).astype(np.uint8) if item.values == MASK else to_uint8(pixels)
+        args += [f"--{item.option}", str(save_png(tmp_path / f"{item.name}.png", pixels))]
+    result = CliRunner().invoke(conditional, ["--checkpoint", str(checkpoint), "--condition", condition, *args,
+                                              "--n", "3", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "condition.png", "grid.png", "result_000.png", "result_001.png", "result_002.png"]
 
 
 @pytest.mark.parametrize("condition, extra, message", [
-    ("colorize", [], "colorization needs an RGB model"),
-    ("inpaint", [], "needs --mask"),
-    ("superres", [], "super-resolution needs a power-of-two size smaller than"),
-    ("denoise", ["--mask", "in.png"], "--mask only applies to --condition inpaint"),
+    ("colorize", [], "Error: colorize needs an RGB model; this one makes 1-channel images"),
+    ("superres", [], "Error: superres: --input in.png is 8x8; it must be a power of two smaller than the model's 8x8"),
+    ("inpaint", ["--mask", "rgb.png"], "Error: inpaint: --mask rgb.png has 3 channel(s); it must have 1 (grayscale)"),
 ])
 def test_cli_errors_are_one_line(trained, tmp_path, monkeypatch, condition, extra, message):
     _, checkpoint = trained
     monkeypatch.chdir(tmp_path)
     to_png(tmp_path / "in.png", digits(1)[0])  # full size: wrong for superres
+    save_png(tmp_path / "rgb.png", np.zeros((8, 8, 3), np.uint8))
     result = CliRunner().invoke(conditional, ["--checkpoint", str(checkpoint), "--condition", condition,
                                               "--input", "in.png", *extra])
-    assert result.exit_code == 1
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], result.output
+    assert one_line_error(result).startswith(message)
+
+
+@pytest.mark.parametrize("condition, extra, message", [
+    ("inpaint", [], "--condition inpaint needs --mask (the known pixels"),
+    ("superres", ["--mask", "in.png"], "--mask does not apply to --condition superres"),
+])
+def test_cli_usage_errors(trained, tmp_path, monkeypatch, condition, extra, message):
+    _, checkpoint = trained
+    monkeypatch.chdir(tmp_path)
+    to_png(tmp_path / "in.png", digits(1)[0])
+    result = CliRunner().invoke(conditional, ["--checkpoint", str(checkpoint), "--condition", condition,
+                                              "--input", "in.png", *extra])
+    assert message in usage_error(result)
 
 
 def test_cli_refuses_a_bad_checkpoint_or_image(trained, tmp_path):
@@ -109,9 +126,9 @@ def test_cli_refuses_a_bad_checkpoint_or_image(trained, tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     (tmp_path / "bad.png").write_bytes(b"garbage")
     runner = CliRunner()
-    result = runner.invoke(conditional, ["--checkpoint", str(tmp_path / "bad.safetensors"), "--condition", "denoise",
+    result = runner.invoke(conditional, ["--checkpoint", str(tmp_path / "bad.safetensors"), "--condition", "superres",
                                          "--input", str(tmp_path / "bad.png")])
     assert result.exit_code == 1 and "corrupt or truncated" in result.output
-    result = runner.invoke(conditional, ["--checkpoint", str(checkpoint), "--condition", "denoise",
+    result = runner.invoke(conditional, ["--checkpoint", str(checkpoint), "--condition", "superres",
                                          "--input", str(tmp_path / "bad.png")])
     assert result.exit_code == 1 and "cannot read image" in result.output

@@ -1,15 +1,13 @@
 """The real tritonserver from the nvidia-pytriton wheel, started on this machine's CPU."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
-import subprocess
+import stat
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +18,14 @@ pytest.importorskip("pytriton", reason="needs the nvidia-pytriton wheel (pip ins
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
 from cli_helpers import one_line_error, usage_error  # noqa: E402
+from serve_helpers import children, kill, listening_addresses, start_serve_cli  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from ddn.serving.admin_apis import grpc_headers, http_headers  # noqa: E402
+from ddn.deployment_targets import TARGETS_FILE, Served, merge_targets, read_targets, render_targets  # noqa: E402
+from ddn.serving.admin_apis import grpc_headers  # noqa: E402
 from ddn.serving.repository_view import VIEW_PREFIX, cpu_repository_view  # noqa: E402
 from ddn.serving.serve_cli import main as serve_main  # noqa: E402
-from ddn.serving.triton_server import SHARED_MEMORY, TEMP_PREFIX, TritonServer, _free_ports  # noqa: E402
+from ddn.serving.triton_server import SHARED_MEMORY, TEMP_PREFIX, Address, TritonServer, _free_ports  # noqa: E402
 
 CONFIG = """
 backend: "python"
@@ -64,9 +64,12 @@ class TritonPythonModel:
 
 
 def write_model(repository: Path, name: str, model_py: str) -> Path:
+    """A python-backend model, stated in targets.txt for the cpu target (ddn-serve) as ddn-export would."""
     (repository / name / "1").mkdir(parents=True)
     (repository / name / "config.pbtxt").write_text(CONFIG)
     (repository / name / "1" / "model.py").write_text(model_py)
+    existing = read_targets(repository) if (repository / TARGETS_FILE).is_file() else []
+    (repository / TARGETS_FILE).write_text(render_targets(merge_targets(existing, [Served("cpu", name, name)], [name])))
     return repository / name
 
 
@@ -93,25 +96,20 @@ def test_stub_runs_this_interpreter(server: TritonServer) -> None:
     assert (version, prefix) == (sys.version, sys.prefix)
 
 
-def _listening_addresses() -> dict[int, set[str]]:
-    """Port -> local addresses (hex, as in /proc/net) of this namespace's listening TCP sockets."""
-    listening: dict[int, set[str]] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for row in Path(table).read_text().splitlines()[1:]:
-            local, state = row.split()[1], row.split()[3]
-            if state == "0A":  # TCP_LISTEN
-                address, port = local.split(":")
-                listening.setdefault(int(port, 16), set()).add(address)
-    return listening
-
-
 def test_ports_bound_to_loopback_only(server: TritonServer) -> None:
     # 127.0.0.1 in /proc/net/tcp, and as ::ffff:127.0.0.1 in /proc/net/tcp6 (gRPC binds that way).
     loopback = {"0100007F", "0000000000000000FFFF00000100007F"}
-    listening = _listening_addresses()
-    for port in (server.grpc_port, server.http_port, server.metrics_port):
+    listening = listening_addresses()
+    for port in (server.grpc_port, server.metrics_port):
         assert listening.get(port) and listening[port] <= loopback, (port, listening.get(port))
     assert server.grpc_url == f"127.0.0.1:{server.grpc_port}"
+    assert server.http_port is None  # HTTP inference only when asked for
+
+
+def test_shared_memory_regions_are_owner_only(server: TritonServer) -> None:
+    regions = server.shared_memory_regions
+    assert regions and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in regions), \
+        {p.name: oct(p.stat().st_mode) for p in regions}
 
 
 def test_missing_repository(tmp_path: Path) -> None:
@@ -133,33 +131,9 @@ def test_serve_help() -> None:
     result = CliRunner().invoke(serve_main, ["--help"])
     assert result.exit_code == 0, result.output
     assert "--repository" in result.output and "--grpc-port" in result.output and "--ort-provider" in result.output
+    assert "--grpc-host, --host" in result.output  # --host stays, as the gRPC address
     bad = CliRunner().invoke(serve_main, ["--ort-provider", "rocm"])
     assert bad.exit_code == 2 and "'rocm' is not one of 'cpu', 'cuda', 'tensorrt'" in bad.output
-
-
-def start_serve_cli(repository: Path, *args: str) -> tuple[subprocess.Popen, str, TritonServer]:
-    """A ddn-serve process on free ports, once it says it serves: the process, what it printed, its ports."""
-    # The CLI's defaults are Triton's fixed ports 8000-8002; borrow three free ones
-    # from a server object that is never started.
-    ports = TritonServer(repository)
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "ddn.serving.serve_cli", "--repository", str(repository),
-         "--grpc-port", str(ports.grpc_port), "--http-port", str(ports.http_port),
-         "--metrics-port", str(ports.metrics_port), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        # Like a terminal's shell: a background pytest would hand SIGINT down ignored.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    output = ""
-    deadline = time.monotonic() + 60
-    while "press Ctrl-C" not in output and cli.poll() is None and time.monotonic() < deadline:
-        output += cli.stdout.readline()
-    return cli, output, ports
-
-
-def kill(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGKILL)
-    process.wait()
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -170,9 +144,10 @@ def test_serve_cli_serves_until_stopped(tmp_path: Path, stop_signal: signal.Sign
         assert f"gRPC     127.0.0.1:{ports.grpc_port}" in output, output
         assert "model    double: READY" in output, output
         assert "admin" not in output  # the administrative APIs stay closed
+        assert "HTTP" not in output and "metrics" not in output  # off unless asked for
         cli.send_signal(stop_signal)
         assert cli.wait(timeout=30) == 0
-        assert ports.grpc_port not in _listening_addresses()
+        assert ports.grpc_port not in listening_addresses()
     finally:
         kill(cli)
 
@@ -184,7 +159,6 @@ def test_serve_cli_opens_the_admin_apis_only_with_the_key_it_prints(tmp_path: Pa
         admin = [line for line in output.splitlines() if line.startswith("admin")]
         key = admin[0].split("carrying the key ")[1]
         assert admin[1].strip() == f"admin      gRPC: headers={{'triton-grpc-protocol-ddn-admin-key': '{key}'}}"
-        assert f"curl -H 'ddn-admin-key: {key}'" in admin[2]
         client = grpcclient.InferenceServerClient(ports.grpc_url)
         with pytest.raises(InferenceServerException, match="This protocol is restricted"):
             client.update_log_settings({"log_verbose_level": 2})
@@ -193,9 +167,6 @@ def test_serve_cli_opens_the_admin_apis_only_with_the_key_it_prints(tmp_path: Pa
         client.update_log_settings({"log_verbose_level": 2}, headers=grpc_headers(key))
         assert client.get_log_settings(headers=grpc_headers(key), as_json=True)["settings"][
             "log_verbose_level"]["uint32_param"] == 2
-        request = urllib.request.Request(f"http://{ports.http_url}/v2/logging", headers=http_headers(key))
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            assert json.loads(reply.read())["log_verbose_level"] == 2
     finally:
         kill(cli)
 
@@ -218,13 +189,13 @@ def test_server_checks_its_ports_before_it_starts(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         started = time.monotonic()
         with pytest.raises(RuntimeError, match=f"HTTP port {port} on 127.0.0.1 is not free: Address already in use"):
-            TritonServer(tmp_path, http_port=port).start()
-        result = CliRunner().invoke(serve_main, ["--repository", str(tmp_path), "--metrics-port", str(port),
-                                                 "--grpc-port", str(_free_ports("127.0.0.1", 1)[0])])
+            TritonServer(tmp_path, http=Address(port=port)).start()
+        result = CliRunner().invoke(serve_main, ["--repository", str(tmp_path), "--metrics", "--metrics-port",
+                                                 str(port), "--grpc-port", str(_free_ports("127.0.0.1", 1)[0])])
         assert one_line_error(result) == f"Error: metrics port {port} on 127.0.0.1 is not free: Address already in use"
         assert time.monotonic() - started < 10  # not the 60 s start-up timeout
     with pytest.raises(RuntimeError, match="the server's ports must differ"):
-        TritonServer(tmp_path, grpc_port=port, http_port=port).start()
+        TritonServer(tmp_path, grpc_port=port, metrics=Address(port=port)).start()
 
 
 def wait_dead(pid: int) -> None:
@@ -236,10 +207,6 @@ def wait_dead(pid: int) -> None:
         except FileNotFoundError:
             return
         time.sleep(0.05)
-
-
-def children(pid: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def test_next_server_removes_what_a_killed_ddn_serve_and_its_crashed_server_left(tmp_path: Path) -> None:
@@ -277,3 +244,12 @@ def test_stop_removes_the_regions_of_a_server_that_crashed(server: TritonServer,
         assert all(p.exists() for p in regions)
     assert not any(p.exists() for p in regions)
     assert server.shared_memory_regions  # another live server's regions stay
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--http-port", "8080"], "Error: --http-port needs --http (the http port is off by default)"),
+    (["--http-host", "0.0.0.0"], "Error: --http-host needs --http (the http port is off by default)"),
+    (["--metrics-host", "0.0.0.0"], "Error: --metrics-host needs --metrics (the metrics port is off by default)"),
+])
+def test_serve_cli_refuses_an_address_for_a_port_that_is_off(tmp_path: Path, args: list[str], message: str) -> None:
+    assert usage_error(CliRunner().invoke(serve_main, ["--repository", str(tmp_path), *args])) == message

@@ -30,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from ddn.file_modes import new_file_mode
 from ddn.leftovers import remove_stale, tagged
 
 from .networks import DDNGenerator, build_generator
@@ -57,6 +58,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     remove_stale(path.parent, temp_prefix)
     fd, tmp = tempfile.mkstemp(prefix=tagged(temp_prefix), suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode())  # mkstemp's 0600 would outlive the rename: follow the umask instead
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -13,9 +13,11 @@ import click
 import torch
 from click.core import ParameterSource
 
+from ddn.cli import CommandError, command, power_of_two
+
 from .checkpoint import CheckpointError
 from .presets import PRESETS
-from .train_loop import TrainConfig, train
+from .train_loop import ConfigError, TrainConfig, train
 from .train_state import LAST, PREVIOUS
 
 DEFAULTS = TrainConfig()
@@ -34,49 +36,55 @@ def _default_out(dataset: str, preset: str, resume: bool) -> Path:
     return candidate
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@command()
 @click.option("--dataset", default=DEFAULTS.dataset,
-              help='"digits" (scikit-learn, 8x8), an .npz file, an image folder or MNIST IDX files')
-@click.option("--image-size", type=int, default=None,
-              help="resize images to this power of two [default: the dataset's size, padded up to a power of two]")
+              help='Training images: "digits" (scikit-learn, 8x8), an .npz file, an image folder or MNIST IDX files.')
+@click.option("--image-size", type=int, default=None, callback=power_of_two, show_default=False,
+              help="Resize images to this power of two.  [default: the dataset's size, padded up to a power of two]")
 @click.option("--preset", type=click.Choice(PRESETS), default=DEFAULTS.preset,
-              help="model: cpu (sized for a CPU), cifar10 (the paper's CIFAR-10 model, for GPUs), "
-                   "mnist-recurrence (the official MNIST U-Net, repeated), tiny (tests)")
+              help="Model: cpu (sized for a CPU), cifar10 (the paper's CIFAR-10 model, for GPUs), "
+                   "mnist-recurrence (the official MNIST U-Net, repeated) or tiny (tests).")
 @click.option("--channels", type=click.IntRange(min=2), default=None,
-              help="override the preset's channels (every scale; recurrence: the U-Net's base)")
-@click.option("--k", "-k", "k", type=click.IntRange(min=1), default=None, help="override the preset's branches per DDL")
-@click.option("--max-blocks", type=click.IntRange(min=1), default=None, help="single-shot presets: cap the blocks per scale")
-@click.option("--iterations", type=click.IntRange(min=1), default=None, help="recurrence: override how often the block repeats")
-@click.option("--steps", type=click.IntRange(min=1), default=DEFAULTS.steps, help="total optimizer steps")
-@click.option("--images", type=click.IntRange(min=1), default=None, help="total training images instead of --steps")
-@click.option("--batch", type=click.IntRange(min=1), default=DEFAULTS.batch, help="global batch size (split over ranks)")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr, help="Adam learning rate")
-@click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.beta1, help="Adam beta1")
-@click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.beta2, help="Adam beta2")
+              help="Override the preset's channels (every scale; recurrence: the U-Net's base).")
+@click.option("--k", "-k", "k", type=click.IntRange(min=1), default=None, help="Override the preset's branches per DDL.")
+@click.option("--max-blocks", type=click.IntRange(min=1), default=None,
+              help="Single-shot presets: cap the blocks per scale.")
+@click.option("--iterations", type=click.IntRange(min=1), default=None,
+              help="Recurrence: override how often the block repeats.")
+@click.option("--steps", type=click.IntRange(min=1), default=DEFAULTS.steps, help="Total optimizer steps.")
+@click.option("--images", type=click.IntRange(min=1), default=None, help="Total training images, instead of --steps.")
+@click.option("--batch", type=click.IntRange(min=1), default=DEFAULTS.batch, help="Global batch size (split over ranks).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr, help="Adam learning rate.")
+@click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.beta1, help="Adam beta1.")
+@click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.beta2, help="Adam beta2.")
 @click.option("--chain-dropout", type=click.FloatRange(0, 1), default=DEFAULTS.chain_dropout,
-              help="probability that a layer takes random branches for the whole batch")
+              help="Probability that a layer takes random branches for the whole batch.")
 @click.option("--split-and-prune/--no-split-and-prune", default=DEFAULTS.split_and_prune,
-              help="split over-used and prune under-used branches after every step")
+              help="Split over-used and prune under-used branches after every step.")
 @click.option("--ema-halflife-kimg", type=click.FloatRange(min=0), default=DEFAULTS.ema_halflife_kimg,
-              help="half-life (thousands of images) of the weight average that is sampled and exported; 0: none")
+              help="Half-life (thousands of images) of the weight average that is sampled and exported; 0: none.")
 @click.option("--ema-rampup", type=click.FloatRange(min=0), default=DEFAULTS.ema_rampup,
-              help="caps the average's half-life at this share of the images seen so far; 0: no cap")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="run folder [default: runs/<dataset>-<preset>, numbered if taken]")
+              help="Cap the average's half-life at this share of the images seen so far; 0: no cap.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, show_default=False,
+              help="Run folder.  [default: runs/<dataset>-<preset>, numbered if taken]")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=DEFAULTS.checkpoint_every,
-              help="steps between checkpoints (and sample grids); 0: only at the end")
-@click.option("--log-every", type=click.IntRange(min=1), default=DEFAULTS.log_every, help="steps between log lines")
+              help="Steps between checkpoints (and sample grids); 0: only at the end.")
+@click.option("--log-every", type=click.IntRange(min=1), default=DEFAULTS.log_every,
+              help="Steps between entries of log.jsonl (and, off a terminal or with --no-progress, progress lines).")
 @click.option("--sample-seeds", type=click.IntRange(min=1), default=DEFAULTS.sample_seeds,
-              help="samples in each grid (seeds 0..N-1)")
-@click.option("--seed", type=int, default=DEFAULTS.seed, help="seed of the initial weights, data order and dropout")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=DEFAULTS.device)
+              help="Samples in each grid (seeds 0..N-1).")
+@click.option("--seed", type=int, default=DEFAULTS.seed, help="Seed of the initial weights, data order and dropout.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=DEFAULTS.device,
+              help="Where to train (auto: CUDA if present).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=DEFAULTS.precision,
-              help="autocast dtype for forward passes (fp16 with loss scaling, CUDA only)")
-@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None, help="stop (with a checkpoint) after this much wall time")
+              help="Autocast dtype of the forward passes (fp16 with loss scaling, CUDA only).")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop (with a checkpoint) after this much wall time.")
 @click.option("--threads", type=click.IntRange(min=0), default=0,
-              help="CPU threads for torch (0: torch's default); 1 is often faster for small models on a busy machine")
-@click.option("--resume", is_flag=True, help="continue the run in --out from its newest good checkpoint")
-@click.option("--progress/--no-progress", default=True, help="show a progress bar")
+              help="CPU threads for torch (0: torch's default); 1 is often faster for small models on a busy machine.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its newest good checkpoint.")
+@click.option("--progress/--no-progress", default=True,
+              help="Draw a progress bar on a terminal (elsewhere, and without it, a timestamped line per --log-every).")
 @click.pass_context
 def main(ctx: click.Context, images: int | None, out: Path | None, minutes: float | None, threads: int,
          resume: bool, progress: bool, **options) -> None:
@@ -96,9 +104,10 @@ def main(ctx: click.Context, images: int | None, out: Path | None, minutes: floa
                        max_seconds=None if minutes is None else minutes * 60)
     except KeyboardInterrupt:
         sys.exit(130)
+    except ConfigError as exc:
+        raise click.UsageError(" ".join(str(exc).split()), ctx) from None
     except (ValueError, CheckpointError, OSError) as exc:
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        raise click.ClickException(message) from None
+        raise CommandError(exc) from None
     if result.rank == 0:
         click.echo(f"{result.step} steps, {result.splits} splits; checkpoint: {result.out_dir / LAST}", err=True)
 

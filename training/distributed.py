@@ -1,4 +1,4 @@
-"""Data-parallel plumbing: this process's rank and device, and the collectives the training loop uses.
+"""Data-parallel plumbing: this process's rank and device, the DDP-wrapped loss and the collectives the loop uses.
 
 Launched by ``torchrun`` (the WORLD_SIZE/RANK/LOCAL_RANK environment) every rank
 builds a :class:`Ranks` and joins one process group (gloo on CPU, nccl on GPU);
@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+# (images, chain dropout, dropout RNG) -> the guided-sampler loss
+TrainingLoss = Callable[[torch.Tensor, float, torch.Generator], torch.Tensor]
 
 
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
@@ -58,24 +64,19 @@ class Ranks:
         if self.world_size > 1:
             dist.all_reduce(tensor)
 
-    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """One flat all-reduce of all gradients, divided by the number of ranks."""
-        if self.world_size == 1:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world_size
-        offset = 0
-        for p, g in zip(params, grads):
-            p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
-            offset += g.numel()
+    def training_loss(self, model: nn.Module) -> TrainingLoss:
+        """``model.loss``; on several ranks through DistributedDataParallel, whose backward averages the gradients.
 
-    def broadcast_module(self, module: torch.nn.Module) -> None:
-        """Make every rank start from rank 0's parameters and buffers."""
-        if self.world_size > 1:
-            for tensor in module.state_dict().values():
-                dist.broadcast(tensor, 0)
+        Wrapping first broadcasts rank 0's parameters and buffers, so every rank
+        starts from the same weights. Buffers are not broadcast again at each
+        forward: the usage statistics stay identical because each rank adds the
+        same rank-summed step counts (see split_and_prune), and the others are
+        constants. The gradients are views into DDP's buckets (no copy in or out).
+        """
+        if self.world_size == 1:
+            return model.loss
+        return DistributedDataParallel(_Loss(model), device_ids=[self.device] if self.device.type == "cuda" else None,
+                                       forward_sync_buffers=False, gradient_as_bucket_view=True)
 
     def gather_cpu(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every rank's copy of an equally shaped CPU tensor (on every rank)."""
@@ -99,3 +100,14 @@ class Ranks:
             if finished:
                 dist.barrier()  # rank 0 may still be writing the last checkpoint
             dist.destroy_process_group()
+
+
+class _Loss(nn.Module):
+    """The module DDP wraps: its forward is the model's training loss (DDP prepares its gradient hooks in forward)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, chain_dropout: float, generator: torch.Generator | None) -> torch.Tensor:
+        return self.model.loss(images, chain_dropout, generator)

@@ -6,11 +6,20 @@ condition and the distance for one that compares only what the condition
 constrains. No gradients, no retraining.
 
 Every condition gives ``distance(candidates [B, K, C, h, w]) -> [B, K]`` at
-any layer resolution h.
+any layer resolution h. :data:`DISTANCES` is the torch half of the condition
+registry (:mod:`ddn.conditions` holds the names, inputs and their checks):
+one distance class per condition name, built from that condition's inputs by
+the same names, with :meth:`Condition.observe` giving those inputs for a clean
+image (what export verifies the condition's graph on).
 """
 from __future__ import annotations
 
+from typing import Mapping
+
+import numpy as np
 import torch
+
+from ddn.conditions import CONDITIONS, MASK
 
 from .ddl import Chooser, area_resize
 from .split_and_prune import BranchUsage
@@ -41,18 +50,34 @@ def to_grayscale(images: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return (images * weights.view(shape)).sum(dim, keepdim=True)
 
 
+def pixels_to_model(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, C] -> float [B, C, H, W] in [-1, 1].
+
+    The cast comes first: TensorRT accepts a uint8 network input only when a Cast consumes it.
+    """
+    return pixels.float().permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
 class Condition:
+    """What one layer's candidates are compared with; subclasses take their inputs by the registry's names."""
+
     batch_size: int
 
     def distance(self, candidates: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @classmethod
+    def observe(cls, images: torch.Tensor, shapes: Mapping[str, tuple[int, int, int]],
+                rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """This condition's inputs for clean images [B, C, H, W] in [-1, 1] (masks as float 0/1 [B, 1, H, W]).
+
+        ``shapes`` are the inputs' [H, W, C] for the model (the registry's schema).
+        """
+        raise NotImplementedError
+
 
 class TargetCondition(Condition):
-    """L2 to the area-resized target: the guided sampler of training and encoding.
-
-    Also serves denoising and low-bit restoration: the target is the degraded image.
-    """
+    """L2 to the area-resized target: the guided sampler of training and encoding."""
 
     def __init__(self, target: torch.Tensor):
         self.target, self.batch_size = target, target.shape[0]
@@ -61,11 +86,34 @@ class TargetCondition(Condition):
         return _per_sample_mse(candidates, area_resize(self.target, candidates.shape[-1]))
 
 
+class Denoising(TargetCondition):
+    """Denoising and low-bit restoration: L2 to the degraded image, area-resized to each layer.
+
+    Coarse layers see the image averaged over many pixels, where noise and
+    quantisation mostly cancel; the finest layers can only choose among clean
+    candidates the model makes.
+    """
+
+    NOISE = 0.2  # standard deviation, in [-1, 1] units, of the noise observe() adds
+
+    def __init__(self, image: torch.Tensor):  # the registry's name for the degraded image
+        super().__init__(image)
+
+    @classmethod
+    def observe(cls, images, shapes, rng):
+        noise = torch.from_numpy(rng.normal(0.0, cls.NOISE, images.shape).astype(np.float32))
+        return {"image": (images + noise).clamp(-1.0, 1.0)}
+
+
 class SuperResolution(Condition):
     """Candidates, area-downsampled to the low-res condition's size, compared with it."""
 
     def __init__(self, low_res: torch.Tensor):
         self.low_res, self.batch_size = low_res, low_res.shape[0]
+
+    @classmethod
+    def observe(cls, images, shapes, rng):
+        return {"low_res": area_resize(images, shapes["low_res"][0])}
 
     def distance(self, candidates: torch.Tensor) -> torch.Tensor:
         size = min(candidates.shape[-1], self.low_res.shape[-1])
@@ -79,6 +127,10 @@ class Colorization(Condition):
     def __init__(self, gray: torch.Tensor):
         self.gray, self.batch_size = gray, gray.shape[0]
 
+    @classmethod
+    def observe(cls, images, shapes, rng):
+        return {"gray": to_grayscale(images)}
+
     def distance(self, candidates: torch.Tensor) -> torch.Tensor:
         gray = to_grayscale(candidates, dim=2)
         return _per_sample_mse(gray, area_resize(self.gray, candidates.shape[-1]))
@@ -90,12 +142,43 @@ class Inpainting(Condition):
     def __init__(self, image: torch.Tensor, mask: torch.Tensor):
         self.image, self.mask, self.batch_size = image, mask.to(image.dtype), image.shape[0]
 
+    @classmethod
+    def observe(cls, images, shapes, rng):
+        b, _, h, w = images.shape
+        mask = torch.ones(b, 1, h, w)
+        for m in mask:  # hide one random box per sample, at least a quarter of the image
+            top, left = int(rng.integers(0, h // 2 + 1)), int(rng.integers(0, w // 2 + 1))
+            m[:, top:top + max(1, h // 2), left:left + max(1, w // 2)] = 0
+        return {"image": images, "mask": mask}
+
     def distance(self, candidates: torch.Tensor) -> torch.Tensor:
         size = candidates.shape[-1]
         mask = area_resize(self.mask, size).unsqueeze(1)  # fraction of known pixels per cell
         known = area_resize(self.image * self.mask, size) / area_resize(self.mask, size).clamp_min(1e-6)
         diff = (candidates - known.unsqueeze(1)).pow(2) * mask
         return diff.flatten(2).sum(2) / mask.flatten(2).sum(2).clamp_min(1e-6)
+
+
+# The torch half of the condition registry: each name of ddn.conditions.CONDITIONS -> its distance.
+DISTANCES: dict[str, type[Condition]] = {
+    "superres": SuperResolution,
+    "colorize": Colorization,
+    "inpaint": Inpainting,
+    "denoise": Denoising,
+}
+
+
+def condition_from_inputs(name: str, inputs: Mapping[str, torch.Tensor]) -> Condition:
+    """The distance of condition ``name`` for its inputs as served (uint8 [B, H, W, C] by input name).
+
+    Pixels become [-1, 1]; a mask is nonzero where known. The exported graph
+    and the research path both build their condition here, so both read the
+    inputs the same way.
+    """
+    spec = CONDITIONS[name]
+    tensors = {i.name: (inputs[i.name].float() > 0).float().permute(0, 3, 1, 2) if i.values == MASK
+               else pixels_to_model(inputs[i.name]) for i in spec.inputs}
+    return DISTANCES[name](**tensors)
 
 
 def make_chooser(condition: Condition, selection: str = "top1", generator: torch.Generator | None = None,

@@ -31,7 +31,11 @@ def save_sample_grid(model: DDNGenerator, path: Path, seeds: Sequence[int]) -> P
 
 
 class RunLog:
-    """Append-only JSON lines, one object per logging interval, each with a ``step``."""
+    """Append-only JSON lines, one object per logging interval, each with a ``step``.
+
+    The trainer's entries also carry ``time``: when the entry was logged, ISO 8601
+    UTC (``2026-01-31T12:00:00.123Z``).
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -60,7 +64,10 @@ class RunLog:
 
 
 def plot_run(entries: list[dict[str, Any]], path: Path, ks: Sequence[int]) -> Path | None:
-    """Loss and usage entropy (as a share of log K of each DDL) against step, as one PNG."""
+    """Loss and usage entropy (as a share of log K of each DDL) against step, as one PNG.
+
+    A lone entry is drawn as a dot (a line needs two points).
+    """
     if not entries:
         return None
     import matplotlib
@@ -73,15 +80,16 @@ def plot_run(entries: list[dict[str, Any]], path: Path, ks: Sequence[int]) -> Pa
     entropy = np.array([e["usage_entropy"] for e in entries]) / np.log(np.maximum(ks, 2))  # [T, DDLs]
     splits = np.array([e["splits"] for e in entries])
 
+    marker = "o" if len(entries) == 1 else None
     fig, (ax_loss, ax_use) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax_loss.plot(steps, loss)
+    ax_loss.plot(steps, loss, marker=marker)
     ax_loss.set_yscale("log")
     ax_loss.set(xlabel="step", ylabel="loss (MSE, mean over layers)", title="training loss")
     ax_use.fill_between(steps, entropy.min(1), entropy.max(1), alpha=0.25, label="min-max over layers")
-    ax_use.plot(steps, entropy.mean(1), label="mean over layers")
+    ax_use.plot(steps, entropy.mean(1), marker=marker, label="mean over layers")
     ax_use.set(xlabel="step", ylabel="usage entropy / log K", title="branch usage", ylim=(0, 1.02))
     ax_splits = ax_use.twinx()
-    ax_splits.plot(steps, splits, color="tab:red", linewidth=0.8, label="splits (cumulative)")
+    ax_splits.plot(steps, splits, color="tab:red", linewidth=0.8, marker=marker, label="splits (cumulative)")
     ax_splits.set_ylabel("splits", color="tab:red")
     ax_use.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -16,21 +16,22 @@ on [-1, 1]^2 and the score is its ``divergence(points)["kl"]``, the KL of the
 points' histogram to the density. The baseline is the same score for K real
 samples: the paper's claim is that K trained points beat them.
 
-    python -m ddn.training.toy2d [--k 2000] [--steps 2700] [--batch 40] [--step 0.25] [--out toy2d.png]
+    python -m ddn.training.toy2d [--k 2000] [--steps 2700] [--batch 40] [--step 0.25] [--out toy2d.png]  (-h: all options)
 
 Runs every density from a fresh uniform start, prints a JSON table, saves a PNG.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from typing import Any
 
+import click
 import numpy as np
 import torch
 from torch import nn
+
+from ddn.cli import CommandError, command
 
 from .split_and_prune import BranchUsage, split_and_prune_
 
@@ -148,35 +149,30 @@ def plot(table: dict, arrays: dict[str, dict[str, np.ndarray]], path: str) -> No
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--k", type=int, default=2000, help="number of points")
-    parser.add_argument("--steps", type=int, default=2700, help="steps per density")
-    parser.add_argument("--batch", type=int, default=40, help="samples per step")
-    parser.add_argument("--step", type=float, default=0.25, help="fraction of the way a chosen point moves at the start")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--densities", default=",".join(DENSITY_NAMES), help="comma-separated official density names")
-    parser.add_argument("--out", default="toy2d.png", help="PNG of the points over each density")
-    args = parser.parse_args(argv)
-    for name, value in (("--k", args.k), ("--steps", args.steps), ("--batch", args.batch)):
-        if value < 1:
-            parser.error(f"{name} must be at least 1, got {value}")
-    if not 0 < args.step <= 1:
-        parser.error(f"--step must be in (0, 1], got {args.step}")
+@command()
+@click.option("--k", type=click.IntRange(min=1), default=2000, help="Number of points.")
+@click.option("--steps", type=click.IntRange(min=1), default=2700, help="Steps per density.")
+@click.option("--batch", type=click.IntRange(min=1), default=40, help="Samples per step.")
+@click.option("--step", type=click.FloatRange(0, 1, min_open=True), default=0.25,
+              help="Fraction of the way a chosen point moves at the start.")
+@click.option("--seed", type=int, default=0, help="Seed of the start points and the samples.")
+@click.option("--densities", default=",".join(DENSITY_NAMES), help="Comma-separated official density names.")
+@click.option("--out", type=click.Path(dir_okay=False), default="toy2d.png", help="PNG of the points over each density.")
+def main(k: int, steps: int, batch: int, step: float, seed: int, densities: str, out: str) -> None:
+    """Fit K points to each official toy density with split-and-prune; print the scores as JSON, plot them to OUT."""
     with torch.random.fork_rng(devices=[]):
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # [batch, K] tensors: a second thread costs more than it saves
         try:
-            table, arrays = run(args.k, args.steps, args.batch, args.step, args.seed,
-                                tuple(n for n in args.densities.split(",") if n))
-        except (RuntimeError, ValueError) as exc:
-            parser.exit(1, f"error: {exc}\n")
+            table, arrays = run(k, steps, batch, step, seed, tuple(n for n in densities.split(",") if n))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--densities") from None
+        except RuntimeError as exc:
+            raise CommandError(exc) from None
         finally:
             torch.set_num_threads(threads)
-    plot(table, arrays, args.out)
-    json.dump(table, sys.stdout, indent=2)
-    print()
-    return table
+    plot(table, arrays, out)
+    click.echo(json.dumps(table, indent=2))
 
 
 if __name__ == "__main__":

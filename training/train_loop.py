@@ -3,7 +3,7 @@
 One step, on every rank::
 
     loss = model.loss(batch, chain_dropout, dropout_generator)   # records branch usage
-    loss.backward(); average gradients over ranks; adam.step()
+    loss.backward(); adam.step()                                  # DDP averages gradients over ranks
     split_and_prune_(model.ddls(), adam, all_reduce)              # usage summed over ranks first
     weight_average.update()                                       # the generator that is sampled
 
@@ -15,7 +15,7 @@ the same bits as a run that was never stopped.
 
 Data-parallel: launched by ``torchrun`` (the WORLD_SIZE/RANK environment), each
 rank trains on its own shard (``images[rank::world]``) with ``batch / world``
-images per step; gradients are averaged by all-reduce and the split-and-prune
+images per step; DistributedDataParallel averages the gradients and the split-and-prune
 statistics are summed before each decision, so every rank takes the same
 decision and the replicas stay identical (:mod:`distributed`). Only rank 0
 writes files.
@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ddn.progress import on_terminal, progress_line, utc_timestamp
+
 from .datasets import batch_stream, load_images
-from .distributed import Ranks
+from .distributed import Ranks, TrainingLoss
 from .distributed import resolve_device  # noqa: F401 (benchmarks/quality.py imports it from here)
 from .networks import DDNGenerator, build_generator
 from .presets import preset_config
@@ -90,6 +93,10 @@ class TrainConfig:
         return preset_config(self.preset, image_size, image_channels, **overrides)
 
 
+class ConfigError(ValueError):
+    """Options the run cannot use together (or with its checkpoint); a usage error on the command line."""
+
+
 # Options a resumed run may change; everything else must match the checkpoint.
 ADJUSTABLE_ON_RESUME = {"steps", "checkpoint_every", "log_every", "sample_seeds", "device", "precision"}
 
@@ -98,7 +105,7 @@ def resume_config(stored: dict[str, Any], given: TrainConfig, explicit: set[str]
     """The stored config with the options the user gave now applied.
 
     ``explicit`` names the options the user set (the CLI knows); None means
-    "every field of ``given``". Changing a fixed option raises ValueError.
+    "every field of ``given``". Changing a fixed option raises ConfigError.
     """
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     stored = {"ema_halflife_kimg": 0.0, **stored}  # runs from before the weight average existed had none
@@ -108,8 +115,8 @@ def resume_config(stored: dict[str, Any], given: TrainConfig, explicit: set[str]
         if old == new:
             continue
         if name not in ADJUSTABLE_ON_RESUME:
-            raise ValueError(f"--{name.replace('_', '-')} cannot change on resume (checkpoint has {old!r}, got {new!r}); "
-                             f"only {', '.join(sorted(ADJUSTABLE_ON_RESUME))} can")
+            raise ConfigError(f"--{name.replace('_', '-')} cannot change on resume (checkpoint has {old!r}, got {new!r}); "
+                              f"only {', '.join(sorted(ADJUSTABLE_ON_RESUME))} can")
         setattr(config, name, new)
     return config
 
@@ -122,26 +129,28 @@ def stream_seed(seed: int, rank: int, stream: str, restart_step: int = 0) -> int
 
 def autocast_for(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     dtype = PRECISIONS[precision]
     if dtype is None:
         return contextlib.nullcontext
     if dtype == torch.float16 and device.type != "cuda":
-        raise ValueError("fp16 mixed precision needs --device cuda (use bf16 on CPU)")
+        raise ConfigError("fp16 mixed precision needs --device cuda (use bf16 on CPU)")
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # -- one step -------------------------------------------------------------------------
 
-def train_step(model: DDNGenerator, optimizer: torch.optim.Optimizer, batch: torch.Tensor, chain_dropout: float,
-               generator: torch.Generator, ranks: Ranks, scaler: torch.amp.GradScaler,
+def train_step(training_loss: TrainingLoss, optimizer: torch.optim.Optimizer, batch: torch.Tensor,
+               chain_dropout: float, generator: torch.Generator, scaler: torch.amp.GradScaler,
                autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> torch.Tensor:
-    """Loss, backward, gradient averaging and the Adam update. Returns the detached loss."""
+    """Loss, backward (averaging gradients over ranks, see Ranks.training_loss) and the Adam update.
+
+    Returns the detached loss.
+    """
     with autocast():
-        loss = model.loss(batch, chain_dropout, generator)
+        loss = training_loss(batch, chain_dropout, generator)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    ranks.average_gradients(list(model.parameters()))
     scaler.step(optimizer)
     scaler.update()
     return loss.detach()
@@ -175,12 +184,14 @@ class TrainResult:
 
 def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, explicit: set[str] | None = None,
           progress: bool = True, max_seconds: float | None = None,
-          log: Callable[[str], None] = lambda message: tqdm.write(message)) -> TrainResult:
+          log: Callable[[str], None] = lambda message: tqdm.write(message, file=sys.stderr)) -> TrainResult:
     """Train (or continue) the run in ``out_dir``; returns the final model and optimizer.
 
     With ``resume`` the newest good checkpoint in ``out_dir`` is continued and
     ``config`` only supplies the options in ``explicit`` (see :func:`resume_config`).
-    ``max_seconds`` stops early (all ranks agree) with a checkpoint.
+    ``max_seconds`` stops early (all ranks agree) with a checkpoint. ``progress``
+    draws a bar when stderr is a terminal; otherwise, or without it, rank 0 prints
+    a timestamped line at each log entry.
     """
     out_dir = Path(out_dir)
     if not resume and ((out_dir / LAST).exists() or (out_dir / PREVIOUS).exists()):
@@ -209,6 +220,7 @@ class _Run:
     out_dir: Path
     ranks: Ranks
     model: DDNGenerator
+    training_loss: TrainingLoss  # model.loss, through DDP on several ranks
     optimizer: torch.optim.Optimizer
     average: WeightAverage | None
     scaler: torch.amp.GradScaler
@@ -229,8 +241,8 @@ class _Run:
     def train_one_step(self) -> tuple[torch.Tensor, int]:
         """One optimizer step, the split-and-prune and the weight average after it; returns (detached loss, splits)."""
         batch = next(self.batches).to(self.ranks.device, non_blocking=True)
-        loss = train_step(self.model, self.optimizer, batch, self.config.chain_dropout, self.generators["dropout"],
-                          self.ranks, self.scaler, self.autocast)
+        loss = train_step(self.training_loss, self.optimizer, batch, self.config.chain_dropout,
+                          self.generators["dropout"], self.scaler, self.autocast)
         made = usage_step(self.model, self.optimizer, self.config.split_and_prune, self.ranks, self.average)
         self.step += 1
         self.splits += made
@@ -262,11 +274,11 @@ def _start(config: TrainConfig, out_dir: Path, state: RunState | None, ranks: Ra
     for note in state.notes if state else []:
         say(f"warning: {note}")
     if config.batch % ranks.world_size:
-        raise ValueError(f"--batch {config.batch} does not split evenly over {ranks.world_size} ranks")
+        raise ConfigError(f"--batch {config.batch} does not split evenly over {ranks.world_size} ranks")
     if config.log_every < 1:
-        raise ValueError(f"--log-every must be at least 1, got {config.log_every}")
+        raise ConfigError(f"--log-every must be at least 1, got {config.log_every}")
     if config.ema_halflife_kimg < 0 or config.ema_rampup < 0:
-        raise ValueError(f"--ema-halflife-kimg and --ema-rampup must be non-negative, "
+        raise ConfigError(f"--ema-halflife-kimg and --ema-rampup must be non-negative, "
                          f"got {config.ema_halflife_kimg} and {config.ema_rampup}")
     autocast = autocast_for(ranks.device, config.precision)
 
@@ -282,14 +294,14 @@ def _start(config: TrainConfig, out_dir: Path, state: RunState | None, ranks: Ra
         if state.train.get("dataset") != dataset_info:
             say(f"warning: the dataset changed since the checkpoint ({state.train.get('dataset')} -> {dataset_info})")
     model = model.to(ranks.device).train()
-    ranks.broadcast_module(model)
+    training_loss = ranks.training_loss(model)  # on several ranks, every rank now holds rank 0's weights
     resumed = None if state is None or state.average is None else state.average.to(ranks.device)
     average = config.weight_average(model, resumed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
     scaler = torch.amp.GradScaler(ranks.device.type, enabled=config.precision == "fp16")
     generators = {name: torch.Generator().manual_seed(stream_seed(config.seed, ranks.rank, name)) for name in RNG_STREAMS}
     batches = batch_stream(shard, config.batch // ranks.world_size, generators["data"])
-    run = _Run(config, out_dir, ranks, model, optimizer, average, scaler, autocast, generators, batches,
+    run = _Run(config, out_dir, ranks, model, training_loss, optimizer, average, scaler, autocast, generators, batches,
                dataset_info, RunLog(out_dir / "log.jsonl"))
     if state is not None:
         _resume(run, state, shard, say)
@@ -345,7 +357,7 @@ class _Interval:
         """This interval's log line (loss averaged over steps and ranks); counting starts afresh."""
         run.ranks.all_reduce(self.loss_sum)
         elapsed = time.perf_counter() - self.start
-        entry = {"step": run.step, "images_seen": run.images_seen,
+        entry = {"time": utc_timestamp(), "step": run.step, "images_seen": run.images_seen,
                  "loss": float(self.loss_sum) / (self.steps * run.ranks.world_size),
                  "images_per_s": self.steps * run.config.batch / elapsed,
                  "splits": run.splits, "splits_interval": self.splits,
@@ -362,8 +374,9 @@ def _train_until_done(run: _Run, progress: bool, max_seconds: float | None, say:
     step, writes a checkpoint and stops early.
     """
     config, ranks = run.config, run.ranks
-    bar = tqdm(total=config.steps, initial=run.step, disable=not (progress and ranks.is_main), unit="step",
-               dynamic_ncols=True, desc=run.out_dir.name)
+    draw_bar = progress and ranks.is_main and on_terminal()  # a redrawn bar would garble a piped log
+    bar = tqdm(total=config.steps, initial=run.step, disable=not draw_bar, unit="step", dynamic_ncols=True,
+               desc=run.out_dir.name)
     interval = _Interval(torch.zeros((), device=ranks.device))
     run_start = time.perf_counter()
     stopped_early = False
@@ -379,6 +392,9 @@ def _train_until_done(run: _Run, progress: bool, max_seconds: float | None, say:
                 entry = interval.log_entry(run)
                 if ranks.is_main:
                     run.run_log.append(entry)
+                    if not draw_bar:
+                        progress_line(f"{run.out_dir.name} step {run.step}/{config.steps} loss {entry['loss']:.4f} "
+                                      f"{entry['images_per_s']:.0f} img/s splits {run.splits}")
                 bar.set_postfix(loss=f"{entry['loss']:.4f}", img_s=f"{entry['images_per_s']:.0f}", splits=run.splits)
             stopped_early = out_of_time or stop.requested
             at_checkpoint = config.checkpoint_every and run.step % config.checkpoint_every == 0

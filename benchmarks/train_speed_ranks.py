@@ -1,0 +1,124 @@
+"""Data-parallel step time on N gloo ranks (CPU processes): DistributedDataParallel against one flat all-reduce.
+
+Every rank holds two identical replicas and steps them in alternating rounds, so
+machine load hits both alike. ``ddp`` is the trainer's own step
+(:func:`~ddn.training.train_loop.train_step` on
+:meth:`~ddn.training.distributed.Ranks.training_loss`: bucketed all-reduces
+overlapped with the backward pass); ``flat_all_reduce`` is the reference it
+replaced: the backward pass, then every gradient in one all-reduce. Both are
+followed by the trainer's split-and-prune (usage summed over ranks), on the
+same batches, so the two replicas must end with the same weights. Rank 0 prints
+the per-step medians, their ratio paired by round, whether the weights agree and
+the load average as JSON. Usage:
+
+    python benchmarks/train_speed_ranks.py [--ranks 2 --preset cpu --batch 64 --rounds 8 --steps 5]
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+
+import click
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ddn.training.datasets import batch_stream, load_images
+from ddn.training.distributed import Ranks
+from ddn.training.networks import build_generator
+from ddn.training.presets import PRESETS, preset_config
+from ddn.training.train_loop import train_step, usage_step
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flat_all_reduce_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor,
+                         generator: torch.Generator, world: int) -> None:
+    """The reference: loss, backward, then all gradients averaged in one flat all-reduce, then Adam."""
+    loss = model.loss(batch, 0.05, generator)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = list(model.parameters())
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+    optimizer.step()
+
+
+def _summary(times: dict[str, list[float]]) -> dict:
+    """Per-method medians, and DDP's time over the flat all-reduce's paired by round (they ran back to back)."""
+    return {"ms_per_step_median": {name: statistics.median(t) for name, t in times.items()},
+            "ddp_over_flat": statistics.median(d / f for d, f in zip(times["ddp"], times["flat_all_reduce"])),
+            "ms_per_step_rounds": times}
+
+
+def _rank(rank: int, world: int, port: int, preset: str, batch: int, rounds: int, steps: int) -> None:
+    """One rank (torch.multiprocessing spawn target), one torch thread per process."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    ranks = Ranks.from_env("cpu")
+    images = load_images("digits", image_size=32)[rank::world]
+    torch.manual_seed(0)
+    flat_model = build_generator(preset_config(preset, 32, 1)).train()
+    ddp_model = copy.deepcopy(flat_model)
+    optimizers = {name: torch.optim.Adam(m.parameters(), lr=1e-3) for name, m in
+                  (("flat_all_reduce", flat_model), ("ddp", ddp_model))}
+    ddp_loss = ranks.training_loss(ddp_model)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    # Each method has its own data and dropout streams, seeded alike: both replicas see the same steps.
+    dropout = {name: torch.Generator().manual_seed(rank) for name in optimizers}
+    batches = {name: batch_stream(images, batch // world, torch.Generator().manual_seed(rank)) for name in optimizers}
+    steps_of = {
+        "flat_all_reduce": lambda b: flat_all_reduce_step(flat_model, optimizers["flat_all_reduce"], b,
+                                                          dropout["flat_all_reduce"], world),
+        "ddp": lambda b: train_step(ddp_loss, optimizers["ddp"], b, 0.05, dropout["ddp"], scaler),
+    }
+    models = {"flat_all_reduce": flat_model, "ddp": ddp_model}
+    times: dict[str, list[float]] = {name: [] for name in steps_of}
+    for round_ in range(rounds + 1):  # round 0 warms up
+        for name, step in steps_of.items():
+            dist.barrier()
+            start = time.perf_counter()
+            for _ in range(steps):
+                step(next(batches[name]))
+                usage_step(models[name], optimizers[name], True, ranks)
+            if round_:
+                times[name].append(1000 * (time.perf_counter() - start) / steps)
+    if ranks.is_main:
+        # Averaging over two ranks is exact either way, so the replicas must end bit-identical.
+        same = all(torch.equal(a, b) for a, b in zip(flat_model.state_dict().values(), ddp_model.state_dict().values()))
+        print(json.dumps({"ranks": world, "preset": preset, "batch": batch, "rounds": rounds, "steps_per_round": steps,
+                          **_summary(times), "same_weights": same, "load_average_1min_end": os.getloadavg()[0],
+                          "torch": torch.__version__, "command": " ".join(sys.argv)}, indent=2))
+    ranks.close(finished=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--ranks", type=click.IntRange(min=2), default=2, help="Processes (gloo ranks).")
+@click.option("--preset", type=click.Choice(PRESETS), default="cpu", help="Model preset.")
+@click.option("--batch", type=click.IntRange(min=1), default=64, help="Global batch, split over the ranks.")
+@click.option("--rounds", type=click.IntRange(min=1), default=8, help="Timed rounds per method (after one warm-up).")
+@click.option("--steps", type=click.IntRange(min=1), default=5, help="Steps per method per round.")
+def main(ranks: int, preset: str, batch: int, rounds: int, steps: int) -> None:
+    """Print the 2-rank step time of DDP and of the flat all-reduce as JSON."""
+    print(json.dumps({"load_average_1min_start": os.getloadavg()[0]}), file=sys.stderr)
+    mp.start_processes(_rank, args=(ranks, _free_port(), preset, batch, rounds, steps), nprocs=ranks, join=True,
+                       start_method="spawn")
+
+
+if __name__ == "__main__":
+    main()

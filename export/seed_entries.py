@@ -1,0 +1,100 @@
+"""The generate-by-seed entries of a model repository: ``NAME_seed_codes`` and the ensembles ``NAME_seeds``.
+
+Any Triton client (curl, Go, C++) asks ``NAME_seeds`` for seeds and gets the
+bytes :meth:`ddn.serving.client.DDNClient.generate` gets for them: the
+ensemble runs the python-backend step ``NAME_seed_codes`` (seeds INT64 [B, 1]
+-> codes INT32 [B, L], by :func:`ddn.codes.codes_from_seed`) and then the
+generation entry (``NAME``; ``NAME_trt`` for ``NAME_seeds_trt``). The step's
+version folder holds a copy of ``ddn/codes.py`` (``seed_rule.py``) beside its
+model.py, so it needs numpy only and runs on a server whose Python lacks the
+``ddn`` package (the Triton container). The export states both entries for
+the GPU and the CPU target (targets.txt, :mod:`ddn.deployment_targets`).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+import ddn.codes
+from ddn.repository_contract import PYTHON_MODEL_FILE, SEEDS_INPUT, GraphLayout, TensorSpec
+
+from .onnx_export import VerificationError
+from .triton_config import ensemble_config, graph_config, write_config
+
+MODEL_TEMPLATE = Path(__file__).with_name("triton_seed_codes_model.py")
+SEED_RULE_FILE = "seed_rule.py"  # the name triton_seed_codes_model.py loads
+# 0 and the largest seed an INT64 input carries, and a few between.
+VERIFY_SEEDS = (0, 1, 42, 2**32 + 7, 2**63 - 1)
+
+# Runs the staged seed rule in a fresh interpreter in which ``ddn`` cannot be imported, as on a GPU server.
+_VERIFY_SCRIPT = """
+import importlib.util, json, sys
+sys.modules["ddn"] = None
+spec = importlib.util.spec_from_file_location("ddn_seed_rule", sys.argv[1])
+rule = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(rule)
+num_layers, branch_counts, seeds = json.loads(sys.argv[2])
+codes = rule.codes_from_seed(seeds, num_layers, branch_counts)
+try:
+    rule.codes_from_seed([-1], num_layers, branch_counts)
+    refused = None
+except ValueError as exc:
+    refused = str(exc)
+print(json.dumps({"codes": codes.tolist(), "dtype": codes.dtype.name, "negative_seed": refused}))
+"""
+
+
+class SeedStepError(VerificationError):
+    """The staged seed step does not give the codes ddn.codes gives."""
+
+
+def codes_spec(layout: GraphLayout) -> TensorSpec:
+    return TensorSpec("codes", np.dtype(np.int32), (layout.num_layers,))
+
+
+def write_seed_codes_entry(folder: Path, version: int, layout: GraphLayout, max_batch: int,
+                           parameters: dict[str, str], comment: str) -> None:
+    """``folder``: config.pbtxt, ``<version>/model.py`` and ``<version>/seed_rule.py`` of the seed step."""
+    (folder / str(version)).mkdir(parents=True)
+    shutil.copyfile(MODEL_TEMPLATE, folder / str(version) / PYTHON_MODEL_FILE)
+    shutil.copyfile(ddn.codes.__file__, folder / str(version) / SEED_RULE_FILE)
+    write_config(folder, graph_config(name=folder.name, backend="python", max_batch=max_batch, inputs=[SEEDS_INPUT],
+                                      outputs=[codes_spec(layout)], parameters=parameters, instance_kind="KIND_CPU"),
+                 comment)
+
+
+def write_seeds_ensemble(folder: Path, version: int, seed_codes: str, generator: str, layout: GraphLayout,
+                         outputs: Sequence[TensorSpec], max_batch: int, parameters: dict[str, str],
+                         comment: str) -> None:
+    """``folder``: the ensemble seeds -> ``seed_codes`` -> codes -> ``generator`` -> ``outputs``."""
+    (folder / str(version)).mkdir(parents=True)  # Triton wants a version folder, empty for an ensemble
+    steps = [(seed_codes, {SEEDS_INPUT.name: SEEDS_INPUT.name}, {"codes": "codes"}),
+             (generator, {"codes": "codes"}, {s.name: s.name for s in outputs})]
+    write_config(folder, ensemble_config(name=folder.name, max_batch=max_batch, inputs=[SEEDS_INPUT], outputs=outputs,
+                                         steps=steps, parameters=parameters), comment)
+
+
+def verify_seed_codes(version_dir: Path, layout: GraphLayout, seeds: Sequence[int] = VERIFY_SEEDS) -> dict:
+    """Run the staged seed rule without the ``ddn`` package; SeedStepError unless it matches ddn.codes.
+
+    Returns what was checked, for ddn.json: the seeds, and the message a negative seed gets.
+    """
+    arguments = json.dumps([layout.num_layers, list(layout.branch_counts), list(seeds)])
+    result = subprocess.run([sys.executable, "-c", _VERIFY_SCRIPT, str(version_dir / SEED_RULE_FILE), arguments],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SeedStepError(f"the seed step's {SEED_RULE_FILE} does not run without the ddn package: {last}")
+    served = json.loads(result.stdout)
+    expected = ddn.codes.codes_from_seed(list(seeds), layout.num_layers, layout.branch_counts)
+    if served["dtype"] != "int32" or not np.array_equal(np.asarray(served["codes"]), expected):
+        raise SeedStepError(f"the seed step's codes differ from ddn.codes.codes_from_seed for seeds {list(seeds)}")
+    if served["negative_seed"] is None:
+        raise SeedStepError("the seed step accepts the negative seed -1; it must refuse it")
+    return {"seeds": list(seeds), "codes_equal_ddn_codes": True, "negative_seed": served["negative_seed"]}
