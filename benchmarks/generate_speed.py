@@ -1,35 +1,27 @@
-"""Generation speed on this machine's CPU: all-K PyTorch vs gathered-branch PyTorch vs the exported ONNX graph.
+"""Generation speed on this machine's CPU: the exported graph against PyTorch and the peers a user would try.
 
-    python benchmarks/generate_speed.py [--batches 1,64] [--seconds 2]
+    python -m benchmarks.generate_speed [--batches 1,64] [--seconds 4] [--rounds 5] [--threads N]
+                                        [--baseline-onnx OLD.onnx] [--save-onnx NEW.onnx] [--no-compile]
 
-Prints one JSON object. The model is the benchmarks' shared MNIST-sized
-generator (:mod:`measured_model`), with random weights (speed does not depend
-on training). All numbers come from one run:
+Prints one JSON report (see :mod:`benchmarks.measure`). The model is the
+benchmarks' generator (:mod:`benchmarks.measured_model`); every method runs the
+same codes at each batch size, in interleaved rounds, at ``--threads``:
 
-* ``pytorch_all_k``: ``generator.run(..., all_k=True)``, every DDL computes all
-  K candidates and keeps the chosen one (the leak from the chosen rows): what
-  the official code computes;
-* ``pytorch_gathered``: ``generator.run(...)``, each DDL gathers the chosen
-  branch's rows and applies only those;
-* ``onnxruntime``: the graph ``ddn-export`` writes (codes int32 -> images uint8),
-  CPU execution provider, all graph optimisations.
+* ``pytorch_all_k``: every DDL computes all K candidates (what the official code does);
+* ``pytorch_gathered``: each DDL applies only the chosen branch's rows;
+* ``pytorch_compiled``: ``torch.compile`` of the gathered graph module (the function ``ddn-export`` freezes);
+* ``onnxruntime``: the graph ``ddn-export`` writes, ONNX Runtime's CPU provider, all optimisations;
+* ``onnxruntime_baseline``: ``--baseline-onnx``, the same model exported earlier (``--save-onnx`` on an older checkout);
+* ``openvino_fp32`` and ``openvino_bf16``: OpenVINO on the same ONNX file, fp32 and its bf16 precision hint
+  (skipped with a note when the ``bench`` extra is not installed).
 
-Each method is timed alone (the others idle) for about ``--seconds`` per batch
-size and thread count (1 and all cores); latency is the median call, images/s
-is batch / median, and every method is credited with its faster thread count,
-so a speedup never comes from a badly configured baseline. On a shared
-machine other processes slow every method down, PyTorch's OpenMP threads most
-(one thread can beat two there); the load average is reported for that reason.
-Achieved GFLOP/s counts the convolution and matmul multiply-adds (2 FLOP each)
-of the gathered graph, against the best fp32 matmul rate of this CPU measured
-in the same run (torch at each thread count and numpy, n = 512, 1024, 2048; best call).
+Each method's images are compared with ONNX Runtime's (uint8 levels). The fraction of
+peak is the method's multiply-adds (2 FLOP each) per second over this CPU's best fp32
+matmul rate, measured in the same run.
 """
 from __future__ import annotations
 
 import json
-import os
-import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -38,27 +30,15 @@ from typing import Callable
 import click
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
+from benchmarks.measure import BenchmarkRun, Method, interleaved, matmul_peak_gflops, summarize
+from benchmarks.measured_model import MODEL_CONFIG, measured_model
 from ddn.export.graphs import GenerateGraph
 from ddn.export.onnx_export import export_onnx, operator_counts
 from ddn.repository_contract import onnxruntime_session
 from ddn.training.networks import DDNGenerator
-from measured_model import MODEL_CONFIG, measured_model
-
-
-def time_calls(fn: Callable[[], object], seconds: float, min_calls: int = 3) -> list[float]:
-    """Wall times of calls to ``fn`` over about ``seconds`` (at least ``min_calls``), after one warm-up call."""
-    fn()
-    times: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while len(times) < min_calls or time.perf_counter() < deadline:
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def pytorch_call(generator: DDNGenerator, codes: torch.Tensor, all_k: bool) -> Callable[[], torch.Tensor]:
@@ -101,96 +81,144 @@ def multiply_adds_per_image(generator: DDNGenerator) -> dict[str, int]:
     return counts
 
 
-def matmul_gflops(thread_counts: list[int], seconds: float, sizes: tuple[int, ...] = (512, 1024, 2048)) -> dict[str, float]:
-    """This CPU's fp32 matmul rate: best call over n x n products (2 n^3 FLOP), torch per thread count and numpy."""
-    rates: dict[str, float] = {}
-    for n in sizes:
-        a = torch.randn(n, n)
-        b = a.numpy()
-        for threads in thread_counts:
-            torch.set_num_threads(threads)
-            rate = 2 * n ** 3 / min(time_calls(lambda: torch.mm(a, a), seconds / len(sizes))) / 1e9
-            rates[f"torch_{threads}_threads"] = max(rate, rates.get(f"torch_{threads}_threads", 0.0))
-        rate = 2 * n ** 3 / min(time_calls(lambda: b @ b, seconds / len(sizes))) / 1e9
-        rates["numpy"] = max(rate, rates.get("numpy", 0.0))
-    return {name: round(rate, 1) for name, rate in rates.items()}
+def openvino_calls(path: Path, threads: int) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """OpenVINO on the ONNX file at fp32 and with its bf16 precision hint; empty when OpenVINO is not installed."""
+    try:
+        import openvino
+    except ImportError:
+        return {}
+    core = openvino.Core()
+    model = core.read_model(str(path))
+    calls = {}
+    for precision in ("f32", "bf16"):
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                     "INFERENCE_PRECISION_HINT": precision})
+        request = compiled.create_infer_request()
+        calls[f"openvino_{precision.replace('f32', 'fp32')}"] = (
+            lambda codes, request=request: request.infer({"codes": codes})["images"])
+    return calls
 
 
-def summarize(batch: int, times: list[float]) -> dict[str, float]:
-    median = statistics.median(times)
-    return {"latency_ms": round(median * 1e3, 3), "best_latency_ms": round(min(times) * 1e3, 3),
-            "images_per_s": round(batch / median, 1), "calls": len(times)}
+def onnx_methods(path: Path, baseline: Path | None, threads: int) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """The exported graph on ONNX Runtime (and the baseline graph), then OpenVINO: codes -> images uint8."""
+    calls = {}
+    for name, file in (("onnxruntime", path), ("onnxruntime_baseline", baseline)):
+        if file is not None:
+            session = onnxruntime_session(file, threads)
+            calls[name] = lambda codes, session=session: session.run(["images"], {"codes": codes})[0]
+    return {**calls, **openvino_calls(path, threads)}
+
+
+def compiled_graph(generator: DDNGenerator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torch.compile of the graph module ddn-export freezes (codes -> images uint8); compiles on first call."""
+    compiled = torch.compile(GenerateGraph(generator), dynamic=False)
+
+    def call(codes: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return compiled(codes)[0]
+    return call
+
+
+def batch_methods(generator: DDNGenerator, codes: np.ndarray, onnx_calls: dict, compiled: Callable | None,
+                  threads: int) -> tuple[dict[str, Method], dict[str, np.ndarray], dict[str, float]]:
+    """Every method at one batch: (timed calls, images each returned, first-call seconds, compilation included)."""
+    codes_long, codes_int = torch.from_numpy(codes).long(), torch.from_numpy(codes)
+    plain = {"pytorch_all_k": pytorch_call(generator, codes_long, all_k=True),
+             "pytorch_gathered": pytorch_call(generator, codes_long, all_k=False)}
+    methods: dict[str, Method] = {}
+    images: dict[str, np.ndarray] = {}
+    first_call_s: dict[str, float] = {}
+
+    def threaded(call: Callable[[], object]) -> Method:
+        return Method(call, prepare=lambda: torch.set_num_threads(threads))
+
+    for name, call in plain.items():
+        methods[name] = threaded(call)
+    if compiled is not None:
+        methods["pytorch_compiled"] = threaded(lambda: compiled(codes_int))
+    for name, call in onnx_calls.items():
+        methods[name] = Method(lambda call=call: call(codes))
+    for name, method in methods.items():
+        method.prepare()
+        start = time.perf_counter()
+        out = method.call()
+        first_call_s[name] = round(time.perf_counter() - start, 2)
+        if name in plain:  # float [-1, 1] NCHW -> uint8 NHWC, as the exported graph rounds
+            out = torch.round((out.clamp(-1, 1).permute(0, 2, 3, 1) + 1) * 127.5).to(torch.uint8)
+        images[name] = out.numpy() if torch.is_tensor(out) else np.asarray(out)
+    return methods, images, first_call_s
+
+
+def batch_row(batch: int, times: dict[str, list[float]], images: dict[str, np.ndarray], flop: dict[str, float],
+              peak: float) -> dict[str, dict]:
+    """Per method: latency, images/s, share of the matmul peak and uint8 levels from ONNX Runtime's images."""
+    reference = images["onnxruntime"].astype(np.int16)
+    row = {}
+    for name, calls in times.items():
+        entry = summarize(batch, calls)
+        gflops = flop[name] * entry["images_per_s"] / 1e9
+        entry.update(achieved_gflops=round(gflops, 1), fraction_of_matmul_peak=round(gflops / peak, 3),
+                     max_uint8_levels_vs_onnxruntime=int(np.abs(images[name].astype(np.int16) - reference).max()))
+        row[name] = entry
+    ours = row["onnxruntime"]["images_per_s"]
+    row["onnxruntime_speedup_over"] = {name: round(ours / entry["images_per_s"], 2)
+                                       for name, entry in row.items() if name != "onnxruntime"}
+    return row
 
 
 @click.command()
 @click.option("--batches", default="1,64", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--seconds", type=float, default=2.0, show_default=True,
-              help="Timing budget per method, thread count and batch size.")
-def main(batches: str, seconds: float) -> None:
+@click.option("--seconds", type=float, default=4.0, show_default=True,
+              help="Timing budget per method and batch size, over all rounds.")
+@click.option("--rounds", type=int, default=5, show_default=True, help="Interleaved rounds per batch size.")
+@click.option("--threads", type=int, default=0, help="Threads of every method (0: every core).")
+@click.option("--baseline-onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A generation graph of the same model exported earlier, timed beside the fresh export.")
+@click.option("--save-onnx", type=click.Path(dir_okay=False, path_type=Path),
+              help="Keep the fresh export here (a baseline for a later run).")
+@click.option("--compile/--no-compile", "use_compile", default=True, show_default=True,
+              help="Include torch.compile of the gathered graph (compiling takes a minute or two).")
+def main(batches: str, seconds: float, rounds: int, threads: int, baseline_onnx: Path | None,
+         save_onnx: Path | None, use_compile: bool) -> None:
+    run = BenchmarkRun()
+    threads = threads or torch.get_num_threads()
     generator = measured_model().eval()
     sizes = [int(b) for b in batches.split(",")]
-    cores = os.cpu_count() or 1
-    thread_counts = sorted({1, cores})
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "model.onnx"
+        path = save_onnx or Path(folder) / "model.onnx"
         start = time.perf_counter()
         export_onnx(GenerateGraph(generator), path, max_batch=max(sizes))
         export_s = time.perf_counter() - start
-        operators = operator_counts(onnx.load(str(path)))
-        sessions = {threads: onnxruntime_session(path, threads) for threads in thread_counts}
+        operators = {"onnxruntime": operator_counts(onnx.load(str(path)))}
+        if baseline_onnx is not None:
+            operators["onnxruntime_baseline"] = operator_counts(onnx.load(str(baseline_onnx)))
+        onnx_calls = onnx_methods(path, baseline_onnx, threads)
 
     macs = multiply_adds_per_image(generator)
     gathered_flop = 2 * (macs["blocks"] + macs["head_gathered"])
-    peaks = matmul_gflops(thread_counts, 2 * seconds)
-    peak = max(peaks.values())
+    flop = {name: gathered_flop for name in ("pytorch_gathered", "pytorch_compiled", *onnx_calls)}
+    flop["pytorch_all_k"] = 2 * (macs["blocks"] + macs["head_all_k"])
+    peaks = matmul_peak_gflops([threads], seconds)
+    compiled = compiled_graph(generator) if use_compile else None
     rng = np.random.default_rng(0)
-    results = {}
+    results, first_calls = {}, {}
     for batch in sizes:
         codes = rng.integers(0, generator.branch_counts, (batch, generator.num_layers)).astype(np.int32)
-        codes_torch = torch.from_numpy(codes).long()
+        methods, images, first_calls[str(batch)] = batch_methods(generator, codes, onnx_calls, compiled, threads)
+        times = interleaved(methods, seconds, rounds)
+        results[str(batch)] = batch_row(batch, times, images, flop, peaks["peak"])
 
-        def prepare(method: str, threads: int) -> Callable[[], object]:
-            """Set the thread count for ``method`` and return one call of it."""
-            if method == "onnxruntime":
-                return lambda: sessions[threads].run(["images"], {"codes": codes})
-            torch.set_num_threads(threads)
-            return pytorch_call(generator, codes_torch, all_k=method == "pytorch_all_k")
-
-        row: dict[str, dict] = {}
-        for method in ("pytorch_all_k", "pytorch_gathered", "onnxruntime"):
-            per_threads = {}
-            for threads in thread_counts:
-                call = prepare(method, threads)
-                time.sleep(0.2)  # let the previous method's worker threads go idle
-                per_threads[str(threads)] = summarize(batch, time_calls(call, seconds))
-            best = max(per_threads, key=lambda t: per_threads[t]["images_per_s"])
-            row[method] = {"best_threads": int(best), **per_threads[best], "by_threads": per_threads}
-        ort_rate = row["onnxruntime"]["images_per_s"]
-        row["onnxruntime"]["achieved_gflops"] = round(gathered_flop * ort_rate / 1e9, 1)
-        row["onnxruntime"]["fraction_of_matmul_peak"] = round(gathered_flop * ort_rate / 1e9 / peak, 3)
-        row["speedup_onnxruntime_over_all_k"] = round(ort_rate / row["pytorch_all_k"]["images_per_s"], 2)
-        row["speedup_gathered_over_all_k"] = round(
-            row["pytorch_gathered"]["images_per_s"] / row["pytorch_all_k"]["images_per_s"], 2)
-        results[str(batch)] = row
-    torch.set_num_threads(cores)
-
-    report = {
-        "model": {**MODEL_CONFIG, "num_layers": generator.num_layers,
-                  "parameters": sum(p.numel() for p in generator.parameters())},
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": cores, "torch": torch.__version__,
-                    "onnxruntime": ort.__version__, "load_average_1m": round(os.getloadavg()[0], 2)},
-        "matmul_gflops_fp32": {**peaks, "peak_used": peak},
-        "multiply_adds_per_image": {
-            **macs,
-            "head_ratio_all_k_over_gathered": round(macs["head_all_k"] / macs["head_gathered"], 2),
-            "total_all_k": macs["blocks"] + macs["head_all_k"],
-            "total_gathered": macs["blocks"] + macs["head_gathered"],
-        },
-        "export_seconds": round(export_s, 1),
-        "onnx_operators": operators,
-        "batches": results,
-        "target_onnxruntime_2x_all_k": all(r["speedup_onnxruntime_over_all_k"] >= 2 for r in results.values()),
-    }
+    notes = [] if any(name.startswith("openvino") for name in onnx_calls) else [
+        "OpenVINO not installed (pip install 'ddn-serve[bench]'): its rows are missing"]
+    report = run.report(
+        model={**MODEL_CONFIG, "num_layers": generator.num_layers,
+               "parameters": sum(p.numel() for p in generator.parameters())},
+        threads=threads, seconds_per_method=seconds, rounds=rounds,
+        matmul_gflops_fp32=peaks,
+        multiply_adds_per_image={**macs, "total_all_k": macs["blocks"] + macs["head_all_k"],
+                                 "total_gathered": macs["blocks"] + macs["head_gathered"]},
+        export_seconds=round(export_s, 1), onnx_operators=operators,
+        first_call_seconds=first_calls, batches=results, notes=notes)
     click.echo(json.dumps(report, indent=2))
 
 

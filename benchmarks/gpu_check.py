@@ -376,7 +376,8 @@ def stage_latency(settings: Settings) -> dict:
     from ddn.codes import codes_from_seed
     from ddn.export.tensorrt_build import EngineRunner
     from ddn.training.checkpoint import load_generator
-    from generate_speed import pytorch_call, summarize, time_calls
+    from benchmarks.generate_speed import pytorch_call
+    from benchmarks.measure import summarize, time_calls
 
     if not torch.cuda.is_available():
         raise RuntimeError("torch sees no CUDA GPU")
@@ -702,7 +703,8 @@ def execute(settings: Settings, report: Report) -> None:
 def stage_process(settings: Settings, name: str) -> int:
     """The body of one stage's process: its result or error goes to the stage's JSON file."""
     stage = next(s for s in STAGES if s.name == name)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # generate_speed, serve_load
+    here = Path(__file__).resolve().parent
+    sys.path[:0] = [str(here), str(here.parent)]  # serve_load; the benchmarks package
     path = settings.stage_result(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from onnx import numpy_helper
 
 from ddn.repository_contract import onnxruntime_session
 
@@ -64,6 +65,94 @@ def export_onnx(graph: GeneratorGraph, path: Path, max_batch: int, seed: int = 0
                 verbose=False)
     finally:
         logger.setLevel(level)
+    model = onnx.load(str(path))
+    static_reshapes(model)
+    _write_atomically(model, path)
+
+
+def _write_atomically(model: onnx.ModelProto, path: Path) -> None:
+    partial = path.with_name(path.name + ".partial")
+    onnx.save(model, str(partial))
+    partial.replace(path)
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
+    """Value name -> dims (int when static, the symbol's name when dynamic, None when unknown)."""
+    shapes = {}
+    for info in (*model.graph.input, *model.graph.value_info, *model.graph.output):
+        dims = info.type.tensor_type.shape.dim
+        if info.type.tensor_type.HasField("shape"):
+            shapes[info.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+    return shapes
+
+
+def static_reshapes(model: onnx.ModelProto) -> None:
+    """Replace shape bookkeeping the static layout does not need, in place.
+
+    torch.export reshapes back to ``Shape(x)`` (group norm) although only the
+    batch axis of ``x`` is dynamic: such a Reshape gets the constant
+    [-1, d1, ..., dn] instead, and a Reshape to its input's own shape is
+    dropped. Every node costs a kernel launch, which is most of the time at batch 1.
+    """
+    shapes = _shapes(model)
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    graph_outputs = {o.name for o in model.graph.output}
+    renamed: dict[str, str] = {}
+    kept = []
+    for node in model.graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+        if node.op_type == "Reshape":
+            source = producers.get(node.input[1])
+            if source is not None and _is_full_shape(source):
+                static = _batch_only_dynamic(shapes.get(source.input[0]))
+                if static is not None:
+                    node.input[1] = f"{node.output[0]}_shape"
+                    constants[node.input[1]] = np.array(static, np.int64)
+                    model.graph.initializer.append(numpy_helper.from_array(constants[node.input[1]], node.input[1]))
+            target = constants.get(node.input[1])
+            if target is not None and node.output[0] not in graph_outputs \
+                    and list(target) == _batch_only_dynamic(shapes.get(node.input[0])):
+                renamed[node.output[0]] = node.input[0]
+                continue
+        kept.append(node)
+    live = _live_nodes(kept, graph_outputs)
+    del model.graph.node[:]
+    model.graph.node.extend(live)
+    used = {name for node in model.graph.node for name in node.input}
+    _keep(model.graph.initializer, lambda tensor: tensor.name in used)
+    produced = {out for node in model.graph.node for out in node.output}
+    _keep(model.graph.value_info, lambda info: info.name in produced)
+
+
+def _is_full_shape(node: onnx.NodeProto) -> bool:
+    """A Shape node that returns every dimension (start 0, no end)."""
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    return node.op_type == "Shape" and attributes.get("start", 0) == 0 and "end" not in attributes
+
+
+def _batch_only_dynamic(dims: list[int | str | None] | None) -> list[int] | None:
+    """[-1, d1, ..., dn] for a shape whose only dynamic dimension is the first, else None."""
+    if not dims or not all(isinstance(d, int) for d in dims[1:]):
+        return None
+    return [-1, *dims[1:]]
+
+
+def _keep(field, wanted) -> None:
+    """Keep the items of a repeated protobuf field for which ``wanted`` holds (in order)."""
+    items = [item for item in field if wanted(item)]
+    del field[:]
+    field.extend(items)
+
+
+def _live_nodes(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """``nodes`` (in order) without those whose results nothing uses."""
+    needed, live = set(outputs), []
+    for node in reversed(nodes):
+        if any(out in needed for out in node.output):
+            live.append(node)
+            needed.update(node.input)
+    return live[::-1]
 
 
 def operator_counts(model: onnx.ModelProto) -> dict[str, int]:

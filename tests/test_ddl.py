@@ -81,3 +81,19 @@ def test_next_block_receives_image_in_the_first_and_leak_in_the_last_channels():
     image, leak = torch.full((1, 2, 2, 2), 1.0), torch.full((1, 2, 2, 2), 10.0)
     fed = add_choice(features, image, leak)
     assert fed[0, :, 0, 0].tolist() == [1.0, 1.0, 0.0, 0.0, 10.0, 10.0]
+
+
+def test_next_block_input_equals_adding_the_zero_padded_image_and_leak():
+    """Slices and a concatenation compute exactly the reference sum of zero-padded maps, gradients included."""
+    torch.manual_seed(0)
+    features = torch.randn(3, 8, 4, 4, requires_grad=True)
+    image, leak = torch.randn(3, 2, 4, 4, requires_grad=True), torch.randn(3, 2, 4, 4, requires_grad=True)
+    fed = add_choice(features, image, leak)
+    pad = torch.nn.functional.pad
+    reference = features + pad(image, (0, 0, 0, 0, 0, 6)) + pad(leak, (0, 0, 0, 0, 6, 0))
+    assert torch.equal(fed, reference)
+    weights = torch.randn_like(fed)
+    grads = torch.autograd.grad((fed * weights).sum(), (features, image, leak))
+    expected = torch.autograd.grad((reference * weights).sum(), (features, image, leak))
+    for got, want in zip(grads, expected):
+        assert torch.equal(got, want)

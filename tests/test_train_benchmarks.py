@@ -22,14 +22,16 @@ def run_script(*args: str, cwd: Path) -> dict:
 
 
 def test_train_speed_times_split_and_prune_on_the_presets_it_names(tmp_path):
-    report = run_script(str(ROOT / "benchmarks" / "train_speed.py"), "--preset", "cpu", "--preset", "tiny",
-                        "--rounds", "2", "--steps", "2", "--warmup", "1", cwd=tmp_path)
+    report = run_script("-m", "benchmarks.train_speed", "--preset", "cpu", "--preset", "tiny",
+                        "--rounds", "2", "--steps", "2", "--warmup", "1", cwd=ROOT)
+    assert report["command"].startswith("python -m benchmarks.train_speed --preset cpu")
     assert sorted(report["presets"]) == ["cpu", "tiny"]
     for name, entry in report["presets"].items():
         assert entry["config"] == preset_config(name, 32, 1)
         model = build_generator(entry["config"])
         assert entry["parameters"] == sum(p.numel() for p in model.parameters())
-        assert entry["steps_timed"] == 4
+        assert entry["steps_timed"] == entry["step"]["calls"] == 4
+        assert entry["step"]["best_latency_ms"] <= entry["step"]["latency_ms"] <= entry["step"]["p99_ms"]
         assert entry["images_per_s"] * entry["ms_per_step"] / 1000 == pytest.approx(entry["batch"])
         assert entry["split_and_prune_share"] == pytest.approx(
             entry["split_and_prune_ms_per_step"] / entry["ms_per_step"])

@@ -54,7 +54,9 @@ def bilinear_resize(x: torch.Tensor, size: int) -> torch.Tensor:
     """The previous chosen image brought to a layer's resolution (the learning residual's input)."""
     if x.shape[-1] == size:
         return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    # A scale factor, not a size: the same sampling grid for power-of-two sizes, and a graph
+    # exported with it needs no shape arithmetic on the dynamic batch.
+    return F.interpolate(x, scale_factor=size // x.shape[-1], mode="bilinear", align_corners=False)
 
 
 class DiscreteDistributionLayer(nn.Module):
@@ -90,12 +92,18 @@ class DiscreteDistributionLayer(nn.Module):
         return torch.bmm(rows, features[:, c // 2:].reshape(b, c // 2, h * w)).view(b, self.image_channels, h, w)
 
     def apply_branch(self, features: torch.Tensor, prev_image: torch.Tensor, index: torch.Tensor):
-        """Chosen image and leak [B, C_img, H, W] for known indices [B], from the chosen rows only."""
-        b, c, h, w = features.shape
-        rows = self.weight[index]  # [B, C_img, C/2]
-        image = torch.bmm(rows, features[:, : c // 2].reshape(b, c // 2, h * w)).view(b, self.image_channels, h, w)
+        """Chosen image and leak [B, C_img, H, W] for known indices [B], from the chosen rows only.
+
+        One product applies the chosen rows to both halves of the features at
+        once (image and leak); -1 stands for the batch, so an exported graph
+        reshapes by constants.
+        """
+        _, c, h, w = features.shape
+        rows = self.weight.index_select(0, index).unsqueeze(1)  # [B, 1, C_img, C/2]
+        halves = torch.matmul(rows, features.reshape(-1, 2, c // 2, h * w))  # [B, 2, C_img, H*W]
+        image, leak = halves.reshape(-1, 2 * self.image_channels, h, w).split(self.image_channels, dim=1)
         base = self.base_image(prev_image, h)
-        return image if base is None else image + base, self.leak(features, rows)
+        return image if base is None else image + base, leak
 
     def apply_branch_all_k(self, features: torch.Tensor, prev_image: torch.Tensor, index: torch.Tensor):
         """What the official code computes: every branch's candidate, then the chosen one kept.
