@@ -5,6 +5,7 @@
     codes = client.encode(images)                       # int32 [16, L]
     out = client.conditional("superres", low_res=small) # {"images": ..., "codes": ...}
     fleet = DDNClient(["gpu1:8001", "gpu2:8001"], model="mnist")   # or "gpu1:8001,gpu2:8001"
+    pods = DDNClient("dns:///ddn-triton-headless:8001", model="mnist")  # every address of the name
 
 Constructing a client talks to nobody. On first use it probes every endpoint
 (see :mod:`ddn.serving.endpoints`), and on first use of a model it reads the
@@ -13,18 +14,24 @@ max_batch_size) and metadata (input/output names, dtypes, shapes, versions)
 from every healthy endpoint: endpoints that serve different models (name,
 version, :func:`ddn.repository_contract.identity_parameters`, io, batch limit)
 are refused with a one-line error, and an endpoint that joins later is checked
-the same way before its first request. Every request is checked against the
+the same way before its first request (one that differs is ejected with a
+warning; the run goes on with the others). Every request is checked against the
 model before it leaves the process (codes through :func:`ddn.codes.validate_codes`);
 requests larger than the model's max batch size are split into chunks that run
 concurrently (at most ``concurrency`` in flight), each on the endpoint with the
 fewest requests in flight. A chunk that fails in a way that says nothing about
-the chunk (a server killed, hung or overloaded) is sent again, with the same
-inputs, to another endpoint, up to ``retries`` times; results go back together
-in request order, so the output is the same bytes whichever server answered.
+the chunk (a server killed, shutting down, hung or overloaded) is sent again,
+with the same inputs, to another endpoint, up to ``retries`` times. A chunk
+still unanswered well past its endpoint's usual latency is sent to another
+endpoint as well (a hedged request; the first answer wins and the other copy
+is cancelled), so a hung server costs a fraction of a second, not the
+timeout. Results go back together in request order, so the output is the
+same bytes whichever server answered.
 Failures raise :class:`ServingError` with a one-line message.
 """
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -40,8 +47,12 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype, tri
 from ddn.codes import codes_from_seed, validate_codes
 from ddn.repository_contract import GraphLayout, RepositoryError, TensorSpec, entry_name, identity_parameters
 
+from .dns_names import Resolver, system_resolver
 from .endpoints import Endpoint, EndpointPool, NoEndpointError, one_line, parse_urls, retryable
 from .tls_probe import tls_mismatch_hint
+
+
+log = logging.getLogger(__name__)
 
 
 class ServingError(RuntimeError):
@@ -90,7 +101,10 @@ def _channel_args(probe_interval_s: float) -> list[tuple[str, int]]:
 class DDNClient:
     """Generate, encode and condition through the gRPC endpoints of one or more Triton servers.
 
-    ``url`` is one endpoint ``host:port``, a comma list, or a sequence of them.
+    ``url`` is one endpoint ``host:port``, a comma list, or a sequence of them;
+    an endpoint may be a DNS name ``dns:///host:port`` that stands for every
+    address it resolves to (``resolver``, default the system's), resolved
+    again every ``resolve_interval_s``.
     ``model`` is the generation graph's name (``ddn-export --name``); the
     encoder and conditional graphs are found as ``<model>_encode`` and
     ``<model>_<kind>``. ``variant`` picks another entry of the same graphs
@@ -110,13 +124,16 @@ class DDNClient:
     def __init__(self, url: str | Sequence[str] = "localhost:8001", model: str = "ddn", concurrency: int = 8,
                  batch_size: int | None = None, timeout_s: float = 30.0, connect_timeout_s: float = 5.0,
                  variant: str = "", retries: int = 3, probe_interval_s: float = 1.0, tls: bool = False,
-                 root_certificates: str | Path | None = None):
+                 root_certificates: str | Path | None = None, resolver: Resolver = system_resolver,
+                 resolve_interval_s: float = 10.0):
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
+        if resolve_interval_s <= 0:
+            raise ValueError(f"resolve_interval_s must be > 0, got {resolve_interval_s}")
         if root_certificates is not None and not Path(root_certificates).is_file():
             raise FileNotFoundError(f"root certificate not found: {root_certificates}")
         self.urls = parse_urls(url)
@@ -132,11 +149,14 @@ class DDNClient:
         channel_args = _channel_args(probe_interval_s)
         self._pool = EndpointPool(self.urls, lambda u: grpcclient.InferenceServerClient(
             u, ssl=self.tls, root_certificates=self.root_certificates, channel_args=channel_args),
-            probe_interval_s=probe_interval_s, probe_timeout_s=connect_timeout_s)  # connects on the first call
+            probe_interval_s=probe_interval_s, probe_timeout_s=connect_timeout_s, resolver=resolver,
+            resolve_interval_s=resolve_interval_s)  # connects on the first call
         self._infos: dict[str, ModelInfo] = {}
         self._info_lock = threading.Lock()
         self._retried_lock = threading.Lock()
         self.retried = 0  # requests sent again after a retryable failure, over the client's life
+        self.hedged = 0  # requests also sent to another endpoint because the first was overdue
+        self._warned: set[str] = set()
 
     @property
     def url(self) -> str:
@@ -159,7 +179,7 @@ class DDNClient:
         return entry_name(self.model, kind, self.variant)
 
     def endpoint_stats(self) -> list[dict]:
-        """Per endpoint: url, healthy, in_flight, succeeded, failed, ejections, last_error."""
+        """Per endpoint: url, healthy, in_flight, succeeded, failed, hedged, ejections, last_error."""
         return self._pool.stats()
 
     def available_models(self) -> list[str]:
@@ -263,11 +283,20 @@ class DDNClient:
             reference_endpoint = next((e for e in self._pool.endpoints if self._pool.is_verified(e, model)), None)
             try:
                 _check_same_model(model, reference_endpoint, self._infos[model], endpoint, info)
-            except ServingError:
+            except ServingError as exc:
+                # A server that joins later cannot change which model the run uses: leave it out, go on.
                 self._pool.unclaim(endpoint)
-                raise
+                self._pool.eject(endpoint, str(exc))
+                self._warn_once(f"{exc}; {endpoint.url} is left out")
+                continue
             self._pool.mark_verified(endpoint, model)
             return endpoint
+
+    def _warn_once(self, message: str) -> None:
+        """Log ``message`` as a warning the first time (a refused endpoint is re-checked at every rejoin)."""
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning("warning: %s", message)
 
     # -- DDN operations ------------------------------------------------------------
     def codes_for_seeds(self, seeds: int | Sequence[int]) -> np.ndarray:
@@ -328,15 +357,28 @@ class DDNClient:
 
     def _run_chunks(self, model: str, chunks: list[dict[str, np.ndarray]],
                     names: list[str]) -> list[dict[str, np.ndarray]]:
-        """Every chunk's outputs, in order: at most ``concurrency`` in flight, failed ones resent elsewhere."""
+        """Every chunk's outputs, in order: at most ``concurrency`` in flight, failed or overdue ones resent elsewhere.
+
+        A chunk may have several copies in flight (on different endpoints): the
+        first answer is its result and the others are cancelled. A failure
+        counts only once no copy of the chunk is left.
+        """
         results: list[dict[str, np.ndarray] | None] = [None] * len(chunks)
         attempts = [0] * len(chunks)
         last_endpoint: list[Endpoint | None] = [None] * len(chunks)
         pending = deque(range(len(chunks)))
+        live: dict[int, list[_Copy]] = {}  # chunk -> its copies in flight
         finished: queue.SimpleQueue = queue.SimpleQueue()
-        in_flight, failure = 0, None
-        while in_flight or (pending and failure is None):
-            while pending and failure is None and in_flight < self.concurrency:
+        failure = None
+
+        def send(index: int, endpoint: Endpoint) -> None:
+            copy = _Copy(index, endpoint, time.monotonic())
+            live.setdefault(index, []).append(copy)
+            copy.context = self._send(endpoint, model, chunks[index], names,
+                                      lambda result, error: self._copy_done(copy, result, error, finished))
+
+        while live or (pending and failure is None):
+            while pending and failure is None and len(live) < self.concurrency:
                 index = pending.popleft()
                 try:
                     endpoint = self._endpoint_for(model, time.monotonic() + self.timeout_s, last_endpoint[index])
@@ -344,30 +386,86 @@ class DDNClient:
                     failure = str(exc)
                     break
                 last_endpoint[index] = endpoint
-                self._send(endpoint, model, chunks[index], names,
-                           lambda result, error, i=index, e=endpoint: finished.put((i, e, result, error)))
-                in_flight += 1
-            if not in_flight:
+                send(index, endpoint)
+            if failure is not None or not live:
                 break
-            index, endpoint, result, error = finished.get()
-            in_flight -= 1
-            self._pool.release(endpoint, error)
-            if error is None:
-                results[index] = {n: result.as_numpy(n) for n in names}
-            elif retryable(error) and attempts[index] < self.retries:
-                attempts[index] += 1
-                with self._retried_lock:
-                    self.retried += 1
-                pending.appendleft(index)
-            elif failure is None:  # stop sending; the batch fails as a whole once the rest is back
-                tries = f" (after {attempts[index] + 1} attempts)" if attempts[index] else ""
-                failure = f"{model} at {endpoint.url}: {one_line(error)}{tries}"
+            try:
+                copy, result, error = finished.get(timeout=self._hedge_wait(live))
+            except queue.Empty:
+                copy = None
+            if copy is not None and not copy.withdrawn:
+                index = copy.chunk
+                live[index].remove(copy)
+                if error is None:
+                    results[index] = {n: result.as_numpy(n) for n in names}
+                    _withdraw(live.pop(index))
+                elif live[index]:
+                    pass  # another copy is still out; it may answer
+                elif retryable(error) and attempts[index] < self.retries:
+                    del live[index]
+                    attempts[index] += 1
+                    with self._retried_lock:
+                        self.retried += 1
+                    pending.appendleft(index)
+                else:
+                    del live[index]
+                    tries = f" (after {attempts[index] + 1} attempts)" if attempts[index] else ""
+                    failure = f"{model} at {copy.endpoint.url}: {one_line(error)}{tries}"
+            self._hedge_overdue(model, live, send)
+        for copies in live.values():  # only after a failure: nobody waits for these any more
+            _withdraw(copies)
         if failure is not None:
             raise ServingError(failure)
         return results
 
-    def _send(self, endpoint: Endpoint, model: str, chunk: dict[str, np.ndarray], names: list[str], callback) -> None:
-        """One asynchronous request; ``callback(result, error)`` runs once, also if sending itself fails."""
+    def _copy_done(self, copy: _Copy, result, error: InferenceServerException | None,
+                   finished: queue.SimpleQueue) -> None:
+        """gRPC's callback for one copy: the endpoint's books first (also after the call returned), then the call."""
+        if copy.withdrawn:
+            self._pool.unclaim(copy.endpoint)  # cancelled by us: says nothing about the endpoint
+        else:
+            self._pool.release(copy.endpoint, error, time.monotonic() - copy.sent_at)
+        finished.put((copy, result, error))
+
+    def _hedge_wait(self, live: dict[int, list[_Copy]]) -> float | None:
+        """Seconds until the next copy becomes overdue (None: wait for an answer however long it takes)."""
+        if len(self._pool.endpoints) < 2 and not self._pool.names:
+            return None  # one server: nowhere to hedge to
+        due = [c.sent_at + c.endpoint.hedge_after_s for copies in live.values() for c in copies if not c.hedged]
+        if not due:
+            return None
+        wait = min(due) - time.monotonic()
+        # Past due and still here: no spare endpoint was free; look again shortly. Also catches copies
+        # stranded on an endpoint that another call just ejected.
+        return min(wait + 0.001, HEDGE_POLL_S) if wait > 0 else HEDGE_POLL_S
+
+    def _hedge_overdue(self, model: str, live: dict[int, list[_Copy]], send) -> None:
+        """Send a copy of each chunk that is overdue, or whose every copy is on an ejected endpoint, to a spare endpoint.
+
+        An overdue copy counts against its endpoint (:meth:`EndpointPool.note_overdue`)
+        only when there is a spare to hedge to: a lone slow server is not hung.
+        """
+        now = time.monotonic()
+        for index, copies in live.items():
+            busy = [c.endpoint for c in copies]
+            stranded = not any(e.healthy for e in busy)
+            overdue = [c for c in copies if not c.hedged and now >= c.sent_at + c.endpoint.hedge_after_s]
+            if not (stranded or overdue) or not self._pool.has_spare(busy, model):
+                continue
+            for copy in overdue:
+                copy.hedged = True
+                self._pool.note_overdue(copy.endpoint)
+            spare = self._pool.acquire_spare(busy, model)
+            if spare is not None:
+                with self._retried_lock:
+                    self.hedged += 1
+                send(index, spare)
+
+    def _send(self, endpoint: Endpoint, model: str, chunk: dict[str, np.ndarray], names: list[str], callback):
+        """One asynchronous request; ``callback(result, error)`` runs once, also if sending itself fails.
+
+        Returns tritonclient's call context (to cancel it), None if sending failed.
+        """
         request = []
         for name, array in chunk.items():
             part = np.ascontiguousarray(array)
@@ -375,10 +473,11 @@ class DDNClient:
             tensor.set_data_from_numpy(part)
             request.append(tensor)
         try:
-            endpoint.client.async_infer(model, request, callback=callback, client_timeout=self.timeout_s,
-                                        outputs=[grpcclient.InferRequestedOutput(n) for n in names])
+            return endpoint.client.async_infer(model, request, callback=callback, client_timeout=self.timeout_s,
+                                               outputs=[grpcclient.InferRequestedOutput(n) for n in names])
         except InferenceServerException as exc:
             callback(None, exc)
+            return None
 
     def _check_inputs(self, info: ModelInfo, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         expected = {s.name: s for s in info.inputs}
@@ -432,6 +531,29 @@ class DDNClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+HEDGE_POLL_S = 0.1  # how often a call with copies in flight looks for overdue ones at most
+
+
+@dataclass(eq=False)
+class _Copy:
+    """One copy of a chunk's request, in flight on one endpoint."""
+
+    chunk: int
+    endpoint: Endpoint
+    sent_at: float  # monotonic
+    context: object | None = None  # tritonclient's CallContext, to cancel a copy that lost
+    withdrawn: bool = False  # cancelled because another copy answered first
+    hedged: bool = False  # overdue, and a copy went to another endpoint
+
+
+def _withdraw(copies: list[_Copy]) -> None:
+    """Cancel copies nobody waits for (they hand their endpoints back in their callbacks)."""
+    for copy in copies:
+        copy.withdrawn = True
+        if copy.context is not None:
+            copy.context.cancel()
 
 
 def _check_same_model(name: str, reference_endpoint: Endpoint | None, reference: ModelInfo, endpoint: Endpoint,

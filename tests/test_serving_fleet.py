@@ -1,16 +1,17 @@
-"""Serving past one server: several real Triton servers, faults mid-run, shards, TLS.
+"""Serving past one server: several real Triton servers, faults mid-run, hedging, DNS names, shards, TLS.
 
-Every server here is the nvidia-pytriton binary on free localhost ports. One
+Every server here is the nvidia-pytriton binary on free loopback ports. One
 tiny generator is exported once; three servers on it run for the whole
-module, and the single-server ddn-generate run of the seeds is the reference
-every fleet run must match byte for byte. Tests that need a server to die or
-to appear start their own.
+module, and a local ddn-generate run of the seeds (ONNX Runtime, no server)
+is the reference every fleet run must match byte for byte. Tests that need a
+server to die, hang or appear start their own.
 """
 from __future__ import annotations
 
 import datetime
 import hashlib
 import ipaddress
+import logging
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -35,6 +37,7 @@ from cryptography.x509.oid import NameOID  # noqa: E402
 from ddn.export.exporter import ModelExport  # noqa: E402
 from ddn.repository_contract import ONNX_DIGEST_PARAMETER  # noqa: E402
 from ddn.serving.client import DDNClient, ServingError  # noqa: E402
+from ddn.serving.dns_names import parse_dns_target, system_resolver  # noqa: E402
 from ddn.serving.endpoints import EndpointPool, parse_urls  # noqa: E402
 from ddn.serving.generate_cli import generate_pngs, main as generate_main  # noqa: E402
 from ddn.serving.repository_view import cpu_repository_view  # noqa: E402
@@ -49,6 +52,10 @@ NAME = "tiny"
 SEEDS = range(100, 148)
 # Small requests, so a run is many requests and a fault lands in the middle of it.
 RUN = ["--n", str(len(SEEDS)), "--seed", str(SEEDS.start), "--batch", "2", "--concurrency", "4", "--no-progress"]
+# Runs that a server dies, hangs or joins during: long enough that the fault lands well inside them.
+LONG_SEEDS = range(1000, 1400)
+LONG_RUN = ["--n", str(len(LONG_SEEDS)), "--seed", str(LONG_SEEDS.start), "--batch", "2", "--concurrency", "4",
+            "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +92,24 @@ def fleet(view: Path):
         stop_all(servers)
 
 
-@pytest.fixture(scope="module")
-def reference(fleet: list[TritonServer], tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    """PNG name -> bytes of a ddn-generate run against one server."""
-    out = tmp_path_factory.mktemp("one_server")
-    result = CliRunner().invoke(generate_main, [*RUN, "--url", fleet[0].grpc_url, "--model", NAME, "--out", str(out)])
+def local_run(repository: Path, run: list[str], out: Path) -> dict[str, bytes]:
+    """PNG name -> bytes of a ddn-generate run with ONNX Runtime in this process (no server)."""
+    result = CliRunner().invoke(generate_main, [*run, "--repository", str(repository), "--model", NAME,
+                                                "--out", str(out)])
     assert result.exit_code == 0, result.output
-    return {p.name: p.read_bytes() for p in out.iterdir()}
+    return pngs(out)
+
+
+@pytest.fixture(scope="module")
+def reference(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The local run of SEEDS."""
+    return local_run(repository, RUN, tmp_path_factory.mktemp("local"))
+
+
+@pytest.fixture(scope="module")
+def long_reference(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The local run of LONG_SEEDS."""
+    return local_run(repository, LONG_RUN, tmp_path_factory.mktemp("local_long"))
 
 
 def pngs(folder: Path) -> dict[str, bytes]:
@@ -152,55 +170,90 @@ def test_endpoints_are_read_from_repeats_and_comma_lists() -> None:
         parse_urls(" , ")
 
 
-def test_a_server_killed_mid_run_loses_nothing(view: Path, fleet: list[TritonServer],
-                                               reference: dict[str, bytes], tmp_path: Path) -> None:
-    victim = TritonServer(view).start()
-    killed_at: list[int] = []
+def signal_when_written(folder: Path, count: int, send: Callable[[], None]) -> tuple[threading.Thread, list[int]]:
+    """A started thread that calls ``send`` once ``count`` PNGs are in ``folder``; the list gets how many there were."""
+    sent_at: list[int] = []
 
-    def kill_once_an_eighth_is_written() -> None:
+    def watch() -> None:
         deadline = time.monotonic() + 60
-        while len(list(tmp_path.glob("*.png"))) < len(SEEDS) // 8 and time.monotonic() < deadline:
+        while len(list(folder.glob("*.png"))) < count and time.monotonic() < deadline:
             time.sleep(0.002)
-        killed_at.append(len(list(tmp_path.glob("*.png"))))
-        os.killpg(victim.pid, signal.SIGKILL)  # the server and its backend stubs, no goodbye
+        sent_at.append(len(list(folder.glob("*.png"))))
+        send()
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread, sent_at
+
+
+@pytest.mark.parametrize("death", ["SIGKILL to the process group", "SIGTERM (graceful shutdown)"])
+def test_a_server_that_dies_mid_run_costs_nothing(view: Path, fleet: list[TritonServer],
+                                                  long_reference: dict[str, bytes], tmp_path: Path,
+                                                  death: str) -> None:
+    """A dying server first answers "unknown model" / "no available versions" (its models unload, or its stubs die
+    first): it is ejected like an unreachable one and the request goes to the other server with the same codes."""
+    victim = TritonServer(view).start()  # from this thread: it dies with its starter
+    served_before: list[int] = []
+
+    def kill() -> None:
+        served_before.append(served_requests(victim))
+        if death.startswith("SIGKILL"):
+            os.killpg(victim.pid, signal.SIGKILL)  # the server and its backend stubs, no goodbye
+        else:
+            os.kill(victim.pid, signal.SIGTERM)  # what Kubernetes sends a pod it scales down
 
     try:
-        with DDNClient([victim.grpc_url, fleet[0].grpc_url, fleet[1].grpc_url], model=NAME, batch_size=1,
-                       concurrency=6, probe_interval_s=0.2) as client:
-            client.generate(seeds=[0])  # all three admitted before the run starts
-            killer = threading.Thread(target=kill_once_an_eighth_is_written)
-            killer.start()
-            written = generate_pngs(client, SEEDS, tmp_path, wave=12, progress=False)
-            killer.join()
-            victim_stats = client.endpoint_stats()[0]
-            retried = client.retried
+        killer, killed_at = signal_when_written(tmp_path, len(LONG_SEEDS) // 8, kill)
+        result = CliRunner().invoke(generate_main, [*LONG_RUN, "--url", f"{victim.grpc_url},{fleet[0].grpc_url}",
+                                                    "--model", NAME, "--out", str(tmp_path)])
+        killer.join()
+        assert victim.wait() != 0 or death.startswith("SIGTERM")  # really gone
     finally:
         victim.stop()
-    assert len(SEEDS) // 8 <= killed_at[0] < len(SEEDS)  # the kill landed in the middle of the run
-    assert written == len(SEEDS) and pngs(tmp_path) == reference  # each image written once, same bytes
-    assert victim_stats["succeeded"] > 0 and victim_stats["failed"] > 0 and not victim_stats["healthy"]
-    assert retried >= victim_stats["failed"]  # every request the dead server failed was sent again
+    assert result.exit_code == 0, result.output
+    assert served_before[0] > 0 and killed_at[0] < len(LONG_SEEDS)  # it served, and died mid-run
+    assert pngs(tmp_path) == long_reference
 
 
-def test_a_hung_server_times_out_its_requests_go_elsewhere_and_it_rejoins(view: Path,
-                                                                          fleet: list[TritonServer]) -> None:
+class TimedWaves:
+    """A DDNClient as generate_pngs uses it, recording how long each wave's generate() took."""
+
+    def __init__(self, client: DDNClient):
+        self.client, self.seconds = client, []
+        self.layout, self.codes_for_seeds, self.close = client.layout, client.codes_for_seeds, client.close
+
+    def generate(self, seeds=None, codes=None, output: str = "images") -> np.ndarray:
+        start = time.monotonic()
+        images = self.client.generate(seeds=seeds, codes=codes, output=output)
+        self.seconds.append(time.monotonic() - start)
+        return images
+
+
+def test_a_hung_server_costs_a_fraction_of_a_second_and_rejoins(view: Path, fleet: list[TritonServer],
+                                                                long_reference: dict[str, bytes],
+                                                                tmp_path: Path) -> None:
+    """SIGSTOP: connected, silent. With the default 30 s timeout, its requests are hedged to the other server after
+    at most a second, it is ejected as hung, and no wave of the run (each request's wait and more) takes 2 s."""
     with TritonServer(view) as hung, DDNClient([hung.grpc_url, fleet[0].grpc_url], model=NAME, batch_size=1,
-                                               concurrency=4, timeout_s=2, connect_timeout_s=2,
-                                               probe_interval_s=0.2) as client:
-        want = client.generate(seeds=SEEDS)
-        os.killpg(hung.pid, signal.SIGSTOP)  # alive, connected, silent
+                                               concurrency=4, probe_interval_s=0.2) as client:
+        client.generate(seeds=range(64))  # both endpoints learn their latency
+        os.killpg(hung.pid, signal.SIGSTOP)
         try:
-            np.testing.assert_array_equal(client.generate(seeds=SEEDS), want)
+            timed = TimedWaves(client)
+            assert generate_pngs(timed, LONG_SEEDS, tmp_path, wave=4, progress=False) == len(LONG_SEEDS)
             stats = client.endpoint_stats()[0]
-            assert not stats["healthy"] and "Deadline Exceeded" in stats["last_error"], stats
-            assert client.retried >= stats["failed"] > 0
         finally:
             os.killpg(hung.pid, signal.SIGCONT)
+        assert pngs(tmp_path) == long_reference
+        assert max(timed.seconds) < 2.0, sorted(timed.seconds)[-5:]
+        assert not stats["healthy"] and stats["last_error"].startswith("hung: 3 requests in a row unanswered"), stats
+        assert client.hedged >= stats["hedged"] >= 3 and stats["failed"] == 0, stats  # hedged, never timed out
         # Back in rotation once a probe finds it ready (it may first work off what queued while it was stopped).
+        want = client.generate(seeds=SEEDS)
         deadline = time.monotonic() + 30
         while client.endpoint_stats()[0]["succeeded"] == stats["succeeded"] and time.monotonic() < deadline:
             np.testing.assert_array_equal(client.generate(seeds=SEEDS), want)
-        assert client.endpoint_stats()[0]["succeeded"] > stats["succeeded"], client.endpoint_stats()
+        assert client.endpoint_stats()[0]["succeeded"] > stats["succeeded"], str(client.endpoint_stats())
 
 
 def test_a_run_whose_only_server_dies_fails_in_one_line_after_the_timeout(view: Path) -> None:
@@ -237,24 +290,33 @@ def another_graph(config) -> None:
     config.parameters[ONNX_DIGEST_PARAMETER].string_value = hashlib.sha256(b"other weights").hexdigest()
 
 
-def test_endpoints_serving_different_models_are_refused(repository: Path, fleet: list[TritonServer],
-                                                        tmp_path: Path) -> None:
+def test_a_mismatched_server_is_left_out_when_it_joins_later_and_refused_at_start(
+        repository: Path, fleet: list[TritonServer], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with cpu_repository_view(repository, another_graph) as other_view:
         other = TritonServer(other_view)
-        with DDNClient([fleet[0].grpc_url, other.grpc_url], model=NAME, probe_interval_s=0.2) as client:
+        with DDNClient([fleet[0].grpc_url, other.grpc_url], model=NAME, probe_interval_s=0.2) as client, \
+                caplog.at_level(logging.WARNING, logger="ddn.serving.client"):
             served = client.generate(seeds=SEEDS)  # the other server is not up yet
             other.start()
+            # Once a probe lets it join it is checked before its first request: left out with a warning.
             deadline = time.monotonic() + 30
-            with pytest.raises(ServingError, match="^endpoints serve different models: 'tiny' has ddn_onnx_sha256"):
-                while time.monotonic() < deadline:  # refused once a probe lets it join, before it gets a request
-                    np.testing.assert_array_equal(client.generate(seeds=SEEDS), served)
-            assert client.endpoint_stats()[1]["succeeded"] == 0
+            while not caplog.records and time.monotonic() < deadline:
+                np.testing.assert_array_equal(client.generate(seeds=SEEDS), served)
+            rejoins = time.monotonic() + 1  # several probe intervals: it rejoins, is checked and left out again
+            while time.monotonic() < rejoins:
+                np.testing.assert_array_equal(client.generate(seeds=SEEDS), served)  # the run goes on
+            stats = client.endpoint_stats()[1]
+        assert len(caplog.records) == 1, caplog.records  # warned once, not at every rejoin
+        mismatch = (rf"endpoints serve different models: 'tiny' has ddn_onnx_sha256 '[0-9a-f]{{64}}' on "
+                    rf"{fleet[0].grpc_url} but '[0-9a-f]{{64}}' on {other.grpc_url}; every endpoint must serve the "
+                    "same export")
+        assert re.fullmatch(rf"warning: {mismatch}; {other.grpc_url} is left out", caplog.records[0].getMessage())
+        assert stats["succeeded"] == 0 and re.fullmatch(mismatch, stats["last_error"]), stats
+        # Both up from the start: nothing says which is right, so the run is refused before anything is written.
         result = CliRunner().invoke(generate_main, [*RUN, "--url", f"{fleet[0].grpc_url},{other.grpc_url}",
                                                     "--model", NAME, "--out", str(tmp_path / "out")])
         line = one_line_error(result)
-        assert re.fullmatch(rf"Error: endpoints serve different models: 'tiny' has ddn_onnx_sha256 '[0-9a-f]{{64}}' "
-                            rf"on {fleet[0].grpc_url} but '[0-9a-f]{{64}}' on {other.grpc_url}; "
-                            "every endpoint must serve the same export", line), line
+        assert re.fullmatch(f"Error: {mismatch}", line), line
         assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
         # Alone, the other server is fine: the refusal is about mixing.
         with DDNClient(other.grpc_url, model=NAME) as alone:
