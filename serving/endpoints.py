@@ -52,7 +52,8 @@ HEDGE_FACTOR = 2.0  # a request is overdue after this many times its endpoint's 
 HEDGE_BOUNDS_S = (0.05, 1.0)  # ... but never sooner or later than these
 LATENCY_WINDOW = 256  # recent latencies an endpoint's p99 is taken over
 LATENCY_MIN_SAMPLES = 20  # fewer than this: the upper bound applies
-HANG_LIMIT = 3  # overdue requests in a row (no answer in between) that eject an endpoint as hung
+HANG_LIMIT = 3  # overdue requests in a row that eject an endpoint as hung, if it also answered nothing for ...
+HANG_SILENCE_S = HEDGE_BOUNDS_S[1]  # ... this long (a busy server answers something; a hung one nothing)
 
 
 def retryable(error: InferenceServerException) -> bool:
@@ -115,6 +116,7 @@ class Endpoint:
     failed: int = 0
     ejections: int = 0
     overdue: int = 0  # requests in a row left unanswered past hedge_after_s (reset by any answer)
+    answered_at: float = 0.0  # monotonic time of its last answer, or of its joining
     hedged: int = 0  # requests sent again elsewhere because this endpoint was overdue, over the pool's life
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     hedge_after_s: float = HEDGE_BOUNDS_S[1]  # when a request here counts as overdue
@@ -141,8 +143,7 @@ class EndpointPool:
         self.probe_timeout_s = probe_timeout_s
         self.resolver = resolver
         self.resolve_interval_s = resolve_interval_s
-        self._resolve_due = 0.0
-        self._resolving = False
+        self._stop = threading.Event()
         self._name_errors: dict[DnsName, str] = {}
         self._retired: list[Endpoint] = []  # drained endpoints whose clients are still to be closed
         self._lock = threading.Condition()
@@ -176,6 +177,8 @@ class EndpointPool:
                 if not any(e.healthy for e in self.endpoints):
                     raise NoEndpointError(self._errors())
             self._started = True
+            if self.names:
+                threading.Thread(target=self._resolve_every_interval, daemon=True).start()
 
     def _probe(self, endpoint: Endpoint) -> None:
         """Ask ``endpoint`` whether it is ready; it (re)joins if so, else is probed again later."""
@@ -194,6 +197,7 @@ class EndpointPool:
             elif error is None:
                 endpoint.healthy = True
                 endpoint.overdue = 0
+                endpoint.answered_at = time.monotonic()
             else:
                 self._mark_ejected(endpoint, error)
             self._lock.notify_all()
@@ -224,15 +228,16 @@ class EndpointPool:
             if not endpoint.healthy and not endpoint.draining and not endpoint.probing and endpoint.probe_due <= now:
                 endpoint.probing = True
                 threading.Thread(target=self._probe, args=(endpoint,), daemon=True).start()
-        if self.names and self._started and not self._resolving and self._resolve_due <= now:
-            self._resolving = True
-            threading.Thread(target=self._resolve, daemon=True).start()
 
     def _errors(self) -> str:
         return "; ".join([*(f"{name}: {error}" for name, error in self._name_errors.items()),
                           *(f"{e.url}: {e.last_error}" for e in self.endpoints if not e.draining)])
 
     # -- DNS -------------------------------------------------------------------------
+    def _resolve_every_interval(self) -> None:
+        while not self._stop.wait(self.resolve_interval_s):
+            self._resolve()
+
     def _resolve(self) -> None:
         """Resolve every dns: name now; new addresses join (after a probe), vanished ones are drained.
 
@@ -244,8 +249,8 @@ class EndpointPool:
         for name in self.names:
             try:
                 answers[name] = name.endpoints(self.resolver)
-            except OSError as exc:
-                errors[name] = f"cannot resolve {name.host}: {exc.strerror or exc}"
+            except Exception as exc:  # OSError (gaierror) from getaddrinfo; anything from an injected resolver
+                errors[name] = f"cannot resolve {name.host}: {getattr(exc, 'strerror', None) or exc}"
         with self._lock:
             retired, self._retired = self._retired, []
             self._name_errors = errors
@@ -262,8 +267,8 @@ class EndpointPool:
         with self._lock:
             self.endpoints = [*self.endpoints, *added]  # a new list: readers may iterate the old one
             self._drop_drained()
-            self._resolving = False
-            self._resolve_due = time.monotonic() + self.resolve_interval_s
+            if self._started:
+                self._launch_due_probes()  # new addresses are probed now, not at the next request
             self._lock.notify_all()
 
     def _drop_drained(self) -> None:
@@ -313,8 +318,6 @@ class EndpointPool:
                 if now >= deadline:
                     raise NoEndpointError(self._errors())
                 due = [e.probe_due for e in self.endpoints if not e.probing and not e.draining]
-                if self.names and not self._resolving:
-                    due.append(self._resolve_due)  # a name may have new addresses by then
                 self._lock.wait(max(0.01, min([deadline, *due]) - now))
 
     def _spares(self, exclude: Collection[Endpoint], model: str) -> list[Endpoint]:
@@ -339,6 +342,7 @@ class EndpointPool:
             if error is None:
                 endpoint.succeeded += 1
                 endpoint.overdue = 0
+                endpoint.answered_at = time.monotonic()
                 endpoint.latencies.append(latency_s)
                 if len(endpoint.latencies) >= LATENCY_MIN_SAMPLES and endpoint.succeeded % 16 == 0:
                     p99 = float(np.percentile(np.fromiter(endpoint.latencies, float), 99))
@@ -360,16 +364,17 @@ class EndpointPool:
     def note_overdue(self, endpoint: Endpoint) -> None:
         """A request on ``endpoint`` went unanswered past ``hedge_after_s`` and was sent elsewhere too.
 
-        HANG_LIMIT of them in a row, with no answer from it in between, eject it
-        as hung: a slow request now and then is noise, a server that answers
-        nothing is not.
+        HANG_LIMIT of them in a row, with no answer from it for HANG_SILENCE_S,
+        eject it as hung: a slow request now and then is noise (on a busy
+        machine several at once), a server that answers nothing is not.
         """
         with self._lock:
             endpoint.hedged += 1
             endpoint.overdue += 1
-            if endpoint.overdue >= HANG_LIMIT and endpoint.healthy:
-                self._mark_ejected(endpoint, f"hung: {endpoint.overdue} requests in a row unanswered after "
-                                             f"{endpoint.hedge_after_s:.2f} s")
+            silent_s = time.monotonic() - endpoint.answered_at
+            if endpoint.overdue >= HANG_LIMIT and silent_s >= HANG_SILENCE_S and endpoint.healthy:
+                self._mark_ejected(endpoint, f"hung: {endpoint.overdue} requests in a row overdue, no answer "
+                                             f"for {silent_s:.1f} s")
                 self._lock.notify_all()
 
     def stats(self) -> list[dict]:
@@ -380,6 +385,7 @@ class EndpointPool:
                     for e in self.endpoints]
 
     def close(self) -> None:
+        self._stop.set()
         with self._lock:
             self._closed = True
             endpoints, self._retired = [*self.endpoints, *self._retired], []

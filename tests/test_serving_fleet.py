@@ -54,7 +54,7 @@ SEEDS = range(100, 148)
 RUN = ["--n", str(len(SEEDS)), "--seed", str(SEEDS.start), "--batch", "2", "--concurrency", "4", "--no-progress"]
 # Runs that a server dies, hangs or joins during: long enough that the fault lands well inside them.
 LONG_SEEDS = range(1000, 1400)
-LONG_RUN = ["--n", str(len(LONG_SEEDS)), "--seed", str(LONG_SEEDS.start), "--batch", "2", "--concurrency", "4",
+LONG_RUN = ["--n", str(len(LONG_SEEDS)), "--seed", str(LONG_SEEDS.start), "--batch", "1", "--concurrency", "8",
             "--no-progress"]
 
 
@@ -215,14 +215,18 @@ def test_a_server_that_dies_mid_run_costs_nothing(view: Path, fleet: list[Triton
     assert pngs(tmp_path) == long_reference
 
 
-class TimedWaves:
-    """A DDNClient as generate_pngs uses it, recording how long each wave's generate() took."""
+class Waves:
+    """A DDNClient as generate_pngs uses it, recording how long each wave's generate() took.
 
-    def __init__(self, client: DDNClient):
-        self.client, self.seconds = client, []
+    ``before(i)`` runs before wave i: what happens to the fleet in the middle of a run.
+    """
+
+    def __init__(self, client: DDNClient, before: Callable[[int], None] = lambda i: None):
+        self.client, self.before, self.seconds = client, before, []
         self.layout, self.codes_for_seeds, self.close = client.layout, client.codes_for_seeds, client.close
 
     def generate(self, seeds=None, codes=None, output: str = "images") -> np.ndarray:
+        self.before(len(self.seconds))
         start = time.monotonic()
         images = self.client.generate(seeds=seeds, codes=codes, output=output)
         self.seconds.append(time.monotonic() - start)
@@ -239,14 +243,15 @@ def test_a_hung_server_costs_a_fraction_of_a_second_and_rejoins(view: Path, flee
         client.generate(seeds=range(64))  # both endpoints learn their latency
         os.killpg(hung.pid, signal.SIGSTOP)
         try:
-            timed = TimedWaves(client)
+            timed = Waves(client)
             assert generate_pngs(timed, LONG_SEEDS, tmp_path, wave=4, progress=False) == len(LONG_SEEDS)
             stats = client.endpoint_stats()[0]
         finally:
             os.killpg(hung.pid, signal.SIGCONT)
         assert pngs(tmp_path) == long_reference
         assert max(timed.seconds) < 2.0, sorted(timed.seconds)[-5:]
-        assert not stats["healthy"] and stats["last_error"].startswith("hung: 3 requests in a row unanswered"), stats
+        hung_error = r"hung: \d+ requests in a row overdue, no answer for \d+\.\d s"
+        assert not stats["healthy"] and re.fullmatch(hung_error, stats["last_error"]), stats
         assert client.hedged >= stats["hedged"] >= 3 and stats["failed"] == 0, stats  # hedged, never timed out
         # Back in rotation once a probe finds it ready (it may first work off what queued while it was stopped).
         want = client.generate(seeds=SEEDS)
@@ -254,6 +259,77 @@ def test_a_hung_server_costs_a_fraction_of_a_second_and_rejoins(view: Path, flee
         while client.endpoint_stats()[0]["succeeded"] == stats["succeeded"] and time.monotonic() < deadline:
             np.testing.assert_array_equal(client.generate(seeds=SEEDS), want)
         assert client.endpoint_stats()[0]["succeeded"] > stats["succeeded"], str(client.endpoint_stats())
+
+
+# -- one DNS name for the fleet (a headless Service) ---------------------------------------------------------------
+def test_dns_targets_are_parsed() -> None:
+    assert parse_urls(["dns:///ddn-triton-headless:8001", "a:1"]) == ("dns:///ddn-triton-headless:8001", "a:1")
+    assert (parse_dns_target("dns:///h:8001").host, parse_dns_target("dns:h:8001").port) == ("h", 8001)
+    assert parse_dns_target("dns:///[::1]:8001").host == "::1"
+    with pytest.raises(ValueError, match=r"^dns://8.8.8.8/h:1: a DNS server authority is not supported"):
+        parse_urls("dns://8.8.8.8/h:1")
+    for bad in ("dns:///h", "dns:///h:0", "dns:///:1", "dns:///h:x"):
+        with pytest.raises(ValueError, match=rf"^{re.escape(bad)}: expected dns:///HOST:PORT with a port 1-65535$"):
+            parse_urls(bad)
+    assert "127.0.0.1" in system_resolver("localhost", 1)
+
+
+def wait_for(condition: Callable[[], bool], what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
+def test_a_dns_name_is_every_address_it_resolves_to_now(view: Path, long_reference: dict[str, bytes],
+                                                        tmp_path: Path) -> None:
+    """Three servers on one port at 127.0.0.1-3, a name the test resolves: two addresses, a third added mid-run (it
+    joins and serves), the first removed (drained); every PNG is the local run's."""
+    first = TritonServer(view, host="127.0.0.1")
+    port = first.grpc_port  # a headless Service: every pod on the same port
+    servers = [first, *(TritonServer(view, host=f"127.0.0.{i}", grpc_port=port) for i in (2, 3))]
+    answer = ["127.0.0.1", "127.0.0.2"]
+    asked: list[str] = []
+
+    def resolver(host: str, _port: int) -> list[str]:
+        asked.append(host)
+        return list(answer)
+
+    try:
+        for server in servers:
+            server.start()
+        with DDNClient(f"dns:///ddn-triton-headless:{port}", model=NAME, batch_size=2, concurrency=4,
+                       probe_interval_s=0.2, resolver=resolver, resolve_interval_s=0.2) as client:
+            def urls(healthy_only: bool = False) -> set[str]:
+                return {s["url"] for s in client.endpoint_stats() if s["healthy"] or not healthy_only}
+
+            def change_the_answer(wave: int) -> None:
+                if wave == 10:
+                    answer.append("127.0.0.3")  # a pod scaled up
+                    wait_for(lambda: f"127.0.0.3:{port}" in urls(healthy_only=True), "the new address joined")
+                elif wave == 40:
+                    answer.remove("127.0.0.1")  # a pod scaled down
+                    wait_for(lambda: f"127.0.0.1:{port}" not in urls(), "the vanished address was drained")
+
+            waves = Waves(client, change_the_answer)
+            assert generate_pngs(waves, LONG_SEEDS, tmp_path, wave=8, progress=False) == len(LONG_SEEDS)
+            stats = {s["url"]: s for s in client.endpoint_stats()}
+        assert len(waves.seconds) == len(LONG_SEEDS) // 8 and set(asked) == {"ddn-triton-headless"}
+        assert pngs(tmp_path) == long_reference
+        assert set(stats) == {f"127.0.0.{i}:{port}" for i in (2, 3)}
+        assert stats[f"127.0.0.3:{port}"]["succeeded"] > 0, stats  # the server added mid-run got requests
+        assert all(served_requests(server) > 0 for server in servers)
+    finally:
+        stop_all(servers)
+
+
+def test_ddn_generate_takes_a_dns_name(fleet: list[TritonServer], reference: dict[str, bytes],
+                                       tmp_path: Path) -> None:
+    """The system's resolver: localhost is 127.0.0.1 here (and ::1 where it has one, which nothing serves)."""
+    result = CliRunner().invoke(generate_main, [*RUN, "--url", f"dns:///localhost:{fleet[0].grpc_port}",
+                                                "--resolve-interval", "0.5", "--model", NAME, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert pngs(tmp_path) == reference
 
 
 def test_a_run_whose_only_server_dies_fails_in_one_line_after_the_timeout(view: Path) -> None:
