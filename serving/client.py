@@ -38,7 +38,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -266,12 +266,29 @@ class DDNClient:
 
     def _endpoint_for(self, model: str, deadline: float, avoid: Endpoint | None) -> Endpoint:
         """An endpoint for the next request of ``model``, checked against the reference model first."""
-        while True:
+        def claim() -> Endpoint:
             try:
-                endpoint = self._pool.acquire(deadline, avoid)
+                return self._pool.acquire(deadline, avoid)
             except NoEndpointError as exc:
                 raise ServingError(f"no Triton server answered within {self.timeout_s:g} s: {exc}") from None
-            if self._pool.is_verified(endpoint, model):
+
+        endpoint = self._checked(model, claim)
+        assert endpoint is not None  # acquire waits for one or raises
+        return endpoint
+
+    def _spare_for(self, model: str, busy: list[Endpoint]) -> Endpoint | None:
+        """A healthy endpoint outside ``busy`` for a copy of an overdue request, checked like any other; None if none."""
+        return self._checked(model, lambda: self._pool.acquire_spare(busy))
+
+    def _checked(self, model: str, claim: Callable[[], Endpoint | None]) -> Endpoint | None:
+        """The first endpoint ``claim`` gives that serves the reference ``model`` (checked on its first use).
+
+        One that cannot be read is ejected, one that serves another model is
+        left out with a warning; then ``claim`` is asked again.
+        """
+        while True:
+            endpoint = claim()
+            if endpoint is None or self._pool.is_verified(endpoint, model):
                 return endpoint
             try:
                 info = self._read_info(endpoint, model)
@@ -450,12 +467,12 @@ class DDNClient:
             busy = [c.endpoint for c in copies]
             stranded = not any(e.healthy for e in busy)
             overdue = [c for c in copies if not c.hedged and now >= c.sent_at + c.endpoint.hedge_after_s]
-            if not (stranded or overdue) or not self._pool.has_spare(busy, model):
+            if not (stranded or overdue) or not self._pool.has_spare(busy):
                 continue
             for copy in overdue:
                 copy.hedged = True
                 self._pool.note_overdue(copy.endpoint)
-            spare = self._pool.acquire_spare(busy, model)
+            spare = self._spare_for(model, busy)
             if spare is not None:
                 with self._retried_lock:
                     self.hedged += 1

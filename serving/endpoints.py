@@ -320,20 +320,17 @@ class EndpointPool:
                 due = [e.probe_due for e in self.endpoints if not e.probing and not e.draining]
                 self._lock.wait(max(0.01, min([deadline, *due]) - now))
 
-    def _spares(self, exclude: Collection[Endpoint], model: str) -> list[Endpoint]:
-        return [e for e in self.endpoints if e.healthy and model in e.verified and e not in exclude]
-
-    def acquire_spare(self, exclude: Collection[Endpoint], model: str) -> Endpoint | None:
-        """Like :meth:`acquire`, among healthy endpoints verified for ``model`` and not in ``exclude``; None if none."""
+    def acquire_spare(self, exclude: Collection[Endpoint]) -> Endpoint | None:
+        """Like :meth:`acquire`, among healthy endpoints not in ``exclude``; None at once if there is none."""
         with self._lock:
-            spares = self._spares(exclude, model)
+            spares = [e for e in self.endpoints if e.healthy and e not in exclude]
             return self._claim(spares) if spares else None
 
-    def has_spare(self, exclude: Collection[Endpoint], model: str) -> bool:
-        """Whether a healthy endpoint verified for ``model``, outside ``exclude``, could take a copy of a request."""
+    def has_spare(self, exclude: Collection[Endpoint]) -> bool:
+        """Whether a healthy endpoint outside ``exclude`` could take a copy of a request now."""
         with self._lock:
             self._launch_due_probes()
-            return bool(self._spares(exclude, model))
+            return any(e.healthy and e not in exclude for e in self.endpoints)
 
     def release(self, endpoint: Endpoint, error: InferenceServerException | None, latency_s: float = 0.0) -> None:
         """A request on ``endpoint`` finished after ``latency_s``; a retryable ``error`` ejects the endpoint."""
