@@ -112,7 +112,8 @@ class DDNClient:
     ``<model>_encode_trt``) on a GPU server. ``batch_size`` caps the rows per
     request (default: the model's max_batch_size); ``concurrency`` bounds
     requests in flight per call. ``timeout_s`` bounds each inference request
-    (one that runs out is retried elsewhere) and how long a request waits for
+    (one that runs out is retried elsewhere; with several endpoints one that
+    is overdue is hedged long before) and how long a request waits for
     an endpoint while none is healthy; ``retries`` is how many times one
     request is resent after a retryable failure; ``connect_timeout_s`` bounds
     each health probe and each read of a server's models; an ejected endpoint
@@ -277,7 +278,7 @@ class DDNClient:
         return endpoint
 
     def _spare_for(self, model: str, busy: list[Endpoint]) -> Endpoint | None:
-        """A healthy endpoint outside ``busy`` for a copy of an overdue request, checked like any other; None if none."""
+        """A healthy endpoint outside ``busy`` for a copy of an overdue request, checked like any; None if none."""
         return self._checked(model, lambda: self._pool.acquire_spare(busy))
 
     def _checked(self, model: str, claim: Callable[[], Endpoint | None]) -> Endpoint | None:
@@ -457,7 +458,7 @@ class DDNClient:
         return min(wait + 0.001, HEDGE_POLL_S) if wait > 0 else HEDGE_POLL_S
 
     def _hedge_overdue(self, model: str, live: dict[int, list[_Copy]], send) -> None:
-        """Send a copy of each chunk that is overdue, or whose every copy is on an ejected endpoint, to a spare endpoint.
+        """Send a copy of each chunk that is overdue, or whose copies are all on ejected endpoints, to a spare.
 
         An overdue copy counts against its endpoint (:meth:`EndpointPool.note_overdue`)
         only when there is a spare to hedge to: a lone slow server is not hung.

@@ -38,7 +38,7 @@ from ddn.export.exporter import ModelExport  # noqa: E402
 from ddn.repository_contract import ONNX_DIGEST_PARAMETER  # noqa: E402
 from ddn.serving.client import DDNClient, ServingError  # noqa: E402
 from ddn.serving.dns_names import parse_dns_target, system_resolver  # noqa: E402
-from ddn.serving.endpoints import EndpointPool, parse_urls  # noqa: E402
+from ddn.serving.endpoints import EndpointPool, parse_urls, retryable  # noqa: E402
 from ddn.serving.generate_cli import generate_pngs, main as generate_main  # noqa: E402
 from ddn.serving.repository_view import cpu_repository_view  # noqa: E402
 from ddn.serving.serve_cli import main as serve_main  # noqa: E402
@@ -168,6 +168,21 @@ def test_endpoints_are_read_from_repeats_and_comma_lists() -> None:
         parse_urls(["a:1", "grpc://a:1"])
     with pytest.raises(ValueError, match="no Triton endpoint given"):
         parse_urls(" , ")
+
+
+@pytest.mark.parametrize("status, message, resend", [
+    ("NOT_FOUND", "Request for unknown model: 'tiny' has no available versions", True),  # a dying server's words
+    ("NOT_FOUND", "Request for unknown model: 'tiny' is not found", True),
+    ("UNAVAILABLE", "Server is stopping, scheduler for model has stopped accepting new inference requests", True),
+    ("INTERNAL", "Failed to process the request(s) for model 'tiny', message: Stub process is not healthy.", True),
+    ("INVALID_ARGUMENT", "unexpected shape for input 'codes' for model 'tiny'. Expected [-1,8], got [1,3].", False),
+    ("INVALID_ARGUMENT", "inference input 'codes' data-type is 'FP32', but model 'tiny' expects 'INT32'", False),
+])
+def test_what_a_request_on_a_checked_endpoint_is_resent_for(status: str, message: str, resend: bool) -> None:
+    """Requests only go to endpoints checked to serve the model: losing it is the endpoint's fault, a refused
+    input is the request's (every endpoint would refuse it). The messages are tritonserver 2.51's."""
+    error = grpcclient.InferenceServerException(message, status=f"StatusCode.{status}")
+    assert retryable(error) is resend
 
 
 def signal_when_written(folder: Path, count: int, send: Callable[[], None]) -> tuple[threading.Thread, list[int]]:
