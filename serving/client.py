@@ -117,7 +117,9 @@ class DDNClient:
     an endpoint while none is healthy; ``retries`` is how many times one
     request is resent after a retryable failure; ``connect_timeout_s`` bounds
     each health probe and each read of a server's models; an ejected endpoint
-    is probed every ``probe_interval_s``. ``root_certificates`` (a PEM file)
+    is probed every ``probe_interval_s``. With several endpoints a request is
+    hedged after twice its endpoint's p99 latency, at most ``hedge_max_s``
+    (raise it for models slower than that; None: no hedging). ``root_certificates`` (a PEM file)
     makes every connection TLS, trusting that root; ``tls=True`` alone trusts
     the system's roots.
     """
@@ -126,13 +128,15 @@ class DDNClient:
                  batch_size: int | None = None, timeout_s: float = 30.0, connect_timeout_s: float = 5.0,
                  variant: str = "", retries: int = 3, probe_interval_s: float = 1.0, tls: bool = False,
                  root_certificates: str | Path | None = None, resolver: Resolver = system_resolver,
-                 resolve_interval_s: float = 10.0):
+                 resolve_interval_s: float = 10.0, hedge_max_s: float | None = 1.0):
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
+        if hedge_max_s is not None and hedge_max_s <= 0:
+            raise ValueError(f"hedge_max_s must be > 0 or None, got {hedge_max_s}")
         if resolve_interval_s <= 0:
             raise ValueError(f"resolve_interval_s must be > 0, got {resolve_interval_s}")
         if root_certificates is not None and not Path(root_certificates).is_file():
@@ -151,7 +155,8 @@ class DDNClient:
         self._pool = EndpointPool(self.urls, lambda u: grpcclient.InferenceServerClient(
             u, ssl=self.tls, root_certificates=self.root_certificates, channel_args=channel_args),
             probe_interval_s=probe_interval_s, probe_timeout_s=connect_timeout_s, resolver=resolver,
-            resolve_interval_s=resolve_interval_s)  # connects on the first call
+            resolve_interval_s=resolve_interval_s, hedge_max_s=hedge_max_s or timeout_s)  # connects on first use
+        self.hedging = hedge_max_s is not None
         self._infos: dict[str, ModelInfo] = {}
         self._info_lock = threading.Lock()
         self._retried_lock = threading.Lock()
@@ -429,7 +434,8 @@ class DDNClient:
                     del live[index]
                     tries = f" (after {attempts[index] + 1} attempts)" if attempts[index] else ""
                     failure = f"{model} at {copy.endpoint.url}: {one_line(error)}{tries}"
-            self._hedge_overdue(model, live, send)
+            if self._can_hedge():
+                self._hedge_overdue(model, live, send)
         for copies in live.values():  # only after a failure: nobody waits for these any more
             _withdraw(copies)
         if failure is not None:
@@ -445,10 +451,14 @@ class DDNClient:
             self._pool.release(copy.endpoint, error, time.monotonic() - copy.sent_at)
         finished.put((copy, result, error))
 
+    def _can_hedge(self) -> bool:
+        """Hedging is on and there may be more than one server to hedge between."""
+        return self.hedging and (len(self._pool.endpoints) > 1 or bool(self._pool.names))
+
     def _hedge_wait(self, live: dict[int, list[_Copy]]) -> float | None:
         """Seconds until the next copy becomes overdue (None: wait for an answer however long it takes)."""
-        if len(self._pool.endpoints) < 2 and not self._pool.names:
-            return None  # one server: nowhere to hedge to
+        if not self._can_hedge():
+            return None
         due = [c.sent_at + c.endpoint.hedge_after_s for copies in live.values() for c in copies if not c.hedged]
         if not due:
             return None

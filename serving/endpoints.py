@@ -49,11 +49,11 @@ LOST_MODEL_MESSAGES = ("Request for unknown model", "has no available versions",
                        "is not ready", "Server is stopping")
 
 HEDGE_FACTOR = 2.0  # a request is overdue after this many times its endpoint's p99 latency ...
-HEDGE_BOUNDS_S = (0.05, 1.0)  # ... but never sooner or later than these
+HEDGE_MIN_S = 0.05  # ... but never sooner than this, nor later than the pool's hedge_max_s
 LATENCY_WINDOW = 256  # recent latencies an endpoint's p99 is taken over
 LATENCY_MIN_SAMPLES = 20  # fewer than this: the upper bound applies
-HANG_LIMIT = 3  # overdue requests in a row that eject an endpoint as hung, if it also answered nothing for ...
-HANG_SILENCE_S = HEDGE_BOUNDS_S[1]  # ... this long (a busy server answers something; a hung one nothing)
+HANG_LIMIT = 3  # overdue requests in a row that eject an endpoint as hung, if it also answered nothing for
+# hedge_max_s (a busy server answers something in that time; a hung one nothing)
 
 
 def retryable(error: InferenceServerException) -> bool:
@@ -119,7 +119,7 @@ class Endpoint:
     answered_at: float = 0.0  # monotonic time of its last answer, or of its joining
     hedged: int = 0  # requests sent again elsewhere because this endpoint was overdue, over the pool's life
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
-    hedge_after_s: float = HEDGE_BOUNDS_S[1]  # when a request here counts as overdue
+    hedge_after_s: float = 1.0  # when a request here counts as overdue (the pool's hedge_max_s until it has answered)
 
 
 class NoEndpointError(RuntimeError):
@@ -131,14 +131,16 @@ class EndpointPool:
 
     ``targets`` are ``host:port`` or ``dns:///name:port`` (see :func:`parse_urls`);
     ``resolver`` resolves the dns: names (tests inject their own).
+    ``hedge_max_s`` is the longest a request waits before it is overdue.
     """
 
     def __init__(self, targets: Sequence[str], connect: Callable[[str], grpcclient.InferenceServerClient],
                  probe_interval_s: float = 1.0, probe_timeout_s: float = 5.0, resolver: Resolver = system_resolver,
-                 resolve_interval_s: float = 10.0):
+                 resolve_interval_s: float = 10.0, hedge_max_s: float = 1.0):
         self._connect = connect
+        self.hedge_max_s = hedge_max_s
         self.names = [parse_dns_target(t) for t in targets if is_dns_target(t)]
-        self.endpoints = [Endpoint(t, connect(t), source=t) for t in targets if not is_dns_target(t)]
+        self.endpoints = [self._endpoint(t, t) for t in targets if not is_dns_target(t)]
         self.probe_interval_s = probe_interval_s
         self.probe_timeout_s = probe_timeout_s
         self.resolver = resolver
@@ -210,7 +212,7 @@ class EndpointPool:
         # ... and may be another process, or one still warming up: it gets the longest hedging delay until
         # it has answered enough requests to have a latency of its own.
         endpoint.latencies.clear()
-        endpoint.hedge_after_s = HEDGE_BOUNDS_S[1]
+        endpoint.hedge_after_s = self.hedge_max_s
         endpoint.last_error = error
         endpoint.probe_due = time.monotonic() + self.probe_interval_s
 
@@ -263,13 +265,16 @@ class EndpointPool:
                     endpoint.last_error = "address left the DNS answer"
         for endpoint in retired:
             endpoint.client.close()
-        added = [Endpoint(url, self._connect(url), source=source) for url, source in dict(new).items()]
+        added = [self._endpoint(url, source) for url, source in dict(new).items()]
         with self._lock:
             self.endpoints = [*self.endpoints, *added]  # a new list: readers may iterate the old one
             self._drop_drained()
             if self._started:
                 self._launch_due_probes()  # new addresses are probed now, not at the next request
             self._lock.notify_all()
+
+    def _endpoint(self, url: str, source: str) -> Endpoint:
+        return Endpoint(url, self._connect(url), source=source, hedge_after_s=self.hedge_max_s)
 
     def _drop_drained(self) -> None:
         drained = [e for e in self.endpoints if e.draining and e.in_flight == 0]
@@ -343,7 +348,7 @@ class EndpointPool:
                 endpoint.latencies.append(latency_s)
                 if len(endpoint.latencies) >= LATENCY_MIN_SAMPLES and endpoint.succeeded % 16 == 0:
                     p99 = float(np.percentile(np.fromiter(endpoint.latencies, float), 99))
-                    endpoint.hedge_after_s = min(max(HEDGE_FACTOR * p99, HEDGE_BOUNDS_S[0]), HEDGE_BOUNDS_S[1])
+                    endpoint.hedge_after_s = min(max(HEDGE_FACTOR * p99, HEDGE_MIN_S), self.hedge_max_s)
             else:
                 endpoint.failed += 1
                 if retryable(error) and endpoint.healthy:
@@ -361,7 +366,7 @@ class EndpointPool:
     def note_overdue(self, endpoint: Endpoint) -> None:
         """A request on ``endpoint`` went unanswered past ``hedge_after_s`` and was sent elsewhere too.
 
-        HANG_LIMIT of them in a row, with no answer from it for HANG_SILENCE_S,
+        HANG_LIMIT of them in a row, with no answer from it for ``hedge_max_s``,
         eject it as hung: a slow request now and then is noise (on a busy
         machine several at once), a server that answers nothing is not.
         """
@@ -369,7 +374,7 @@ class EndpointPool:
             endpoint.hedged += 1
             endpoint.overdue += 1
             silent_s = time.monotonic() - endpoint.answered_at
-            if endpoint.overdue >= HANG_LIMIT and silent_s >= HANG_SILENCE_S and endpoint.healthy:
+            if endpoint.overdue >= HANG_LIMIT and silent_s >= self.hedge_max_s and endpoint.healthy:
                 self._mark_ejected(endpoint, f"hung: {endpoint.overdue} requests in a row overdue, no answer "
                                              f"for {silent_s:.1f} s")
                 self._lock.notify_all()

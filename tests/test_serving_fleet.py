@@ -248,32 +248,53 @@ class Waves:
         return images
 
 
+def exited(server: TritonServer) -> bool:
+    """Whether the server process is gone (a zombie its starter has not reaped yet counts as gone; Linux /proc)."""
+    try:
+        return Path("/proc", str(server.pid), "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def test_a_hung_server_costs_a_fraction_of_a_second_and_rejoins(view: Path, fleet: list[TritonServer],
                                                                 long_reference: dict[str, bytes],
                                                                 tmp_path: Path) -> None:
     """SIGSTOP: connected, silent. With the default 30 s timeout, its requests are hedged to the other server after
-    at most a second, it is ejected as hung, and no wave of the run (each request's wait and more) takes 2 s."""
+    at most a second, it is ejected as hung, no wave of the run (each request's wait and more) takes 2 s, and after
+    SIGCONT it rejoins. (Stopped for much longer, the python backend of tritonserver 2.51 may crash on SIGCONT.)"""
     with TritonServer(view) as hung, DDNClient([hung.grpc_url, fleet[0].grpc_url], model=NAME, batch_size=1,
                                                concurrency=4, probe_interval_s=0.2) as client:
         client.generate(seeds=range(64))  # both endpoints learn their latency
-        os.killpg(hung.pid, signal.SIGSTOP)
+        at_ejection: list[dict] = []
+
+        def stop_then_continue_once_ejected(wave: int) -> None:
+            if wave == 0:
+                os.killpg(hung.pid, signal.SIGSTOP)
+            elif not at_ejection and not client.endpoint_stats()[0]["healthy"]:
+                at_ejection.append(client.endpoint_stats()[0])
+                os.killpg(hung.pid, signal.SIGCONT)
+
+        waves = Waves(client, stop_then_continue_once_ejected)
         try:
-            timed = Waves(client)
-            assert generate_pngs(timed, LONG_SEEDS, tmp_path, wave=4, progress=False) == len(LONG_SEEDS)
-            stats = client.endpoint_stats()[0]
+            assert generate_pngs(waves, LONG_SEEDS, tmp_path, wave=4, progress=False) == len(LONG_SEEDS)
         finally:
             os.killpg(hung.pid, signal.SIGCONT)
         assert pngs(tmp_path) == long_reference
-        assert max(timed.seconds) < 2.0, sorted(timed.seconds)[-5:]
-        hung_error = r"hung: \d+ requests in a row overdue, no answer for \d+\.\d s"
-        assert not stats["healthy"] and re.fullmatch(hung_error, stats["last_error"]), stats
+        assert max(waves.seconds) < 2.0, sorted(waves.seconds)[-5:]
+        stats = at_ejection[0]
+        assert re.fullmatch(r"hung: \d+ requests in a row overdue, no answer for \d+\.\d s", stats["last_error"]), stats
         assert client.hedged >= stats["hedged"] >= 3 and stats["failed"] == 0, stats  # hedged, never timed out
         # Back in rotation once a probe finds it ready (it may first work off what queued while it was stopped).
         want = client.generate(seeds=SEEDS)
         deadline = time.monotonic() + 30
-        while client.endpoint_stats()[0]["succeeded"] == stats["succeeded"] and time.monotonic() < deadline:
+        while client.endpoint_stats()[0]["succeeded"] == stats["succeeded"] and time.monotonic() < deadline \
+                and not exited(hung):
             np.testing.assert_array_equal(client.generate(seeds=SEEDS), want)
-        assert client.endpoint_stats()[0]["succeeded"] > stats["succeeded"], str(client.endpoint_stats())
+        if exited(hung):  # the backend crash above: nothing left to rejoin; the run went on
+            assert re.search(r"terminate called|Signal \(\d+\) received", hung.log_path.read_text())
+            np.testing.assert_array_equal(client.generate(seeds=SEEDS), want)
+        else:
+            assert client.endpoint_stats()[0]["succeeded"] > stats["succeeded"], str(client.endpoint_stats())
 
 
 # -- one DNS name for the fleet (a headless Service) ---------------------------------------------------------------
