@@ -262,11 +262,10 @@ class DDNClient:
 
     def _unreachable_message(self) -> str:
         stats = self._pool.stats()
-        if len(stats) == 1:
+        if len(stats) == 1 and not self._pool.names:
             message = f"cannot reach the Triton server at {self.url} (gRPC): {stats[0]['last_error']}"
         else:
-            message = f"cannot reach any Triton server at {self.url} (gRPC): " + "; ".join(
-                f"{s['url']}: {s['last_error']}" for s in stats)
+            message = f"cannot reach any Triton server at {self.url} (gRPC): {self._pool.errors()}"
         hints = filter(None, (tls_mismatch_hint(url, self.tls, self.connect_timeout_s) for url in self.urls))
         return "; ".join([message, *hints])
 

@@ -177,7 +177,7 @@ class EndpointPool:
                 thread.join()
             with self._lock:
                 if not any(e.healthy for e in self.endpoints):
-                    raise NoEndpointError(self._errors())
+                    raise NoEndpointError(self.errors())
             self._started = True
             if self.names:
                 threading.Thread(target=self._resolve_every_interval, daemon=True).start()
@@ -231,9 +231,11 @@ class EndpointPool:
                 endpoint.probing = True
                 threading.Thread(target=self._probe, args=(endpoint,), daemon=True).start()
 
-    def _errors(self) -> str:
-        return "; ".join([*(f"{name}: {error}" for name, error in self._name_errors.items()),
-                          *(f"{e.url}: {e.last_error}" for e in self.endpoints if not e.draining)])
+    def errors(self) -> str:
+        """Why each endpoint (and each dns: name that failed to resolve) is out: ``target: error; ...``."""
+        with self._lock:
+            return "; ".join([*(f"{name}: {error}" for name, error in self._name_errors.items()),
+                              *(f"{e.url}: {e.last_error}" for e in self.endpoints if not e.draining)])
 
     # -- DNS -------------------------------------------------------------------------
     def _resolve_every_interval(self) -> None:
@@ -321,7 +323,7 @@ class EndpointPool:
                     return self._claim(candidates)
                 now = time.monotonic()
                 if now >= deadline:
-                    raise NoEndpointError(self._errors())
+                    raise NoEndpointError(self.errors())
                 due = [e.probe_due for e in self.endpoints if not e.probing and not e.draining]
                 self._lock.wait(max(0.01, min([deadline, *due]) - now))
 

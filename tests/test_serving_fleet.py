@@ -310,6 +310,17 @@ def test_dns_targets_are_parsed() -> None:
     assert "127.0.0.1" in system_resolver("localhost", 1)
 
 
+def test_a_dns_name_that_does_not_resolve_is_named_in_one_line() -> None:
+    def nothing(host: str, port: int) -> list[str]:
+        raise OSError(f"no address for {host}")
+
+    with DDNClient("dns:///ddn-triton-headless:8001", model=NAME, resolver=nothing) as client, \
+            pytest.raises(ServingError, match=r"^cannot reach any Triton server at dns:///ddn-triton-headless:8001 "
+                                              r"\(gRPC\): dns:///ddn-triton-headless:8001: cannot resolve "
+                                              r"ddn-triton-headless: no address for ddn-triton-headless$"):
+        client.generate(seeds=[0])
+
+
 def wait_for(condition: Callable[[], bool], what: str, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
