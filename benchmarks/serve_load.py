@@ -30,8 +30,16 @@ one server SIGKILLed halfway through the run; failed requests must be 0. All
 servers share this machine's cores, so more servers add no compute here: what
 the sweep shows is the client's routing and failover cost, not scaling.
 
+``--sweep stop`` measures what a hung server costs (:func:`measure_stop`):
+two such servers behind one DDNClient with its default timeout, 32 client
+threads, and one server SIGSTOPped (alive, connected, silent) for 10 s
+between two unstopped phases of the same length: images/s during the stop
+as a fraction of the unstopped phases' mean, and the longest any request
+waited.
+
 Usage: python benchmarks/serve_load.py [--point-seconds 6 --rounds 3 --soak-seconds 60 --out result.json]
        python benchmarks/serve_load.py --sweep fleet [--point-seconds 6 --rounds 3 --out fleet.json]
+       python benchmarks/serve_load.py --sweep stop [--point-seconds 10 --out stop.json]
 """
 from __future__ import annotations
 
@@ -79,7 +87,7 @@ def merge(parts: list[dict]) -> dict:
     ms = np.asarray(latencies or [np.nan]) * 1e3
     stats = {"requests": len(latencies) + len(failures), "failed": len(failures),
              "p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
-             "images_per_s": round(len(latencies) / elapsed, 1)}
+             "max_ms": round(float(np.max(ms)), 3), "images_per_s": round(len(latencies) / elapsed, 1)}
     for side in ("server", "client"):
         if latencies and all(f"{side}_cpu" in p for p in parts):
             stats[f"{side}_cpu_ms_per_image"] = round(1e3 * sum(p[f"{side}_cpu"] for p in parts) / len(latencies), 3)
@@ -405,18 +413,77 @@ def measure_fleet(work: Path, point_seconds: float, rounds: int) -> dict:
     return report
 
 
+STOP_CLIENTS = 32
+TARGET_STOPPED_FRACTION = 0.4
+TARGET_LONGEST_WAIT_S = 2.0
+
+
+def measure_stop(work: Path, phase_seconds: float) -> dict:
+    """Two servers, STOP_CLIENTS threads on one DDNClient (default timeout): unstopped, one SIGSTOPped, unstopped.
+
+    Each phase runs ``phase_seconds``; the stopped server gets SIGCONT after
+    its phase and the last phase starts once a probe let it back in. The
+    stopped phase's images/s is compared with the mean of the phases around it.
+    """
+    repository, codes, report = export_measured(work)
+    report["fleet_server_settings"] = FLEET_SERVER
+    with contextlib.ExitStack() as stack:
+        view = stack.enter_context(cpu_repository_view(repository, cpu_settings(**FLEET_SERVER)))
+        log("starting 2 servers ...")
+        servers = [stack.enter_context(TritonServer(view)) for _ in range(2)]
+        client = stack.enter_context(DDNClient([s.grpc_url for s in servers], NAME, batch_size=1))
+        report["client"] = {"timeout_s": client.timeout_s, "clients": STOP_CLIENTS}
+        fleet_loop(client, servers, codes, STOP_CLIENTS, 2.0)  # warm up: connections, instances, latencies
+        phases: dict[str, dict] = {}
+        log(f"unstopped {phase_seconds:g} s ...")
+        phases["before"] = merge([fleet_loop(client, servers, codes, STOP_CLIENTS, phase_seconds)])
+        hedged = client.hedged
+        log(f"one server stopped {phase_seconds:g} s ...")
+        os.killpg(servers[0].pid, signal.SIGSTOP)
+        try:
+            phases["stopped"] = merge([fleet_loop(client, servers[1:], codes, STOP_CLIENTS, phase_seconds)])
+            phases["stopped"]["requests_hedged"] = client.hedged - hedged
+            phases["stopped"]["endpoints"] = [{k: v for k, v in stats.items() if k != "in_flight"}
+                                              for stats in client.endpoint_stats()]  # the first one was stopped
+        finally:
+            os.killpg(servers[0].pid, signal.SIGCONT)
+        rejoined = time.monotonic()
+        while not client.endpoint_stats()[0]["healthy"] and time.monotonic() - rejoined < 30:
+            client.generate(codes=codes[:1])
+        phases["stopped"]["rejoined_after_sigcont_s"] = round(time.monotonic() - rejoined, 2)
+        log(f"unstopped again {phase_seconds:g} s ...")
+        phases["after"] = merge([fleet_loop(client, servers, codes, STOP_CLIENTS, phase_seconds)])
+    report["phases"] = phases
+    unstopped = (phases["before"]["images_per_s"] + phases["after"]["images_per_s"]) / 2
+    fraction = round(phases["stopped"]["images_per_s"] / unstopped, 3)
+    longest = round(max(phase["max_ms"] for phase in phases.values()) / 1e3, 3)
+    report["targets"] = {
+        "images/s while one server is stopped / unstopped": {
+            "value": fraction, "target": f">= {TARGET_STOPPED_FRACTION}", "met": fraction >= TARGET_STOPPED_FRACTION},
+        "longest request wait (s)": {"value": longest, "target": f"<= {TARGET_LONGEST_WAIT_S}",
+                                     "met": longest <= TARGET_LONGEST_WAIT_S},
+        "failed requests": {"value": sum(p["failed"] for p in phases.values()), "target": 0,
+                            "met": all(p["failed"] == 0 for p in phases.values())},
+    }
+    report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return report
+
+
 @click.command(context_settings={"show_default": True})
 @click.option("--point-seconds", type=float, default=6.0, help="measuring time per point, split over the rounds")
 @click.option("--rounds", type=click.IntRange(min=1), default=3, help="alternating rounds per point")
 @click.option("--soak-seconds", type=float, default=60.0, help="length of the soak at the saturating concurrency")
 @click.option("--concurrency", "levels", default="1,4,16,64", help="client concurrency levels")
-@click.option("--sweep", type=click.Choice(["configs", "fleet"]), default="configs",
-              help="configs: server configurations on one server; fleet: 1-3 servers behind one client, with kills")
+@click.option("--sweep", type=click.Choice(["configs", "fleet", "stop"]), default="configs",
+              help="configs: server configurations on one server; fleet: 1-3 servers behind one client, with kills; "
+                   "stop: 2 servers, one SIGSTOPped for --point-seconds (10 s is the target's measurement)")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="also write the JSON here")
 def main(point_seconds: float, rounds: int, soak_seconds: float, levels: str, sweep: str, out: Path | None) -> None:
     with tempfile.TemporaryDirectory(prefix="ddn-serve-load-") as work:
         if sweep == "fleet":
             report = measure_fleet(Path(work), point_seconds, rounds)
+        elif sweep == "stop":
+            report = measure_stop(Path(work), point_seconds)
         else:
             report = measure(Path(work), point_seconds, rounds, soak_seconds, [int(c) for c in levels.split(",")])
     text = json.dumps(report, indent=2)

@@ -5,6 +5,7 @@
     codes = client.encode(images)                       # int32 [16, L]
     out = client.conditional("superres", low_res=small) # {"images": ..., "codes": ...}
     fleet = DDNClient(["gpu1:8001", "gpu2:8001"], model="mnist")   # or "gpu1:8001,gpu2:8001"
+    pods = DDNClient("dns:///ddn-triton-headless:8001", model="mnist")  # every address of the name
 
 Constructing a client talks to nobody. On first use it probes every endpoint
 (see :mod:`ddn.serving.endpoints`), and on first use of a model it reads the
@@ -13,25 +14,31 @@ max_batch_size) and metadata (input/output names, dtypes, shapes, versions)
 from every healthy endpoint: endpoints that serve different models (name,
 version, :func:`ddn.repository_contract.identity_parameters`, io, batch limit)
 are refused with a one-line error, and an endpoint that joins later is checked
-the same way before its first request. Every request is checked against the
+the same way before its first request (one that differs is ejected with a
+warning; the run goes on with the others). Every request is checked against the
 model before it leaves the process (codes through :func:`ddn.codes.validate_codes`);
 requests larger than the model's max batch size are split into chunks that run
 concurrently (at most ``concurrency`` in flight), each on the endpoint with the
 fewest requests in flight. A chunk that fails in a way that says nothing about
-the chunk (a server killed, hung or overloaded) is sent again, with the same
-inputs, to another endpoint, up to ``retries`` times; results go back together
-in request order, so the output is the same bytes whichever server answered.
+the chunk (a server killed, shutting down, hung or overloaded) is sent again,
+with the same inputs, to another endpoint, up to ``retries`` times. A chunk
+still unanswered well past its endpoint's usual latency is sent to another
+endpoint as well (a hedged request; the first answer wins and the other copy
+is cancelled), so a hung server costs a fraction of a second, not the
+timeout. Results go back together in request order, so the output is the
+same bytes whichever server answered.
 Failures raise :class:`ServingError` with a one-line message.
 """
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -41,8 +48,12 @@ from ddn.codes import codes_from_seed, validate_codes
 from ddn.conditions import ConditionError, condition_spec
 from ddn.repository_contract import GraphLayout, RepositoryError, TensorSpec, entry_name, identity_parameters
 
+from .dns_names import Resolver, system_resolver
 from .endpoints import Endpoint, EndpointPool, NoEndpointError, one_line, parse_urls, retryable
 from .tls_probe import tls_mismatch_hint
+
+
+log = logging.getLogger(__name__)
 
 
 class ServingError(RuntimeError):
@@ -91,7 +102,10 @@ def _channel_args(probe_interval_s: float) -> list[tuple[str, int]]:
 class DDNClient:
     """Generate, encode and condition through the gRPC endpoints of one or more Triton servers.
 
-    ``url`` is one endpoint ``host:port``, a comma list, or a sequence of them.
+    ``url`` is one endpoint ``host:port``, a comma list, or a sequence of them;
+    an endpoint may be a DNS name ``dns:///host:port`` that stands for every
+    address it resolves to (``resolver``, default the system's), resolved
+    again every ``resolve_interval_s``.
     ``model`` is the generation graph's name (``ddn-export --name``); the
     encoder and conditional graphs are found as ``<model>_encode`` and
     ``<model>_<kind>``. ``variant`` picks another entry of the same graphs
@@ -99,11 +113,14 @@ class DDNClient:
     ``<model>_encode_trt``) on a GPU server. ``batch_size`` caps the rows per
     request (default: the model's max_batch_size); ``concurrency`` bounds
     requests in flight per call. ``timeout_s`` bounds each inference request
-    (one that runs out is retried elsewhere) and how long a request waits for
+    (one that runs out is retried elsewhere; with several endpoints one that
+    is overdue is hedged long before) and how long a request waits for
     an endpoint while none is healthy; ``retries`` is how many times one
     request is resent after a retryable failure; ``connect_timeout_s`` bounds
     each health probe and each read of a server's models; an ejected endpoint
-    is probed every ``probe_interval_s``. ``root_certificates`` (a PEM file)
+    is probed every ``probe_interval_s``. With several endpoints a request is
+    hedged after twice its endpoint's p99 latency, at most ``hedge_max_s``
+    (raise it for models slower than that; None: no hedging). ``root_certificates`` (a PEM file)
     makes every connection TLS, trusting that root; ``tls=True`` alone trusts
     the system's roots.
     """
@@ -111,13 +128,18 @@ class DDNClient:
     def __init__(self, url: str | Sequence[str] = "localhost:8001", model: str = "ddn", concurrency: int = 8,
                  batch_size: int | None = None, timeout_s: float = 30.0, connect_timeout_s: float = 5.0,
                  variant: str = "", retries: int = 3, probe_interval_s: float = 1.0, tls: bool = False,
-                 root_certificates: str | Path | None = None):
+                 root_certificates: str | Path | None = None, resolver: Resolver = system_resolver,
+                 resolve_interval_s: float = 10.0, hedge_max_s: float | None = 1.0):
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
+        if hedge_max_s is not None and hedge_max_s <= 0:
+            raise ValueError(f"hedge_max_s must be > 0 or None, got {hedge_max_s}")
+        if resolve_interval_s <= 0:
+            raise ValueError(f"resolve_interval_s must be > 0, got {resolve_interval_s}")
         if root_certificates is not None and not Path(root_certificates).is_file():
             raise FileNotFoundError(f"root certificate not found: {root_certificates}")
         self.urls = parse_urls(url)
@@ -133,11 +155,15 @@ class DDNClient:
         channel_args = _channel_args(probe_interval_s)
         self._pool = EndpointPool(self.urls, lambda u: grpcclient.InferenceServerClient(
             u, ssl=self.tls, root_certificates=self.root_certificates, channel_args=channel_args),
-            probe_interval_s=probe_interval_s, probe_timeout_s=connect_timeout_s)  # connects on the first call
+            probe_interval_s=probe_interval_s, probe_timeout_s=connect_timeout_s, resolver=resolver,
+            resolve_interval_s=resolve_interval_s, hedge_max_s=hedge_max_s or timeout_s)  # connects on first use
+        self.hedging = hedge_max_s is not None
         self._infos: dict[str, ModelInfo] = {}
         self._info_lock = threading.Lock()
         self._retried_lock = threading.Lock()
         self.retried = 0  # requests sent again after a retryable failure, over the client's life
+        self.hedged = 0  # requests also sent to another endpoint because the first was overdue
+        self._warned: set[str] = set()
 
     @property
     def url(self) -> str:
@@ -160,7 +186,7 @@ class DDNClient:
         return entry_name(self.model, kind, self.variant)
 
     def endpoint_stats(self) -> list[dict]:
-        """Per endpoint: url, healthy, in_flight, succeeded, failed, ejections, last_error."""
+        """Per endpoint: url, healthy, in_flight, succeeded, failed, hedged, ejections, last_error."""
         return self._pool.stats()
 
     def available_models(self) -> list[str]:
@@ -237,22 +263,38 @@ class DDNClient:
 
     def _unreachable_message(self) -> str:
         stats = self._pool.stats()
-        if len(stats) == 1:
+        if len(stats) == 1 and not self._pool.names:
             message = f"cannot reach the Triton server at {self.url} (gRPC): {stats[0]['last_error']}"
         else:
-            message = f"cannot reach any Triton server at {self.url} (gRPC): " + "; ".join(
-                f"{s['url']}: {s['last_error']}" for s in stats)
+            message = f"cannot reach any Triton server at {self.url} (gRPC): {self._pool.errors()}"
         hints = filter(None, (tls_mismatch_hint(url, self.tls, self.connect_timeout_s) for url in self.urls))
         return "; ".join([message, *hints])
 
     def _endpoint_for(self, model: str, deadline: float, avoid: Endpoint | None) -> Endpoint:
         """An endpoint for the next request of ``model``, checked against the reference model first."""
-        while True:
+        def claim() -> Endpoint:
             try:
-                endpoint = self._pool.acquire(deadline, avoid)
+                return self._pool.acquire(deadline, avoid)
             except NoEndpointError as exc:
                 raise ServingError(f"no Triton server answered within {self.timeout_s:g} s: {exc}") from None
-            if self._pool.is_verified(endpoint, model):
+
+        endpoint = self._checked(model, claim)
+        assert endpoint is not None  # acquire waits for one or raises
+        return endpoint
+
+    def _spare_for(self, model: str, busy: list[Endpoint]) -> Endpoint | None:
+        """A healthy endpoint outside ``busy`` for a copy of an overdue request, checked like any; None if none."""
+        return self._checked(model, lambda: self._pool.acquire_spare(busy))
+
+    def _checked(self, model: str, claim: Callable[[], Endpoint | None]) -> Endpoint | None:
+        """The first endpoint ``claim`` gives that serves the reference ``model`` (checked on its first use).
+
+        One that cannot be read is ejected, one that serves another model is
+        left out with a warning; then ``claim`` is asked again.
+        """
+        while True:
+            endpoint = claim()
+            if endpoint is None or self._pool.is_verified(endpoint, model):
                 return endpoint
             try:
                 info = self._read_info(endpoint, model)
@@ -264,11 +306,20 @@ class DDNClient:
             reference_endpoint = next((e for e in self._pool.endpoints if self._pool.is_verified(e, model)), None)
             try:
                 _check_same_model(model, reference_endpoint, self._infos[model], endpoint, info)
-            except ServingError:
+            except ServingError as exc:
+                # A server that joins later cannot change which model the run uses: leave it out, go on.
                 self._pool.unclaim(endpoint)
-                raise
+                self._pool.eject(endpoint, str(exc))
+                self._warn_once(f"{exc}; {endpoint.url} is left out")
+                continue
             self._pool.mark_verified(endpoint, model)
             return endpoint
+
+    def _warn_once(self, message: str) -> None:
+        """Log ``message`` as a warning the first time (a refused endpoint is re-checked at every rejoin)."""
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning("warning: %s", message)
 
     # -- DDN operations ------------------------------------------------------------
     def codes_for_seeds(self, seeds: int | Sequence[int]) -> np.ndarray:
@@ -341,15 +392,28 @@ class DDNClient:
 
     def _run_chunks(self, model: str, chunks: list[dict[str, np.ndarray]],
                     names: list[str]) -> list[dict[str, np.ndarray]]:
-        """Every chunk's outputs, in order: at most ``concurrency`` in flight, failed ones resent elsewhere."""
+        """Every chunk's outputs, in order: at most ``concurrency`` in flight, failed or overdue ones resent elsewhere.
+
+        A chunk may have several copies in flight (on different endpoints): the
+        first answer is its result and the others are cancelled. A failure
+        counts only once no copy of the chunk is left.
+        """
         results: list[dict[str, np.ndarray] | None] = [None] * len(chunks)
         attempts = [0] * len(chunks)
         last_endpoint: list[Endpoint | None] = [None] * len(chunks)
         pending = deque(range(len(chunks)))
+        live: dict[int, list[_Copy]] = {}  # chunk -> its copies in flight
         finished: queue.SimpleQueue = queue.SimpleQueue()
-        in_flight, failure = 0, None
-        while in_flight or (pending and failure is None):
-            while pending and failure is None and in_flight < self.concurrency:
+        failure = None
+
+        def send(index: int, endpoint: Endpoint) -> None:
+            copy = _Copy(index, endpoint, time.monotonic())
+            live.setdefault(index, []).append(copy)
+            copy.context = self._send(endpoint, model, chunks[index], names,
+                                      lambda result, error: self._copy_done(copy, result, error, finished))
+
+        while live or (pending and failure is None):
+            while pending and failure is None and len(live) < self.concurrency:
                 index = pending.popleft()
                 try:
                     endpoint = self._endpoint_for(model, time.monotonic() + self.timeout_s, last_endpoint[index])
@@ -357,30 +421,91 @@ class DDNClient:
                     failure = str(exc)
                     break
                 last_endpoint[index] = endpoint
-                self._send(endpoint, model, chunks[index], names,
-                           lambda result, error, i=index, e=endpoint: finished.put((i, e, result, error)))
-                in_flight += 1
-            if not in_flight:
+                send(index, endpoint)
+            if failure is not None or not live:
                 break
-            index, endpoint, result, error = finished.get()
-            in_flight -= 1
-            self._pool.release(endpoint, error)
-            if error is None:
-                results[index] = {n: result.as_numpy(n) for n in names}
-            elif retryable(error) and attempts[index] < self.retries:
-                attempts[index] += 1
-                with self._retried_lock:
-                    self.retried += 1
-                pending.appendleft(index)
-            elif failure is None:  # stop sending; the batch fails as a whole once the rest is back
-                tries = f" (after {attempts[index] + 1} attempts)" if attempts[index] else ""
-                failure = f"{model} at {endpoint.url}: {one_line(error)}{tries}"
+            try:
+                copy, result, error = finished.get(timeout=self._hedge_wait(live))
+            except queue.Empty:
+                copy = None
+            if copy is not None and not copy.withdrawn:
+                index = copy.chunk
+                live[index].remove(copy)
+                if error is None:
+                    results[index] = {n: result.as_numpy(n) for n in names}
+                    _withdraw(live.pop(index))
+                elif live[index]:
+                    pass  # another copy is still out; it may answer
+                elif retryable(error) and attempts[index] < self.retries:
+                    del live[index]
+                    attempts[index] += 1
+                    with self._retried_lock:
+                        self.retried += 1
+                    pending.appendleft(index)
+                else:
+                    del live[index]
+                    tries = f" (after {attempts[index] + 1} attempts)" if attempts[index] else ""
+                    failure = f"{model} at {copy.endpoint.url}: {one_line(error)}{tries}"
+            if self._can_hedge():
+                self._hedge_overdue(model, live, send)
+        for copies in live.values():  # only after a failure: nobody waits for these any more
+            _withdraw(copies)
         if failure is not None:
             raise ServingError(failure)
         return results
 
-    def _send(self, endpoint: Endpoint, model: str, chunk: dict[str, np.ndarray], names: list[str], callback) -> None:
-        """One asynchronous request; ``callback(result, error)`` runs once, also if sending itself fails."""
+    def _copy_done(self, copy: _Copy, result, error: InferenceServerException | None,
+                   finished: queue.SimpleQueue) -> None:
+        """gRPC's callback for one copy: the endpoint's books first (also after the call returned), then the call."""
+        if copy.withdrawn:
+            self._pool.unclaim(copy.endpoint)  # cancelled by us: says nothing about the endpoint
+        else:
+            self._pool.release(copy.endpoint, error, time.monotonic() - copy.sent_at)
+        finished.put((copy, result, error))
+
+    def _can_hedge(self) -> bool:
+        """Hedging is on and there may be more than one server to hedge between."""
+        return self.hedging and (len(self._pool.endpoints) > 1 or bool(self._pool.names))
+
+    def _hedge_wait(self, live: dict[int, list[_Copy]]) -> float | None:
+        """Seconds until the next copy becomes overdue (None: wait for an answer however long it takes)."""
+        if not self._can_hedge():
+            return None
+        due = [c.sent_at + c.endpoint.hedge_after_s for copies in live.values() for c in copies if not c.hedged]
+        if not due:
+            return None
+        wait = min(due) - time.monotonic()
+        # Past due and still here: no spare endpoint was free; look again shortly. Also catches copies
+        # stranded on an endpoint that another call just ejected.
+        return min(wait + 0.001, HEDGE_POLL_S) if wait > 0 else HEDGE_POLL_S
+
+    def _hedge_overdue(self, model: str, live: dict[int, list[_Copy]], send) -> None:
+        """Send a copy of each chunk that is overdue, or whose copies are all on ejected endpoints, to a spare.
+
+        An overdue copy counts against its endpoint (:meth:`EndpointPool.note_overdue`)
+        only when there is a spare to hedge to: a lone slow server is not hung.
+        """
+        now = time.monotonic()
+        for index, copies in live.items():
+            busy = [c.endpoint for c in copies]
+            stranded = not any(e.healthy for e in busy)
+            overdue = [c for c in copies if not c.hedged and now >= c.sent_at + c.endpoint.hedge_after_s]
+            if not (stranded or overdue) or not self._pool.has_spare(busy):
+                continue
+            for copy in overdue:
+                copy.hedged = True
+                self._pool.note_overdue(copy.endpoint)
+            spare = self._spare_for(model, busy)
+            if spare is not None:
+                with self._retried_lock:
+                    self.hedged += 1
+                send(index, spare)
+
+    def _send(self, endpoint: Endpoint, model: str, chunk: dict[str, np.ndarray], names: list[str], callback):
+        """One asynchronous request; ``callback(result, error)`` runs once, also if sending itself fails.
+
+        Returns tritonclient's call context (to cancel it), None if sending failed.
+        """
         request = []
         for name, array in chunk.items():
             part = np.ascontiguousarray(array)
@@ -388,10 +513,11 @@ class DDNClient:
             tensor.set_data_from_numpy(part)
             request.append(tensor)
         try:
-            endpoint.client.async_infer(model, request, callback=callback, client_timeout=self.timeout_s,
-                                        outputs=[grpcclient.InferRequestedOutput(n) for n in names])
+            return endpoint.client.async_infer(model, request, callback=callback, client_timeout=self.timeout_s,
+                                               outputs=[grpcclient.InferRequestedOutput(n) for n in names])
         except InferenceServerException as exc:
             callback(None, exc)
+            return None
 
     def _check_inputs(self, info: ModelInfo, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         expected = {s.name: s for s in info.inputs}
@@ -445,6 +571,29 @@ class DDNClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+HEDGE_POLL_S = 0.1  # how often a call with copies in flight looks for overdue ones at most
+
+
+@dataclass(eq=False)
+class _Copy:
+    """One copy of a chunk's request, in flight on one endpoint."""
+
+    chunk: int
+    endpoint: Endpoint
+    sent_at: float  # monotonic
+    context: object | None = None  # tritonclient's CallContext, to cancel a copy that lost
+    withdrawn: bool = False  # cancelled because another copy answered first
+    hedged: bool = False  # overdue, and a copy went to another endpoint
+
+
+def _withdraw(copies: list[_Copy]) -> None:
+    """Cancel copies nobody waits for (they hand their endpoints back in their callbacks)."""
+    for copy in copies:
+        copy.withdrawn = True
+        if copy.context is not None:
+            copy.context.cancel()
 
 
 def _check_same_model(name: str, reference_endpoint: Endpoint | None, reference: ModelInfo, endpoint: Endpoint,

@@ -140,7 +140,10 @@ def remote_options(command: click.Command) -> click.Command:
     options = [
         click.option("--url", "urls", multiple=True,
                      help="Triton gRPC endpoint HOST:PORT; repeat it or give a comma list to spread the run over "
-                          "several servers (each request goes to the one with the fewest in flight)"),
+                          "several servers (each request goes to the one with the fewest in flight); "
+                          "dns:///NAME:PORT stands for every address NAME resolves to (a headless Service)"),
+        click.option("--resolve-interval", type=click.FloatRange(min=0, min_open=True), default=10.0,
+                     help="seconds between resolutions of a dns:/// endpoint (addresses join and leave)"),
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0,
                      help="seconds a request may take before it is retried on another endpoint"),
         click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
@@ -200,7 +203,8 @@ def open_generator(onnx: str | None, repository: str | None, urls: Sequence[str]
 @condition_options(required=False)
 @click.option("--progress/--no-progress", default=True, help="show a progress bar")
 def main(count: int, seed: int, out_dir: Path, grid: Path | None, codes_path: Path | None, onnx: str | None,
-         repository: str | None, urls: tuple[str, ...], timeout: float, connect_timeout: float, retries: int,
+         repository: str | None, urls: tuple[str, ...], resolve_interval: float, timeout: float,
+         connect_timeout: float, retries: int,
          tls_root_cert: str | None, tls: bool, model: str | None, batch: int, concurrency: int,
          shard: Shard | None, condition: str | None, progress: bool, **condition_paths: Path | None) -> None:
     """Generate N images (seeds SEED .. SEED+N-1) as PNG files into OUT.
@@ -218,7 +222,7 @@ def main(count: int, seed: int, out_dir: Path, grid: Path | None, codes_path: Pa
                 raise click.UsageError(f"{option} does not apply to --condition (one result per --input image)")
     generator = open_generator(onnx, repository, urls, model, batch, concurrency, timeout_s=timeout,
                                connect_timeout_s=connect_timeout, retries=retries, tls=tls,
-                               root_certificates=tls_root_cert)
+                               root_certificates=tls_root_cert, resolve_interval_s=resolve_interval)
     try:
         if condition is not None:
             from .conditional_pngs import generate_conditional_pngs  # here: it imports write_png from this module
