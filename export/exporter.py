@@ -182,8 +182,9 @@ class ModelExport:
             seed_reports = []
             if "generate" in kinds:
                 seed_reports.append(self._stage_seed_codes(staging))
-                generator = entry_name(self.name, "generate")
-                seed_reports.append(self._stage_seeds_ensemble(staging, generator, staging / generator / v / ONNX_FILE))
+                generate_entry = entry_name(self.name, "generate")
+                seed_reports.append(self._stage_seeds_ensemble(staging, generate_entry,
+                                                               staging / generate_entry / v / ONNX_FILE))
             # Production entries first: each python twin's model.onnx links into one.
             for report in reports:
                 commit_entry(staging / report.entry, self.repository / report.entry, self.version)
@@ -224,19 +225,19 @@ class ModelExport:
                                                    self._details("python", verification)))
         return EntryReport(folder.name, SEED_CODES_KIND, "python", verification)
 
-    def _stage_seeds_ensemble(self, staging: Path, generator: str, onnx_path: Path, variant: str = "") -> EntryReport:
-        """Stage the ensemble ``NAME_seeds<variant>``: ``NAME_seed_codes`` then ``generator``."""
+    def _stage_seeds_ensemble(self, staging: Path, generate_entry: str, onnx_path: Path, variant: str = "") -> EntryReport:
+        """Stage the ensemble ``NAME_seeds<variant>``: ``NAME_seed_codes`` then ``generate_entry``."""
         graph = self.graphs["generate"]
         layout = dataclasses.replace(graph.layout(), graph=SEEDS_KIND)
         folder = staging / entry_name(self.name, SEEDS_KIND, variant)
         seed_codes = entry_name(self.name, SEED_CODES_KIND)
         comment = (f"Written by ddn-export: generation by seed of {self.checkpoint.name}, see ddn.json.\n"
-                   f"seeds INT64 [B, 1] -> {seed_codes} -> codes -> {generator} -> images, the bytes\n"
+                   f"seeds INT64 [B, 1] -> {seed_codes} -> codes -> {generate_entry} -> images, the bytes\n"
                    "DDNClient.generate(seeds=...) gets. Seed rule, L and K per layer: the ddn_* parameters.")
         parameters = {**layout.parameters(), ONNX_DIGEST_PARAMETER: sha256_file(onnx_path)}
-        write_seeds_ensemble(folder, self.version, seed_codes, generator, layout, graph.outputs(), self.max_batch,
+        write_seeds_ensemble(folder, self.version, seed_codes, generate_entry, layout, graph.outputs(), self.max_batch,
                              parameters, comment)
-        details = {**self._details("ensemble", {}), "steps": [seed_codes, generator]}
+        details = {**self._details("ensemble", {}), "steps": [seed_codes, generate_entry]}
         write_description(folder, EntryDescription(layout, (SEEDS_INPUT,), tuple(graph.outputs()), self.max_batch,
                                                    details))
         return EntryReport(folder.name, SEEDS_KIND, "ensemble")
@@ -278,9 +279,9 @@ class ModelExport:
                 self._write_entry(folder, graph, "tensorrt", folder.name, "KIND_GPU", verification, onnx_path)
                 reports.append(EntryReport(folder.name, kind, "tensorrt", verification))
             if seeds_trt:
-                generator = entry_name(self.name, "generate")
+                generate_entry = entry_name(self.name, "generate")
                 reports.append(self._stage_seeds_ensemble(staging, entry_name(self.name, "generate", TRT_SUFFIX),
-                                                          self.repository / generator / v / ONNX_FILE, TRT_SUFFIX))
+                                                          self.repository / generate_entry / v / ONNX_FILE, TRT_SUFFIX))
             for report in reports:
                 commit_entry(staging / report.entry, self.repository / report.entry, self.version)
         # Engines, and the ensemble that ends in one, run on the GPU server only.

@@ -69,13 +69,13 @@ def write_seed_codes_entry(folder: Path, version: int, layout: GraphLayout, max_
                  comment)
 
 
-def write_seeds_ensemble(folder: Path, version: int, seed_codes: str, generator: str, layout: GraphLayout,
+def write_seeds_ensemble(folder: Path, version: int, seed_codes: str, generate_entry: str, layout: GraphLayout,
                          outputs: Sequence[TensorSpec], max_batch: int, parameters: dict[str, str],
                          comment: str) -> None:
-    """``folder``: the ensemble seeds -> ``seed_codes`` -> codes -> ``generator`` -> ``outputs``."""
+    """``folder``: the ensemble seeds -> ``seed_codes`` -> codes -> ``generate_entry`` -> ``outputs``."""
     (folder / str(version)).mkdir(parents=True)  # Triton wants a version folder, empty for an ensemble
     steps = [(seed_codes, {SEEDS_INPUT.name: SEEDS_INPUT.name}, {"codes": "codes"}),
-             (generator, {"codes": "codes"}, {s.name: s.name for s in outputs})]
+             (generate_entry, {"codes": "codes"}, {s.name: s.name for s in outputs})]
     write_config(folder, ensemble_config(name=folder.name, max_batch=max_batch, inputs=[SEEDS_INPUT], outputs=outputs,
                                          steps=steps, parameters=parameters), comment)
 

@@ -54,14 +54,14 @@ def load_images(source: str, image_size: int | None = None) -> torch.Tensor:
     return images.contiguous()
 
 
-def batch_stream(images: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+def batch_stream(images: torch.Tensor, batch_size: int, rng: torch.Generator) -> Iterator[torch.Tensor]:
     """Yield shuffled minibatches of ``images`` forever.
 
-    Each epoch is one ``torch.randperm`` drawn from ``generator`` when the
+    Each epoch is one ``torch.randperm`` drawn from ``rng`` when the
     previous one runs out (a batch may straddle two epochs, so any batch size
-    works and no image is dropped). The generator is touched only there, so
+    works and no image is dropped). ``rng`` is touched only there, so
     replaying k batches from the same starting state reproduces both the order
-    and the generator's state: what a resumed run relies on.
+    and ``rng``'s state: what a resumed run relies on.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -71,7 +71,7 @@ def batch_stream(images: torch.Tensor, batch_size: int, generator: torch.Generat
     pending = torch.empty(0, dtype=torch.long)
     while True:
         while pending.numel() < batch_size:
-            pending = torch.cat([pending, torch.randperm(n, generator=generator)])
+            pending = torch.cat([pending, torch.randperm(n, generator=rng)])
         index, pending = pending[:batch_size], pending[batch_size:]
         yield images[index.to(images.device)]
 

@@ -109,5 +109,5 @@ class _Loss(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor, chain_dropout: float, generator: torch.Generator | None) -> torch.Tensor:
-        return self.model.loss(images, chain_dropout, generator)
+    def forward(self, images: torch.Tensor, chain_dropout: float, rng: torch.Generator | None) -> torch.Tensor:
+        return self.model.loss(images, chain_dropout, rng)

@@ -181,7 +181,7 @@ def condition_from_inputs(name: str, inputs: Mapping[str, torch.Tensor]) -> Cond
     return DISTANCES[name](**tensors)
 
 
-def make_chooser(condition: Condition, selection: str = "top1", generator: torch.Generator | None = None,
+def make_chooser(condition: Condition, selection: str = "top1", rng: torch.Generator | None = None,
                  usage: BranchUsage | None = None) -> Chooser:
     """A chooser for one layer: argmin of the condition's distance ("top1") or a random pick of the two nearest ("top2").
 
@@ -197,7 +197,7 @@ def make_chooser(condition: Condition, selection: str = "top1", generator: torch
         if selection == "top1" or distances.shape[1] < 2:
             return distances.argmin(1)
         top2 = distances.topk(2, dim=1, largest=False).indices
-        pick = torch.randint(0, 2, (top2.shape[0], 1), generator=generator).to(top2.device)
+        pick = torch.randint(0, 2, (top2.shape[0], 1), generator=rng).to(top2.device)
         return top2.gather(1, pick).squeeze(1)
 
     return choose

@@ -84,7 +84,7 @@ class DDNGenerator(nn.Module):
         return image, torch.stack(codes, dim=1), images
 
     # -- public API -------------------------------------------------------------
-    def loss(self, images: torch.Tensor, chain_dropout: float = 0.0, generator: torch.Generator | None = None):
+    def loss(self, images: torch.Tensor, chain_dropout: float = 0.0, rng: torch.Generator | None = None):
         """Guided-sampler training loss: mean over layers of the chosen candidate's MSE to the target.
 
         Records branch usage for split-and-prune. With probability
@@ -98,12 +98,12 @@ class DDNGenerator(nn.Module):
         def choose(layer: int) -> Chooser:
             ddl = stages[layer][1]
             nearest = make_chooser(target, usage=ddl.usage)
-            drop = chain_dropout > 0 and float(torch.rand((), generator=generator)) < chain_dropout
+            drop = chain_dropout > 0 and float(torch.rand((), generator=rng)) < chain_dropout
 
             def pick(candidates: torch.Tensor) -> torch.Tensor:
                 index = nearest(candidates)
                 if drop:
-                    index = torch.randint(0, ddl.k, index.shape, generator=generator).to(index.device)
+                    index = torch.randint(0, ddl.k, index.shape, generator=rng).to(index.device)
                 return index
 
             return pick
@@ -121,7 +121,7 @@ class DDNGenerator(nn.Module):
 
     @torch.no_grad()
     def sample(self, codes=None, seed: int | Sequence[int] | None = None, n: int | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               rng: torch.Generator | None = None) -> torch.Tensor:
         """Unconditional samples from exactly one of: codes [B, L], seed(s), or a count n (uniform indices)."""
         given = [x is not None for x in (codes, seed, n)]
         if sum(given) != 1:
@@ -130,7 +130,7 @@ class DDNGenerator(nn.Module):
             codes = codes_from_seed(seed, self.num_layers, self.branch_counts)
         elif n is not None:
             ks = torch.tensor(self.branch_counts)
-            codes = (torch.rand(n, self.num_layers, generator=generator) * ks).long().clamp(max=ks - 1)
+            codes = (torch.rand(n, self.num_layers, generator=rng) * ks).long().clamp(max=ks - 1)
         return self.decode(codes)
 
     @torch.no_grad()
@@ -141,21 +141,21 @@ class DDNGenerator(nn.Module):
 
     @torch.no_grad()
     def guided(self, condition: Condition, selection: str = "top1",
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               rng: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero-shot conditional generation: at each layer keep the candidate that best fits ``condition``.
 
         Returns (image [B, C, H, W], codes [B, L]) of that path.
         """
-        image, codes, _ = self.run(condition.batch_size, lambda layer: make_chooser(condition, selection, generator))
+        image, codes, _ = self.run(condition.batch_size, lambda layer: make_chooser(condition, selection, rng))
         return image, codes
 
     def guided_codes(self, condition: Condition, selection: str = "top1",
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.guided(condition, selection, generator)[1]
+                     rng: torch.Generator | None = None) -> torch.Tensor:
+        return self.guided(condition, selection, rng)[1]
 
     def guided_sample(self, condition: Condition, selection: str = "top1",
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.guided(condition, selection, generator)[0]
+                      rng: torch.Generator | None = None) -> torch.Tensor:
+        return self.guided(condition, selection, rng)[0]
 
     # -- input checks -------------------------------------------------------------
     def check_codes(self, codes: torch.Tensor | np.ndarray) -> torch.Tensor:

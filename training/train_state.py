@@ -91,12 +91,12 @@ def read_run_checkpoint(path: Path) -> RunState:
     tensors, config, meta = read_checkpoint(path)  # checks the digest
     train = meta.get("train")
     if not isinstance(train, dict) or train.get("format") != FORMAT:
-        raise CheckpointError(f"{path} holds a generator but no training state (not written by ddn-train)")
-    generator = model_from_tensors(tensors, config, path)
+        raise CheckpointError(f"{path} holds a model but no training state (not written by ddn-train)")
+    sampled = model_from_tensors(tensors, config, path)
     if any(name.startswith(TRAINED) for name in tensors):
-        model, average = model_from_tensors(tensors, config, path, prefix=TRAINED), generator
+        model, average = model_from_tensors(tensors, config, path, prefix=TRAINED), sampled
     else:
-        model, average = generator, None
+        model, average = sampled, None
     params = list(model.parameters())
     optimizer_state: dict[int, dict[str, torch.Tensor]] = {}
     rng: dict[str, dict[int, torch.Tensor]] = {}

@@ -67,7 +67,7 @@ def generate_conditional(checkpoint: str | Path, condition: str, files: Mapping[
     inputs = spec.read_files(layout, files)
     # Copied: the arrays PIL gives are read-only, torch tensors over them would not be.
     wire = {name: torch.from_numpy(pixels.copy()).unsqueeze(0) for name, pixels in inputs.items()}
-    generator = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)
 
     out_dir = Path(out_dir)
     condition_pixels = preview(inputs, layout)
@@ -76,7 +76,7 @@ def generate_conditional(checkpoint: str | Path, condition: str, files: Mapping[
     for start in range(0, n, BATCH):
         size = min(BATCH, n - start)
         batch = condition_from_inputs(condition, {name: x.expand(size, -1, -1, -1) for name, x in wire.items()})
-        pixels = images_to_uint8(model.guided_sample(batch, selection=selection, generator=generator))
+        pixels = images_to_uint8(model.guided_sample(batch, selection=selection, rng=rng))
         for i, image in enumerate(pixels, start):
             save_png(out_dir / f"result_{i:03d}.png", image)
         if len(shown) < GRID_RESULTS:
