@@ -1,16 +1,6 @@
-"""Write a checkpoint's graphs into a Triton model repository (what ``ddn-export`` runs).
-
-For each graph kind (see :mod:`ddn.export.graphs`) the entry names are::
-
-    generate -> NAME      encode -> NAME_encode     condition C -> NAME_C (each of ddn.conditions.CONDITIONS
-                                                    the model supports: superres, colorize for RGB, ...)
-
-each with a python-backend twin ``<entry>_python`` and, with TensorRT,
-``<entry>_trt``; names, files and ddn.json follow :mod:`ddn.repository_contract`.
-With the generation graph come the generate-by-seed entries ``NAME_seed_codes``
-and ``NAME_seeds`` (``NAME_seeds_trt`` with TensorRT), see :mod:`ddn.export.seed_entries`.
-All ONNX graphs are exported and verified in a staging folder before the first
-entry is moved into the repository (:mod:`ddn.export.repository`).
+"""Write a checkpoint's graphs into a Triton model repository (what ``ddn-export`` runs): each graph's entries
+(production, python twin, TensorRT) and the generate-by-seed entries, named as :mod:`ddn.repository_contract` says
+and verified in staging before the first is moved in (docs/export.md).
 """
 from __future__ import annotations
 
@@ -150,10 +140,8 @@ class ModelExport:
     # -- ONNX ------------------------------------------------------------------------
     def write_onnx(self, kinds: Sequence[str] | None = None,
                    step: Callable[[str], None] = lambda entry: None) -> list[EntryReport]:
-        """Export, verify and stage every graph, then move all entries into the repository.
-
-        Raises (and writes nothing into the repository) if any graph fails verification.
-        ``step(entry)`` is called before each graph (progress reporting).
+        """Export, verify and stage every graph, then move all entries into the repository; raises, writing nothing, if
+        any graph fails. ``step(entry)`` is called before each graph.
         """
         kinds = self.kinds(kinds)
         seed_entries = [entry_name(self.name, SEED_CODES_KIND), entry_name(self.name, SEEDS_KIND)] \
@@ -197,9 +185,8 @@ class ModelExport:
         return reports + seed_reports
 
     def _record_onnx_targets(self, reports: list[EntryReport], seed_reports: list[EntryReport]) -> None:
-        """State the targets: GPU the production entries, CPU their twins under the same names, both the seed entries.
-
-        On the CPU the ensemble's step ``NAME`` is the twin served under that name.
+        """State the targets: the GPU serves the production entries, the CPU their twins under the same names (so the
+        ensemble's step ``NAME`` is the twin there), both the seed entries.
         """
         served, entries = [], []
         for report in reports:
@@ -246,10 +233,8 @@ class ModelExport:
     def write_tensorrt(self, kinds: Sequence[str] | None = None, fp16: bool = False,
                        timing_cache: Path | None = None,
                        step: Callable[[str], None] = lambda entry: None) -> list[EntryReport]:
-        """Build and verify an engine from each committed ONNX entry, then add ``<entry>_trt`` entries.
-
-        fp16 applies to the generation graph only: the guided graphs take an
-        argmin over candidate distances that fp16 rounding would flip.
+        """Build and verify an engine from each committed ONNX entry and add ``<entry>_trt``; fp16 applies to the
+        generation graph only, as fp16 rounding would flip the guided graphs' argmin.
         """
         from .tensorrt_build import build_engine, verify_engine
 

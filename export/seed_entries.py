@@ -1,14 +1,6 @@
-"""The generate-by-seed entries of a model repository: ``NAME_seed_codes`` and the ensembles ``NAME_seeds``.
-
-Any Triton client (curl, Go, C++) asks ``NAME_seeds`` for seeds and gets the
-bytes :meth:`ddn.serving.client.DDNClient.generate` gets for them: the
-ensemble runs the python-backend step ``NAME_seed_codes`` (seeds INT64 [B, 1]
--> codes INT32 [B, L], by :func:`ddn.codes.codes_from_seed`) and then the
-generation entry (``NAME``; ``NAME_trt`` for ``NAME_seeds_trt``). The step's
-version folder holds a copy of ``ddn/codes.py`` (``seed_rule.py``) beside its
-model.py, so it needs numpy only and runs on a server whose Python lacks the
-``ddn`` package (the Triton container). The export states both entries for
-the GPU and the CPU target (targets.txt, :mod:`ddn.deployment_targets`).
+"""The generate-by-seed entries: ``NAME_seed_codes`` (seeds -> codes by a copy of :mod:`ddn.codes`, numpy only) and the
+ensembles ``NAME_seeds``, so any Triton client gets for a seed the bytes
+:meth:`ddn.serving.client.DDNClient.generate` gets (docs/export.md).
 """
 from __future__ import annotations
 

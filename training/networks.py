@@ -1,18 +1,6 @@
-"""DDN generators: a stack of blocks, each followed by a Discrete Distribution Layer.
-
-Two paradigms share one API (:class:`DDNGenerator`):
-
-* :class:`SingleShotGenerator` -- every block has its own DDL and the resolution
-  grows 1, 2, 4, ... up to the image size, with channels, block count and K set
-  per scale (the official single-shot image models' capacity schedule).
-* :class:`RecurrenceGenerator` -- one block (a small U-Net) and one DDL applied
-  N times at full resolution with shared weights (the official MNIST model).
-
-Each block sees the previous block's features with the previous DDL's chosen
-image and leak (see :mod:`.blocks`); each DDL sees the block's features and the
-previous chosen image.
-
-A sample's latent is always the int tensor ``codes`` [B, L]: one branch index per DDL call.
+"""DDN models (generators): a stack of blocks, each followed by a DDL, in the two official paradigms behind one API,
+:class:`DDNGenerator`. A sample's latent is always ``codes`` [B, L], one branch index per DDL call
+(docs/training.md).
 """
 from __future__ import annotations
 
@@ -32,11 +20,8 @@ from .guidance import Condition, TargetCondition, make_chooser
 
 
 class DDNGenerator(nn.Module):
-    """The model API shared by both paradigms.
-
-    Subclasses set ``self.image_channels`` and ``self.image_size`` and implement
-    :meth:`initial_state` (features, image and leak before the first block) and
-    :meth:`stages`, the sequence of (block, ddl) the forward pass walks through.
+    """The model API shared by both paradigms; subclasses give :meth:`initial_state` and :meth:`stages`, the (block,
+    ddl) pairs the walk goes through.
     """
 
     image_channels: int
@@ -209,11 +194,8 @@ def linear_spatial_embedding(channels: int, size: int) -> torch.Tensor:
 
 
 class SingleShotGenerator(DDNGenerator):
-    """Resolutions 1, 2, 4, ... image_size; at scale s, ``blocks[s]`` (block, DDL) pairs.
-
-    ``channels``, ``blocks`` and ``k`` give one value per scale (or one for all).
-    The first block of every scale above 1x1 upsamples from the previous scale's
-    channels. The official CIFAR-10 model is channels 256, blocks 1, 2, 4, 8, 16, 32.
+    """Resolutions 1, 2, 4, ... image_size with ``blocks[s]`` (block, DDL) pairs at scale s; ``channels``, ``blocks``
+    and ``k`` are per scale (or one for all).
     """
 
     def __init__(self, image_size: int = 32, image_channels: int = 1, channels: int | Sequence[int] = 64,

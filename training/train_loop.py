@@ -1,24 +1,6 @@
-"""The training loop: guided-sampler loss, Adam, split-and-prune, checkpoints. No framework.
-
-One step, on every rank::
-
-    loss = model.loss(batch, chain_dropout, dropout_rng)          # records branch usage
-    loss.backward(); adam.step()                                  # DDP averages gradients over ranks
-    split_and_prune_(model.ddls(), adam, all_reduce)              # usage summed over ranks first
-    weight_average.update()                                       # the model that is sampled
-
-Every random draw comes from an explicit ``torch.Generator`` (data order and
-chain dropout, one of each per rank), and the model is initialised under a
-fixed seed, so a run is a pure function of its config. Checkpoints hold those
-RNGs' states and Adam's moments, which is what makes ``resume`` land on
-the same bits as a run that was never stopped.
-
-Data-parallel: launched by ``torchrun`` (the WORLD_SIZE/RANK environment), each
-rank trains on its own shard (``images[rank::world]``) with ``batch / world``
-images per step; DistributedDataParallel averages the gradients and the split-and-prune
-statistics are summed before each decision, so every rank takes the same
-decision and the replicas stay identical (:mod:`distributed`). Only rank 0
-writes files.
+"""The training loop: guided-sampler loss, Adam, split-and-prune, weight average and checkpoints, with no framework.
+Every random draw comes from an explicit RNG, so a run is a pure function of its config and resume lands on the same
+bits; under torchrun, DDP keeps the replicas identical (docs/training.md).
 """
 from __future__ import annotations
 
@@ -185,13 +167,9 @@ class TrainResult:
 def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, explicit: set[str] | None = None,
           progress: bool = True, max_seconds: float | None = None,
           log: Callable[[str], None] = lambda message: tqdm.write(message, file=sys.stderr)) -> TrainResult:
-    """Train (or continue) the run in ``out_dir``; returns the final model and optimizer.
-
-    With ``resume`` the newest good checkpoint in ``out_dir`` is continued and
-    ``config`` only supplies the options in ``explicit`` (see :func:`resume_config`).
-    ``max_seconds`` stops early (all ranks agree) with a checkpoint. ``progress``
-    draws a bar when stderr is a terminal; otherwise, or without it, rank 0 prints
-    a timestamped line at each log entry.
+    """Train (or, with ``resume``, continue) the run in ``out_dir``; ``explicit`` names the options that override a
+    resumed config, ``max_seconds`` stops early with a checkpoint, and ``progress`` draws a bar on a terminal
+    (otherwise timestamped lines).
     """
     out_dir = Path(out_dir)
     if not resume and ((out_dir / LAST).exists() or (out_dir / PREVIOUS).exists()):
