@@ -1,9 +1,6 @@
-"""What every command line of the package shares: ``-h``/``--help``, ``--version``, defaults in the help, one error type.
-
-A command is declared with ``@ddn.cli.command()`` in place of ``@click.command()``.
-Errors follow click: a bad command line raises ``click.UsageError`` (usage lines,
-exit 2); a failure while running raises :class:`CommandError` (one ``Error:``
-line, exit 1).
+"""What every command line of the package shares: ``-h``/``--help``, ``--version``, defaults in the help, and click's
+exit codes (usage errors 2; :class:`CommandError`, one ``Error:`` line, 1). Declare commands with
+``@ddn.cli.command()``.
 """
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""The latent of a DDN sample: one branch index per layer, and the one rule that maps seeds to it.
-
-Every client (PyTorch, ONNX Runtime, Triton) turns a seed into codes with
-`codes_from_seed`, so the same seed gives the same image everywhere.
-Only numpy is needed here: serving clients import this without torch.
+"""The latent of a DDN sample (one branch index per layer) and the one rule that maps seeds to it, so a seed gives the
+same image in every client; numpy only, as serving clients import it without torch.
 """
 from __future__ import annotations
 
@@ -47,11 +44,8 @@ def _check_seed(seed: object) -> int:
 
 
 def codes_from_seed(seeds: int | Sequence[int], num_layers: int, k: int | Sequence[int]) -> np.ndarray:
-    """Codes [len(seeds), L] int32: row b draws L floats from numpy's default_rng(seeds[b]).
-
-    Needs numpy only and imports nothing else of the project: ddn-export copies
-    this file into the served seed step (``<model>_seed_codes``), which runs
-    where the ``ddn`` package is not installed.
+    """Codes [len(seeds), L] int32, row b from numpy's default_rng(seeds[b]). Imports nothing else of the project:
+    ddn-export copies this file into the served seed step.
     """
     seed_list = [_check_seed(s) for s in ([seeds] if np.isscalar(seeds) else list(seeds))]
     u = np.stack([np.random.default_rng(s).random(num_layers) for s in seed_list]) if seed_list \

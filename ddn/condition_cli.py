@@ -1,8 +1,5 @@
-"""The command-line side of the condition registry: ``--condition`` and the file options its entries name.
-
-``ddn-generate`` (served graphs) and the research command
-``python -m ddn.training.zscg_cli`` (PyTorch, from a checkpoint) take these
-options, so both accept the same conditions and files. click and numpy only.
+"""The command-line side of the condition registry: ``--condition`` and its file options, shared by ``ddn-generate``
+and ``python -m ddn.training.zscg_cli`` so both accept the same conditions (click and numpy only).
 """
 from __future__ import annotations
 

@@ -1,15 +1,6 @@
-"""Zero-shot conditions, one registry entry each: the torch-free half of a condition.
-
-A condition's name is its whole vocabulary: the ``ddn-generate --condition``
-value, the graph kind, the served entry ``<model>_<name>`` and the key of its
-distance. Its entry here says which inputs the graph takes (name, shape per
-model layout, what the values mean), which ``ddn-generate`` option reads each
-from an image file, and checks arrays and files against that with one-line
-errors. Clients import this without torch. The distance (what the guided
-sampler minimises, torch) is :data:`ddn.training.guidance.DISTANCES`, keyed by
-the same names; ``ddn.export`` builds each condition's graph from both halves.
-Adding a condition is one :class:`ConditionSpec` in :data:`CONDITIONS` and one
-distance in ``DISTANCES``.
+"""Zero-shot conditions, one registry entry each: a name (option value, graph kind, entry suffix, distance key), its
+inputs and the options that read them, with one-line checks; torch-free, the distance is in
+:data:`ddn.training.guidance.DISTANCES`. A new condition is one :class:`ConditionSpec` plus one distance.
 """
 from __future__ import annotations
 

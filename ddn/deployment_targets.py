@@ -1,17 +1,5 @@
-"""Which entries of a model repository each deployment target serves: the export's statement, ``targets.txt``.
-
-One line per served model, ``<target> <served name> <entry folder>``:
-
-* ``gpu``: NVIDIA's Triton container on a GPU host (the Kubernetes init container
-  links these entries): the production entries (onnxruntime, TensorRT), the
-  ``NAME_seeds`` ensembles and their python step ``NAME_seed_codes``;
-* ``cpu``: ``ddn-serve`` (python backend only): each python twin under its
-  production entry's name, ``NAME_seed_codes``, and the ensembles whose steps it serves.
-
-``ddn-export`` writes the file at the repository root (Triton loads folders
-only), merging each export's lines with those of the other models already there.
-Readers take the lines as they are, with no rule of their own about entry names,
-so the file is plain text a shell ``while read`` handles as well as Python.
+"""Which entries each deployment target (GPU Triton, CPU ``ddn-serve``) serves: ``targets.txt``, written by the export
+and read as it is by every reader, with no naming rule of their own (format: docs/export.md).
 """
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""The mode a new file gets from the process umask, for files created by other means than open().
-
-``tempfile.mkstemp`` creates its file 0600 whatever the umask: right for a
-private scratch file, wrong for one that is renamed into place as a result
-(a checkpoint shared with a container running as another user must be
-readable by it). Such a file is given the mode open() would have given it.
+"""The mode a new file would get from open() under the umask, for files made by ``tempfile.mkstemp`` (always 0600) and
+then renamed into place as a result another user must read.
 """
 from __future__ import annotations
 

@@ -76,11 +76,8 @@ def save_grid(path: str | Path, images: np.ndarray, ncols: int | None = None, pa
 
 
 def load_png(path: str | Path, channels: int | None = None) -> np.ndarray:
-    """Read an image file as uint8 [H, W, C].
-
-    ``channels`` 1 or 3 converts (grayscale / RGB); ``None`` keeps grayscale as
-    1 channel and turns everything else (palette, alpha, CMYK) into RGB.
-    Raises ValueError with the path for a missing or unreadable file.
+    """Read an image file as uint8 [H, W, C]: ``channels`` 1 or 3 converts, ``None`` keeps grayscale and makes
+    everything else RGB; ValueError with the path when missing or unreadable.
     """
     path = Path(path)
     if channels not in (None, 1, 3):

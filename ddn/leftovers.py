@@ -1,15 +1,5 @@
-"""Temporary names that say which process made them, so the next run can remove what a killed run left.
-
-A process killed with SIGKILL (or a machine that loses power) cannot clean up:
-its temporary files, folders and shared-memory regions stay. Every temporary
-name the project makes therefore starts with ``<prefix><pid>-<start>-``, the
-*owner tag*: the process id and that process's start time in clock ticks
-after boot (Linux, /proc), so a pid the kernel has since given to another
-process does not make a leftover look alive. :func:`remove_stale` deletes a
-leftover only when its owner no longer runs and it belongs to this user;
-another live run's files are never touched. Liveness is judged in this
-process's pid namespace: containers that share a temporary folder should not
-share it with runs in another namespace.
+"""Temporary names that say which process made them (pid and start time), so the next run can remove what a killed run
+left while never touching a live run's files (docs/export.md).
 """
 from __future__ import annotations
 

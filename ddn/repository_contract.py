@@ -1,19 +1,6 @@
-"""What an entry of a ``ddn-export`` model repository holds: the one contract its writer and readers share.
-
-    <repository>/<entry>/config.pbtxt          Triton's config; its ``ddn_*`` parameters are a GraphLayout
-    <repository>/<entry>/ddn.json              EntryDescription: the layout, io, batch limit, provenance
-    <repository>/<entry>/<version>/model.onnx  (model.plan for TensorRT, model.py for the python twin)
-
-Graph kind ``generate`` of model NAME is the entry NAME, every other kind
-``NAME_<kind>``; the python-backend twin of an entry is ``<entry>_python``
-(served under the entry's own name by a CPU view, as the repository's
-targets.txt states: :mod:`ddn.deployment_targets`), its TensorRT engine
-``<entry>_trt``. With the generation graph come the generate-by-seed entries:
-``NAME_seeds`` (an ensemble: seeds -> ``NAME_seed_codes`` -> codes -> ``NAME``)
-and, with TensorRT, ``NAME_seeds_trt`` (ending in ``NAME_trt``). ``ddn.export``
-writes through this module; ``ddn.serving`` and the twin's model.py read
-through it. Only numpy is imported (ONNX Runtime when a session is opened):
-Triton clients import this without torch.
+"""What an entry of a ``ddn-export`` model repository holds (config.pbtxt, ddn.json, versioned model file) and how
+entries are named: the one contract its writer and readers share (layout: docs/export.md). numpy only, ONNX Runtime
+when a session is opened, so Triton clients import it without torch.
 """
 from __future__ import annotations
 
@@ -252,12 +239,8 @@ def execution_providers(choice: str) -> tuple[str, ...]:
 
 def onnxruntime_session(model: str | Path | bytes, threads: int = 0,
                         providers: Sequence[str] = EXECUTION_PROVIDERS["cpu"]) -> onnxruntime.InferenceSession:
-    """An ONNX Runtime session with every graph optimisation; ``threads`` 0 means ORT's default.
-
-    Everything that runs an exported graph opens it here (the python twin,
-    ddn-generate, the exporter's checks), so all of them run the same kernels
-    and a seed gives the same bytes everywhere. CPU unless ``providers`` say
-    otherwise (see :func:`execution_providers`).
+    """An ONNX Runtime session with every graph optimisation (``threads`` 0: ORT's default); everything that runs an
+    exported graph opens it here, so a seed gives the same bytes everywhere.
     """
     import onnxruntime as ort  # here, not above: a Triton client needs the names, not ONNX Runtime
 

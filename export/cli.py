@@ -94,11 +94,10 @@ class _Progress:
               help="TensorRT timing cache, reused across builds.")
 def main(checkpoint: Path, name: str, model_version: int, repository: Path, max_batch: int, graph_list: list[str] | None,
          superres_factor: int, instance_kind: str, trt: bool, fp16: bool, timing_cache: Path) -> None:
-    """Export CHECKPOINT's sampled-path generator and guided graphs to REPOSITORY/NAME*/VERSION.
+    """Export CHECKPOINT's sampled-path and guided graphs to REPOSITORY/NAME*/VERSION.
 
-    Every graph is checked (onnx.checker, ONNX Runtime against PyTorch) before
-    anything is moved into the repository; a failed check exits non-zero and
-    leaves the repository as it was.
+    Every graph is checked (onnx.checker, ONNX Runtime against PyTorch) before anything is moved in; a failed check
+    exits non-zero and leaves the repository as it was.
     """
     if fp16 and not trt:
         raise click.UsageError("--fp16 applies to TensorRT engines; add --trt")

@@ -1,16 +1,6 @@
-"""Write a checkpoint's graphs into a Triton model repository (what ``ddn-export`` runs).
-
-For each graph kind (see :mod:`ddn.export.graphs`) the entry names are::
-
-    generate -> NAME      encode -> NAME_encode     condition C -> NAME_C (each of ddn.conditions.CONDITIONS
-                                                    the model supports: superres, colorize for RGB, ...)
-
-each with a python-backend twin ``<entry>_python`` and, with TensorRT,
-``<entry>_trt``; names, files and ddn.json follow :mod:`ddn.repository_contract`.
-With the generation graph come the generate-by-seed entries ``NAME_seed_codes``
-and ``NAME_seeds`` (``NAME_seeds_trt`` with TensorRT), see :mod:`ddn.export.seed_entries`.
-All ONNX graphs are exported and verified in a staging folder before the first
-entry is moved into the repository (:mod:`ddn.export.repository`).
+"""Write a checkpoint's graphs into a Triton model repository (what ``ddn-export`` runs): each graph's entries
+(production, python twin, TensorRT) and the generate-by-seed entries, named as :mod:`ddn.repository_contract` says
+and verified in staging before the first is moved in (docs/export.md).
 """
 from __future__ import annotations
 
@@ -150,10 +140,8 @@ class ModelExport:
     # -- ONNX ------------------------------------------------------------------------
     def write_onnx(self, kinds: Sequence[str] | None = None,
                    step: Callable[[str], None] = lambda entry: None) -> list[EntryReport]:
-        """Export, verify and stage every graph, then move all entries into the repository.
-
-        Raises (and writes nothing into the repository) if any graph fails verification.
-        ``step(entry)`` is called before each graph (progress reporting).
+        """Export, verify and stage every graph, then move all entries into the repository; raises, writing nothing, if
+        any graph fails. ``step(entry)`` is called before each graph.
         """
         kinds = self.kinds(kinds)
         seed_entries = [entry_name(self.name, SEED_CODES_KIND), entry_name(self.name, SEEDS_KIND)] \
@@ -182,8 +170,9 @@ class ModelExport:
             seed_reports = []
             if "generate" in kinds:
                 seed_reports.append(self._stage_seed_codes(staging))
-                generator = entry_name(self.name, "generate")
-                seed_reports.append(self._stage_seeds_ensemble(staging, generator, staging / generator / v / ONNX_FILE))
+                generate_entry = entry_name(self.name, "generate")
+                seed_reports.append(self._stage_seeds_ensemble(staging, generate_entry,
+                                                               staging / generate_entry / v / ONNX_FILE))
             # Production entries first: each python twin's model.onnx links into one.
             for report in reports:
                 commit_entry(staging / report.entry, self.repository / report.entry, self.version)
@@ -196,9 +185,8 @@ class ModelExport:
         return reports + seed_reports
 
     def _record_onnx_targets(self, reports: list[EntryReport], seed_reports: list[EntryReport]) -> None:
-        """State the targets: GPU the production entries, CPU their twins under the same names, both the seed entries.
-
-        On the CPU the ensemble's step ``NAME`` is the twin served under that name.
+        """State the targets: the GPU serves the production entries, the CPU their twins under the same names (so the
+        ensemble's step ``NAME`` is the twin there), both the seed entries.
         """
         served, entries = [], []
         for report in reports:
@@ -224,19 +212,19 @@ class ModelExport:
                                                    self._details("python", verification)))
         return EntryReport(folder.name, SEED_CODES_KIND, "python", verification)
 
-    def _stage_seeds_ensemble(self, staging: Path, generator: str, onnx_path: Path, variant: str = "") -> EntryReport:
-        """Stage the ensemble ``NAME_seeds<variant>``: ``NAME_seed_codes`` then ``generator``."""
+    def _stage_seeds_ensemble(self, staging: Path, generate_entry: str, onnx_path: Path, variant: str = "") -> EntryReport:
+        """Stage the ensemble ``NAME_seeds<variant>``: ``NAME_seed_codes`` then ``generate_entry``."""
         graph = self.graphs["generate"]
         layout = dataclasses.replace(graph.layout(), graph=SEEDS_KIND)
         folder = staging / entry_name(self.name, SEEDS_KIND, variant)
         seed_codes = entry_name(self.name, SEED_CODES_KIND)
         comment = (f"Written by ddn-export: generation by seed of {self.checkpoint.name}, see ddn.json.\n"
-                   f"seeds INT64 [B, 1] -> {seed_codes} -> codes -> {generator} -> images, the bytes\n"
+                   f"seeds INT64 [B, 1] -> {seed_codes} -> codes -> {generate_entry} -> images, the bytes\n"
                    "DDNClient.generate(seeds=...) gets. Seed rule, L and K per layer: the ddn_* parameters.")
         parameters = {**layout.parameters(), ONNX_DIGEST_PARAMETER: sha256_file(onnx_path)}
-        write_seeds_ensemble(folder, self.version, seed_codes, generator, layout, graph.outputs(), self.max_batch,
+        write_seeds_ensemble(folder, self.version, seed_codes, generate_entry, layout, graph.outputs(), self.max_batch,
                              parameters, comment)
-        details = {**self._details("ensemble", {}), "steps": [seed_codes, generator]}
+        details = {**self._details("ensemble", {}), "steps": [seed_codes, generate_entry]}
         write_description(folder, EntryDescription(layout, (SEEDS_INPUT,), tuple(graph.outputs()), self.max_batch,
                                                    details))
         return EntryReport(folder.name, SEEDS_KIND, "ensemble")
@@ -245,10 +233,8 @@ class ModelExport:
     def write_tensorrt(self, kinds: Sequence[str] | None = None, fp16: bool = False,
                        timing_cache: Path | None = None,
                        step: Callable[[str], None] = lambda entry: None) -> list[EntryReport]:
-        """Build and verify an engine from each committed ONNX entry, then add ``<entry>_trt`` entries.
-
-        fp16 applies to the generation graph only: the guided graphs take an
-        argmin over candidate distances that fp16 rounding would flip.
+        """Build and verify an engine from each committed ONNX entry and add ``<entry>_trt``; fp16 applies to the
+        generation graph only, as fp16 rounding would flip the guided graphs' argmin.
         """
         from .tensorrt_build import build_engine, verify_engine
 
@@ -278,9 +264,9 @@ class ModelExport:
                 self._write_entry(folder, graph, "tensorrt", folder.name, "KIND_GPU", verification, onnx_path)
                 reports.append(EntryReport(folder.name, kind, "tensorrt", verification))
             if seeds_trt:
-                generator = entry_name(self.name, "generate")
+                generate_entry = entry_name(self.name, "generate")
                 reports.append(self._stage_seeds_ensemble(staging, entry_name(self.name, "generate", TRT_SUFFIX),
-                                                          self.repository / generator / v / ONNX_FILE, TRT_SUFFIX))
+                                                          self.repository / generate_entry / v / ONNX_FILE, TRT_SUFFIX))
             for report in reports:
                 commit_entry(staging / report.entry, self.repository / report.entry, self.version)
         # Engines, and the ensemble that ends in one, run on the GPU server only.

@@ -1,19 +1,6 @@
-"""The static graphs ``ddn-export`` freezes: thin wrappers around a generator's own ``run()``.
-
-Each wrapper turns the wire format (uint8 pixels, channels-last, int32 codes)
-into the model's (float [-1, 1], channels-first) and back, and otherwise calls
-the generator exactly as PyTorch code does, so the exported graph and the
-PyTorch model cannot drift apart:
-
-* ``generate``  codes int32 [B, L] -> images uint8 [B, H, W, C], images_float float32 [B, H, W, C]
-  (the sampled path: each DDL gathers only the chosen branch's rows, ``apply_branch``;
-  the DDL clamps indices into [0, K) before the gather, so no backend reads out of bounds)
-* ``encode``    images uint8 [B, H, W, C] -> codes int32 [B, L] (argmin of the L2 to the target per layer)
-* one graph per condition of :data:`ddn.conditions.CONDITIONS`, named as the condition: its inputs
-  (uint8, e.g. ``superres`` low_res [B, H/f, W/f, C]; ``inpaint`` image [B, H, W, C] and mask [B, H, W, 1],
-  nonzero = known) -> images, codes: the top-1 zero-shot path (:class:`ConditionGraph`)
-
-Every graph is a static graph with a dynamic batch axis; argmin runs inside it.
+"""The static graphs ``ddn-export`` freezes (generate, encode, one per condition): thin wrappers that convert the wire
+format to the model's and call the model's own ``run()``, so the exported graph and PyTorch cannot drift apart (io:
+docs/export.md).
 """
 from __future__ import annotations
 
@@ -35,9 +22,8 @@ def model_to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def float_to_pixels(images_hwc: torch.Tensor) -> torch.Tensor:
-    """float [B, H, W, C] -> uint8: round((x + 1) * 127.5) clamped to [0, 255] (as ddn.images.to_uint8).
-
-    Round is half-to-even in torch, numpy and ONNX alike; the uint8 cast is the last op (TensorRT needs that).
+    """float [B, H, W, C] -> uint8 as ddn.images.to_uint8 does: round half-to-even (torch, numpy and ONNX agree), with
+    the cast last because TensorRT needs that.
     """
     return torch.round((images_hwc + 1.0) * 127.5).clamp(0, 255).to(torch.uint8)
 
@@ -130,12 +116,8 @@ class EncodeGraph(GeneratorGraph):
 
 
 class ConditionGraph(GeneratorGraph):
-    """A zero-shot condition's graph: its registry inputs (uint8) -> images, codes (top-1 path).
-
-    Everything condition-specific comes from the registry: the inputs from
-    :data:`ddn.conditions.CONDITIONS`, the distance and the example inputs
-    (a clean image as the condition sees it) from
-    :data:`ddn.training.guidance.DISTANCES`, both under the graph's kind.
+    """A zero-shot condition's graph: its registry inputs (uint8) -> images, codes along the top-1 path, everything
+    condition-specific taken from the registries under the graph's kind.
     """
 
     def __init__(self, generator: DDNGenerator, kind: str, superres_factor: int = 4):

@@ -1,18 +1,6 @@
-"""Freeze a graph to ONNX and prove the file computes what the PyTorch model computes.
-
-Exporter: ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript).
-The TorchScript exporter cannot trace the generator (``F.interpolate`` with a
-scale factor inside ``area_resize`` fails in its upsample symbolic), while
-torch.export captures the whole walk as one static graph with a symbolic batch
-dimension and onnxscript's optimizer folds the constants. Opset 18: the oldest
-that ONNX Runtime, TensorRT 10 and Triton's onnxruntime backend all run and
-that the exporter supports without down-conversion.
-
-Verification (:func:`verify_onnx`): ``onnx.checker`` (full check, with shape
-inference), then ONNX Runtime against the PyTorch graph module on inputs at
-several batch sizes, none of them the export example's. uint8 outputs may
-differ by one level (rounding of float results that differ in the last bits),
-int32 outputs (codes) must be equal, float outputs within ``float_atol``.
+"""Freeze a graph to ONNX with torch.export (dynamo) at opset 18 and prove that the file computes what the PyTorch
+model computes, on ONNX Runtime at batch sizes other than the export example's (why this exporter and opset, and the
+tolerances: docs/export.md).
 """
 from __future__ import annotations
 
@@ -34,7 +22,7 @@ from ddn.repository_contract import onnxruntime_session
 
 from .graphs import GeneratorGraph
 
-OPSET = 18
+OPSET = 18  # the oldest that ONNX Runtime, TensorRT 10 and Triton's onnxruntime backend all run
 EXPORT_BATCH = 2  # the example batch; 0 and 1 would be specialised by torch.export
 VERIFY_BATCHES = (1, 5)
 
@@ -58,6 +46,7 @@ def export_onnx(graph: GeneratorGraph, path: Path, max_batch: int, seed: int = 0
     try:
         with contextlib.redirect_stdout(quiet), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", (FutureWarning, UserWarning, DeprecationWarning))
+            # dynamo: the TorchScript exporter cannot trace area_resize's F.interpolate by scale factor
             torch.onnx.export(
                 graph.eval(), example, str(path), dynamo=True, opset_version=OPSET, external_data=False,
                 input_names=names, output_names=[spec.name for spec in graph.outputs()],
@@ -87,12 +76,8 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
 
 
 def static_reshapes(model: onnx.ModelProto) -> None:
-    """Replace shape bookkeeping the static layout does not need, in place.
-
-    torch.export reshapes back to ``Shape(x)`` (group norm) although only the
-    batch axis of ``x`` is dynamic: such a Reshape gets the constant
-    [-1, d1, ..., dn] instead, and a Reshape to its input's own shape is
-    dropped. Every node costs a kernel launch, which is most of the time at batch 1.
+    """Replace shape bookkeeping the static layout does not need, in place: a Reshape to ``Shape(x)`` gets a constant
+    shape, one to its input's own shape is dropped, since each node is a kernel launch.
     """
     shapes = _shapes(model)
     constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

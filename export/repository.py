@@ -1,36 +1,6 @@
-"""Atomic writes into a Triton model repository.
-
-Everything an export writes is first assembled in a staging folder *beside* the
-repository (same filesystem, so a rename moves it), mirroring the repository
-layout, and only moved in after verification passed. The staging folder is not
-inside the repository because Triton 2.51 loads every sub-folder of the
-repository, dot-folders included (an unfinished ``.staging`` folder made the
-server fail to start); inside a model folder it ignores non-numeric version
-folders, but a new model has no folder yet.
-
-Committing one entry ``G``:
-
-* ``G`` does not exist: one rename puts the staged folder in place;
-* ``G`` exists: the staged folder receives hard links of ``G``'s other versions
-  (versions are never rewritten in place, so sharing inodes is safe), then the
-  two folders are swapped in one step (``renameat2(RENAME_EXCHANGE)``; on
-  kernels or filesystems without it, two renames with a microseconds-long gap)
-  and the old folder is deleted. A reader sees either the old entry or the new
-  one, never a half-written version, and other versions survive.
-
-An export interrupted before the commit leaves the repository untouched; the
-staging folder is removed on the way out. A killed process leaves it beside
-the repository, where Triton never looks, named after the process
-(:mod:`ddn.leftovers`), and the next export removes it.
-
-After its entries, an export records which target serves them in the
-repository's ``targets.txt`` (:mod:`ddn.deployment_targets`), merged with the
-other models' lines under a lock on the repository folder and replaced in one rename.
-
-An export never replaces another model's entries: every entry of a model
-repository records its model in ddn.json, and an export refuses a name whose
-entries (any graph, twin or engine) could be another model's
-(:func:`check_name_is_free`).
+"""Atomic writes into a Triton model repository: entries are staged beside it, moved in only after verification and
+swapped in one step, so a reader never sees half a version and an interrupted export leaves the repository as it
+was; an export never replaces another model's entries (docs/export.md).
 """
 from __future__ import annotations
 
@@ -69,10 +39,8 @@ def check_model_name(name: str) -> str:
 
 
 def possible_entries(model: str) -> set[str]:
-    """Every entry name an export of ``model`` may ever write.
-
-    Each graph, its python twin and its engine, and the generate-by-seed
-    entries: the seed step and the ensembles ending in the graph and in its engine.
+    """Every entry name an export of ``model`` may ever write: each graph, its twin and engine, and the
+    generate-by-seed entries.
     """
     graphs = {entry_name(model, kind, variant) for kind in GRAPH_KINDS for variant in ("", PYTHON_SUFFIX, TRT_SUFFIX)}
     return graphs | {entry_name(model, SEED_CODES_KIND), entry_name(model, SEEDS_KIND),
@@ -80,13 +48,8 @@ def possible_entries(model: str) -> set[str]:
 
 
 def check_name_is_free(repository: Path, model: str, entries: list[str]) -> None:
-    """Refuse an export of ``model`` that would replace, or could later be confused with, another model's entry.
-
-    ``entries`` are the ones this export writes: each may replace only an entry
-    whose ddn.json names ``model``. And no model already in the repository may
-    share a possible entry name with ``model`` (``t`` and ``t_encode``: t's
-    encoding graph is the entry ``t_encode``), or clients would get one model's
-    graph when they ask for the other's.
+    """Refuse an export that would replace another model's entry, or share a possible entry name with another model
+    (``t`` and ``t_encode``), since clients would get one model's graph when they ask for the other's.
     """
     if not repository.is_dir():
         return
@@ -119,6 +82,7 @@ def staging_folder(repository: Path) -> Iterator[Path]:
     repository.mkdir(parents=True, exist_ok=True)
     prefix = f".{repository.name}.ddn-export-"
     remove_stale(repository.parent, prefix)
+    # Beside, not inside: Triton loads every sub-folder of a repository, dot-folders included.
     folder = Path(tempfile.mkdtemp(prefix=tagged(prefix), dir=repository.parent))
     try:
         if os.stat(folder).st_dev != os.stat(repository).st_dev:

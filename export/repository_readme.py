@@ -1,11 +1,6 @@
-"""model_repository/README.md's example, rendered from a real export so that it cannot drift from the exporter.
-
-``python -m ddn.export.repository_readme`` exports a tiny generator (seeded, so
-every run writes the same entries) into a temporary folder and replaces the
-README's block between the markers with that repository's layout, its
-targets.txt and its configs; tests/test_repository_readme.py asserts the block
-equals what the current exporter writes. Digests are shown as placeholders:
-they change with the ONNX exporter's version, the layout does not.
+"""model_repository/README.md's example, rendered from a real, seeded export (``python -m
+ddn.export.repository_readme``) so that it cannot drift from the exporter; tests/test_repository_readme.py checks
+it.
 """
 from __future__ import annotations
 

@@ -1,14 +1,6 @@
-"""The generate-by-seed entries of a model repository: ``NAME_seed_codes`` and the ensembles ``NAME_seeds``.
-
-Any Triton client (curl, Go, C++) asks ``NAME_seeds`` for seeds and gets the
-bytes :meth:`ddn.serving.client.DDNClient.generate` gets for them: the
-ensemble runs the python-backend step ``NAME_seed_codes`` (seeds INT64 [B, 1]
--> codes INT32 [B, L], by :func:`ddn.codes.codes_from_seed`) and then the
-generation entry (``NAME``; ``NAME_trt`` for ``NAME_seeds_trt``). The step's
-version folder holds a copy of ``ddn/codes.py`` (``seed_rule.py``) beside its
-model.py, so it needs numpy only and runs on a server whose Python lacks the
-``ddn`` package (the Triton container). The export states both entries for
-the GPU and the CPU target (targets.txt, :mod:`ddn.deployment_targets`).
+"""The generate-by-seed entries: ``NAME_seed_codes`` (seeds -> codes by a copy of :mod:`ddn.codes`, numpy only) and the
+ensembles ``NAME_seeds``, so any Triton client gets for a seed the bytes
+:meth:`ddn.serving.client.DDNClient.generate` gets (docs/export.md).
 """
 from __future__ import annotations
 
@@ -69,13 +61,13 @@ def write_seed_codes_entry(folder: Path, version: int, layout: GraphLayout, max_
                  comment)
 
 
-def write_seeds_ensemble(folder: Path, version: int, seed_codes: str, generator: str, layout: GraphLayout,
+def write_seeds_ensemble(folder: Path, version: int, seed_codes: str, generate_entry: str, layout: GraphLayout,
                          outputs: Sequence[TensorSpec], max_batch: int, parameters: dict[str, str],
                          comment: str) -> None:
-    """``folder``: the ensemble seeds -> ``seed_codes`` -> codes -> ``generator`` -> ``outputs``."""
+    """``folder``: the ensemble seeds -> ``seed_codes`` -> codes -> ``generate_entry`` -> ``outputs``."""
     (folder / str(version)).mkdir(parents=True)  # Triton wants a version folder, empty for an ensemble
     steps = [(seed_codes, {SEEDS_INPUT.name: SEEDS_INPUT.name}, {"codes": "codes"}),
-             (generator, {"codes": "codes"}, {s.name: s.name for s in outputs})]
+             (generate_entry, {"codes": "codes"}, {s.name: s.name for s in outputs})]
     write_config(folder, ensemble_config(name=folder.name, max_batch=max_batch, inputs=[SEEDS_INPUT], outputs=outputs,
                                          steps=steps, parameters=parameters), comment)
 

@@ -1,13 +1,5 @@
-"""Build a TensorRT engine from an exported ONNX graph and check it against ONNX Runtime.
-
-TensorRT 10 Python API: explicit batch is the only mode (``create_network(0)``),
-one optimisation profile covers batch 1..max_batch (optimised for max_batch),
-a timing cache file is reused across builds, and inference runs through
-``execute_async_v3`` with tensor addresses taken from torch CUDA tensors.
-
-Needs the ``tensorrt`` package and a CUDA GPU visible to PyTorch;
-:func:`missing_requirements` names what is absent so ``ddn-export --trt``
-can stop with one line.
+"""Build a TensorRT 10 engine from an exported ONNX graph and check it against ONNX Runtime; needs ``tensorrt`` and a
+CUDA GPU, and :func:`missing_requirements` names what is absent so ``ddn-export --trt`` stops with one line.
 """
 from __future__ import annotations
 
@@ -123,10 +115,8 @@ class EngineRunner:
 
 def verify_engine(plan: bytes, onnx_path: Path, example_inputs: Sequence[dict[str, np.ndarray]],
                   fp16: bool = False) -> dict:
-    """Compare the engine with ONNX Runtime on the same inputs; returns the max abs errors.
-
-    fp32 engines get the ONNX tolerances (uint8 within one level); fp16 engines
-    are allowed 0.05 on float outputs and 7 uint8 levels (about 0.05 in [-1, 1]).
+    """Compare the engine with ONNX Runtime on the same inputs; returns the max abs errors. fp32 engines get the ONNX
+    tolerances, fp16 ones 0.05 on floats and 7 uint8 levels.
     """
     runner = EngineRunner(plan)
     session = onnxruntime_session(onnx_path)

@@ -1,24 +1,6 @@
-"""config.pbtxt for the Triton model repository entries ``ddn-export`` writes.
-
-Configs are ``ModelConfig`` messages of tritonclient's ``model_config_pb2``, the
-schema readers parse them with, written in protobuf text format under a comment
-header that says what wrote them. Three kinds of graph entry share one io
-description, dynamic batching, warmup and ``ddn_*`` parameters
-(:class:`ddn.repository_contract.GraphLayout`, so clients can validate codes
-from the model config alone):
-
-* ``G``         ONNX Runtime backend (``platform: onnxruntime_onnx``);
-* ``G_python``  python backend running the same ONNX file with ONNX Runtime on the CPU,
-  for servers without the onnxruntime backend; its config sets no ``name`` so a CPU
-  view of the repository can serve it under the plain name ``G``;
-* ``G_trt``     TensorRT engine (``platform: tensorrt_plan``), GPU only.
-
-Instance kind of the ``G`` entries: ``ddn-export --instance-kind`` (auto: the
-GPUs if there are any, else the CPU). Triton refuses to load a ``KIND_GPU``
-instance group where no GPU is visible ("has kind KIND_GPU but no GPUs are available").
-
-The generate-by-seed entries: ``G_seed_codes`` is a python-backend entry
-(:func:`graph_config`) and ``G_seeds`` an ensemble (:func:`ensemble_config`).
+"""config.pbtxt for the entries ``ddn-export`` writes, as ``model_config_pb2`` messages in text format, the schema
+readers parse them with: the ONNX Runtime, python-twin and TensorRT graph entries share one io description and
+``ddn_*`` parameters; the seed step and ensembles have their own (docs/export.md).
 """
 from __future__ import annotations
 
@@ -76,11 +58,8 @@ def graph_config(*, name: str | None, backend: str, max_batch: int, inputs: Sequ
 def ensemble_config(*, name: str, max_batch: int, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
                     steps: Sequence[tuple[str, Mapping[str, str], Mapping[str, str]]],
                     parameters: Mapping[str, str]) -> pb.ModelConfig:
-    """The config of a Triton ensemble: ``steps`` are (model, input_map, output_map), run in order.
-
-    Each map is the step model's tensor name -> the ensemble's tensor name. An
-    ensemble has no batching or instances of its own: each step's model queues
-    and batches the requests that reach it.
+    """The config of a Triton ensemble; ``steps`` are (model, input_map, output_map) run in order, each map the step's
+    tensor name -> the ensemble's. Each step's model does its own batching.
     """
     config = pb.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch)
     _add_tensors(config.input, inputs)

@@ -1,24 +1,6 @@
-"""Triton python-backend model: the exported ONNX graph run with ONNX Runtime.
-
-``ddn-export`` copies this file verbatim to ``<G>_python/<version>/model.py``.
-The version folder also holds ``model.onnx``, a relative link to
-``../../<G>/<version>/model.onnx`` (the production entry's file), so both
-entries always run the same graph. The session comes from
-:func:`ddn.repository_contract.onnxruntime_session`, as ddn-generate's does, so
-both run the same kernels; the server's Python therefore needs the ``ddn``
-package installed (this import needs numpy and onnxruntime, not torch).
-Tensor names, dtypes and shapes come from the model config, which Triton has
-already checked every request against.
-
-Config parameters:
-
-* ``ort_intra_op_threads``: ONNX Runtime's thread count per instance (0 = its
-  default, one per physical core);
-* ``ort_execution_provider``: ``cpu`` (default), ``cuda`` or ``tensorrt``. The
-  wheel's Triton server has only the python backend, so on a GPU host this is
-  how its instances reach the GPU (with onnxruntime-gpu installed). A provider
-  this ONNX Runtime lacks fails the model's load with a message naming the
-  providers it has, instead of ONNX Runtime's silent fallback to the CPU.
+"""Triton python-backend model running the exported ONNX graph with ONNX Runtime (the ``<G>_python`` twin); its session
+comes from :func:`ddn.repository_contract.onnxruntime_session`, so it runs ddn-generate's kernels. Parameters
+``ort_intra_op_threads`` and ``ort_execution_provider``: docs/export.md.
 """
 import json
 import os

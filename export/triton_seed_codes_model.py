@@ -1,13 +1,6 @@
-"""Triton python-backend model: seeds -> codes by the project's seed rule (the first step of ``<G>_seeds``).
-
-``ddn-export`` copies this file to ``<G>_seed_codes/<version>/model.py`` and
-``ddn/codes.py`` beside it as ``seed_rule.py``, so the server runs the very
-function every client calls (:func:`ddn.codes.codes_from_seed`) and the entry
-needs numpy only: the GPU server's Python has no ``ddn`` package. L and K per
-layer come from the config parameters ``ddn_num_layers`` and
-``ddn_branch_counts``. Input ``seeds`` INT64 [B, 1], output ``codes`` INT32
-[B, L]. A request with a negative seed gets a one-line error; the other
-requests batched with it are answered.
+"""Triton python-backend model: seeds -> codes by the project's seed rule, the first step of ``<G>_seeds``. It runs
+beside a copy of ddn/codes.py (``seed_rule.py``), so it needs numpy only; a negative seed gets a one-line error and
+the requests batched with it are answered.
 """
 import importlib.util
 import json

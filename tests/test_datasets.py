@@ -163,7 +163,7 @@ def test_batch_stream_reshuffles_and_replays():
     seen = torch.cat(batches)
     assert sorted(seen[:10].tolist()) == list(range(10)) and sorted(seen[10:].tolist()) == list(range(10))
     assert not torch.equal(seen[:10], seen[10:])  # reshuffled each epoch
-    # Same starting state, same batches and same generator state afterwards (what resume replays).
+    # Same starting state, same batches and same RNG state afterwards (what resume replays).
     gen2 = torch.Generator().manual_seed(0)
     stream2 = batch_stream(images, 4, gen2)
     assert all(torch.equal(next(stream2).flatten(), b) for b in batches)

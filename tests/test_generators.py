@@ -90,7 +90,7 @@ def test_decode_refuses_out_of_range_codes(model):
 def test_sample_takes_exactly_one_source(model):
     with pytest.raises(ValueError, match="exactly one"):
         model.sample(seed=1, n=2)
-    assert model.sample(n=3, generator=torch.Generator().manual_seed(0)).shape == (3, 1, 8, 8)
+    assert model.sample(n=3, rng=torch.Generator().manual_seed(0)).shape == (3, 1, 8, 8)
 
 
 def test_chain_dropout_replaces_the_nearest_choice():
@@ -110,7 +110,7 @@ def test_chain_dropout_replaces_the_nearest_choice():
 
     type(model.layers[0]).forward = spy
     try:
-        model.loss(images, chain_dropout=1.0, generator=gen)
+        model.loss(images, chain_dropout=1.0, rng=gen)
     finally:
         type(model.layers[0]).forward = original_forward
     dropped = torch.stack(chosen, 1)
@@ -131,13 +131,13 @@ def test_encode_then_decode_beats_a_random_code(kind, steps, bound):
     gen = torch.Generator().manual_seed(0)
     for _ in range(steps):
         batch = train[torch.randint(0, len(train), (64,), generator=gen)]
-        loss = model.loss(batch, chain_dropout=0.05, generator=gen)
+        loss = model.loss(batch, chain_dropout=0.05, rng=gen)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         split_and_prune_(model.ddls(), optimizer)
     recon = model.decode(model.encode(held_out))
-    random = model.sample(n=len(held_out), generator=gen)
+    random = model.sample(n=len(held_out), rng=gen)
     recon_err = (recon - held_out).pow(2).mean()
     random_err = (random - held_out).pow(2).mean()
     assert recon_err < bound * random_err, (float(recon_err), float(random_err))
@@ -166,7 +166,7 @@ def test_top2_selection_stays_among_the_two_nearest(model):
     images = digits(32)
     gen = torch.Generator().manual_seed(0)
     top1 = model.guided_codes(TargetCondition(images))
-    top2 = model.guided_codes(TargetCondition(images), selection="top2", generator=gen)
+    top2 = model.guided_codes(TargetCondition(images), selection="top2", rng=gen)
     assert not torch.equal(top1, top2)
     # The first layer sees the same candidates either way: its pick is one of the two nearest.
     block, ddl = model.stages()[0]

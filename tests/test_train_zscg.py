@@ -31,7 +31,7 @@ def trained(tmp_path_factory):
                        out, progress=False)
     finally:
         torch.set_num_threads(threads)
-    return result.generator.eval(), out / LAST
+    return result.sampled_model.eval(), out / LAST
 
 
 def digits(n: int) -> torch.Tensor:

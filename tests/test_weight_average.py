@@ -54,9 +54,9 @@ def test_bad_settings_are_refused():
 
 def test_checkpoint_exports_the_average_and_resumes_the_trained_weights(tmp_path):
     result = train(tiny(steps=12), tmp_path / "run", progress=False)
-    assert result.generator is not result.model
+    assert result.sampled_model is not result.model
     trained = dict(result.model.state_dict())
-    averaged = dict(result.generator.state_dict())
+    averaged = dict(result.sampled_model.state_dict())
     assert any(not torch.equal(trained[k], averaged[k]) for k in trained)
     exported = load_generator(tmp_path / "run" / LAST).state_dict()  # what ddn-export and ddn-generate read
     assert all(torch.equal(exported[k], averaged[k]) for k in averaged)
@@ -67,7 +67,7 @@ def test_checkpoint_exports_the_average_and_resumes_the_trained_weights(tmp_path
 
 def test_without_an_average_the_checkpoint_holds_the_trained_weights_only(tmp_path):
     result = train(tiny(steps=6, ema_halflife_kimg=0), tmp_path / "run", progress=False)
-    assert result.generator is result.model
+    assert result.sampled_model is result.model
     tensors, _, _ = read_checkpoint(tmp_path / "run" / LAST)
     assert not any(name.startswith(TRAINED) for name in tensors)
     assert read_run_checkpoint(tmp_path / "run" / LAST).average is None
@@ -87,4 +87,4 @@ def test_a_run_from_before_the_average_resumes_without_one(tmp_path):
     state = read_run_checkpoint(run / LAST)
     save_checkpoint(run / LAST, state.model, {k: v for k, v in tensors.items() if not k.startswith("model/")}, meta)
     resumed = train(tiny(steps=6), run, resume=True, explicit={"steps"}, progress=False)
-    assert resumed.step == 6 and resumed.generator is resumed.model
+    assert resumed.step == 6 and resumed.sampled_model is resumed.model

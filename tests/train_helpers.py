@@ -33,8 +33,8 @@ def tiny(**changes) -> TrainConfig:
 def run_state(result: TrainResult) -> dict[str, torch.Tensor]:
     """Parameters, split-and-prune statistics (buffers), weight average and Adam state of a finished run."""
     state = {f"model/{k}": v.detach().clone() for k, v in result.model.state_dict().items()}
-    if result.generator is not result.model:
-        state.update({f"average/{k}": v.detach().clone() for k, v in result.generator.state_dict().items()})
+    if result.sampled_model is not result.model:
+        state.update({f"average/{k}": v.detach().clone() for k, v in result.sampled_model.state_dict().items()})
     state.update({k: v.detach().clone() for k, v in optimizer_tensors(result.model, result.optimizer).items()})
     return state
 

@@ -1,17 +1,6 @@
-"""The feature blocks a DDN stacks between its DDLs.
-
-Every block here maps ``(features, image, leak) -> features``: it receives the
-previous block's features together with the previous DDL's chosen image and
-leak, which is how the next block learns which branch was taken.
-
-* :class:`UNetBlock` -- the official single-shot model's block (EDM's U-Net
-  block without embedding): GroupNorm-SiLU-conv3x3 twice with a skip, scaled
-  by sqrt(1/2), optionally upsampling 2x. The chosen image and the leak are
-  added, zero-padded, into the first and the last C_img input channels.
-* :class:`TinyUNet` -- the official MNIST recurrence model's block: a small
-  U-Net (3 downs, 3 ups, skips; every conv LayerNorm-conv-SiLU) whose input is
-  the sum of three small conv stacks embedding the image, the previous
-  features and the leak.
+"""The feature blocks a DDN stacks between its DDLs: each maps (features, image, leak) to features, so a block learns
+which branch the previous DDL took. UNetBlock is the official single-shot block, TinyUNet the official MNIST one
+(docs/training.md).
 """
 from __future__ import annotations
 
@@ -83,12 +72,8 @@ def tiny_stack(size: int, channels: list[int]) -> nn.Sequential:
 
 
 class StageBias(nn.Module):
-    """A learned per-channel bias computed as the official model does for its (unused) class input.
-
-    The official network adds ``Linear-SiLU-Linear`` of a class embedding before
-    each stage; unconditioned, that embedding is the zero vector, so the result
-    is a learned constant. Kept in the same form so the parameter count and the
-    optimisation match the official network.
+    """A learned per-channel constant: the official network's class-embedding MLP with a zero class, kept so the
+    parameter count and optimisation match it.
     """
 
     def __init__(self, channels: int, embedding: int = 100):
@@ -101,11 +86,8 @@ class StageBias(nn.Module):
 
 
 class TinyUNet(nn.Module):
-    """The official MNIST recurrence block: [B, out, S, S] features from (features, image, leak).
-
-    Base ``c`` channels: 3 NormConvs per stage at S (c), S/2 (2c), S/4 (4c), a
-    bottleneck at S/8, transposed-conv ups with skips, and an output stack to
-    ``out_channels`` (the DDL's input, c by default).
+    """The official MNIST recurrence block: a small U-Net (three downs, three ups with skips) making [B, out, S, S]
+    features from (features, image, leak).
     """
 
     def __init__(self, size: int, image_channels: int, base: int = 32, out_channels: int | None = None):

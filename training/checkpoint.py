@@ -1,20 +1,6 @@
-"""Checkpoints: one safetensors file holding tensors, with the JSON model config in its header.
-
-Tensors: ``model/<name>`` for the generator's state dict, plus any tensors the
-caller adds under its own names (a training checkpoint adds ``optimizer/...``,
-``rng/...`` and, beside a weight average, ``trained/...``, see :mod:`train_state`).
-The header's metadata holds ``ddn_config`` (the generator's config), ``ddn_meta``
-(the caller's metadata, ``{}`` when none; a training checkpoint's is
-``{"train": ...}``), both JSON, and ``ddn_digest``, a digest of every tensor's
-bytes: a file that safetensors can still read but whose weights were damaged is
-refused by every reader.
-No pickle is ever loaded.
-
-The header is written canonically (keys sorted, no spaces), so the same
-tensors and settings give the same bytes, and the same sha256, on every run.
-Writes are atomic: a temporary file in the same folder (named after this
-process, so the next write removes what a killed writer left), fsync, rename.
-A crash mid-write leaves the previous checkpoint untouched.
+"""Checkpoints: one safetensors file of tensors with the JSON model config in its header, a digest of every tensor's
+bytes so damaged weights are refused, written canonically and atomically (same content, same bytes; a crash leaves
+the previous file). Layout: docs/training.md.
 """
 from __future__ import annotations
 
@@ -75,12 +61,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 
 def write_safetensors(f: BinaryIO, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """A safetensors file with a canonical header.
-
-    safetensors keeps the metadata in a hash map whose order changes from run
-    to run; re-encoding its header with sorted keys makes the bytes depend on
-    the content only. The data offsets are relative to the end of the header,
-    so the tensor bytes stay as they are.
+    """A safetensors file whose header has sorted keys, so its bytes depend on the content only (safetensors' own
+    metadata order changes from run to run).
     """
     data = memoryview(safetensors_bytes(tensors, metadata))
     size = int.from_bytes(data[:8], "little")
@@ -140,12 +122,8 @@ def _build(config: dict[str, Any], path: str | Path, device: str) -> DDNGenerato
 
 def model_from_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any], path: str | Path = "checkpoint",
                        prefix: str = "model/") -> DDNGenerator:
-    """The generator ``config`` describes, holding the checkpoint's tensors named ``prefix<name>``.
-
-    The config is first built on the meta device, which allocates nothing, and
-    its tensor shapes compared with the checkpoint's: a config that asks for
-    more (or other) weights than the file holds, e.g. a corrupt channel count,
-    is refused before it can exhaust memory.
+    """The model ``config`` describes, holding the checkpoint's tensors named ``prefix<name>``; shapes are checked on
+    the meta device first, so a corrupt config is refused before it can exhaust memory.
     """
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     expected = {k: tuple(v.shape) for k, v in _build(config, path, "meta").state_dict().items()}

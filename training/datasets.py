@@ -1,13 +1,6 @@
-"""Image datasets for the trainer: load once into one float tensor, then stream shuffled minibatches.
-
-Every source ends up as float32 [N, C, S, S] in [-1, 1] with S a power of two
-(the generators double the resolution block by block). Sources:
-
-- ``"digits"``: scikit-learn's bundled 8x8 digits (values 0..16);
-- a ``.npz`` file with an ``images`` array, uint8 or float in [0, 1],
-  [N, H, W] or channels-last [N, H, W, C] with C in 1, 3 (never unpickled);
-- a folder of PNG/JPEG files of one size (grayscale stays 1 channel, alpha is dropped);
-- an MNIST IDX image file (``*-images-idx3-ubyte``, optionally gzipped).
+"""Image datasets for the trainer: digits, an .npz, a folder of PNG/JPEG or MNIST IDX, loaded once as float32 [N, C, S,
+S] in [-1, 1] with S a power of two (the models double the resolution block by block), then streamed as shuffled
+minibatches.
 """
 from __future__ import annotations
 
@@ -35,12 +28,8 @@ EXPECTED = ("expected 'digits', a folder of PNG/JPEG images, an .npz with an 'im
 
 
 def load_images(source: str, image_size: int | None = None) -> torch.Tensor:
-    """Load a dataset as float32 [N, C, S, S] in [-1, 1], S a power of two.
-
-    Without ``image_size``, images are padded (centred, background -1) up to the
-    next power of two, e.g. MNIST 28 -> 32; with it, they are resized to
-    ``image_size`` (area averaging when shrinking, bilinear when enlarging).
-    Non-square images are first padded to a square the same way.
+    """Load a dataset as float32 [N, C, S, S] in [-1, 1]: padded (background -1) up to the next power of two, or
+    resized to ``image_size``.
     """
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
                                    or image_size < 1 or image_size & (image_size - 1)):
@@ -54,14 +43,9 @@ def load_images(source: str, image_size: int | None = None) -> torch.Tensor:
     return images.contiguous()
 
 
-def batch_stream(images: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Yield shuffled minibatches of ``images`` forever.
-
-    Each epoch is one ``torch.randperm`` drawn from ``generator`` when the
-    previous one runs out (a batch may straddle two epochs, so any batch size
-    works and no image is dropped). The generator is touched only there, so
-    replaying k batches from the same starting state reproduces both the order
-    and the generator's state: what a resumed run relies on.
+def batch_stream(images: torch.Tensor, batch_size: int, rng: torch.Generator) -> Iterator[torch.Tensor]:
+    """Yield shuffled minibatches forever, one ``torch.randperm`` from ``rng`` per epoch (batches may straddle epochs),
+    so replaying k batches reproduces the order and ``rng``'s state, as resume needs.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -71,7 +55,7 @@ def batch_stream(images: torch.Tensor, batch_size: int, generator: torch.Generat
     pending = torch.empty(0, dtype=torch.long)
     while True:
         while pending.numel() < batch_size:
-            pending = torch.cat([pending, torch.randperm(n, generator=generator)])
+            pending = torch.cat([pending, torch.randperm(n, generator=rng)])
         index, pending = pending[:batch_size], pending[batch_size:]
         yield images[index.to(images.device)]
 

@@ -1,26 +1,7 @@
-"""The Discrete Distribution Layer (DDL), laid out as the paper and the official code define it.
-
-A DDL's only weights are a bias-free 1x1 conv stored per branch as
-``weight[k]`` = [C_img, C/2]: K branches of C_img output rows over the first
-half of the feature channels. From features [B, C, H, W] it makes
-
-* the K candidate images ``prev + rows_k @ first_half`` at once (with the
-  learning residual; without it the rows' output alone), of which one is kept;
-* the leak: the *chosen* branch's same rows applied to the *other* half of the
-  features, a C_img-channel map with no parameters of its own that tells the
-  next block which branch was taken.
-
-When the branch index is known in advance (sampling, decoding, the exported
-graph) only the chosen branch's rows are gathered and applied, so the head
-costs 1/K of computing every candidate.
-
-``clamp`` (not in the official code) clamps the previous image into the pixel
-range [-1, 1] before the candidates are added to it. Training paths never leave
-that range, but a uniformly sampled path can: a random 2x2 branch that darkens
-an image whose 1x1 mean is already near black pushes it below black, the
-following layers (trained only on in-range images) never bring the ink back,
-and the sample ends blank. Measured on MNIST-32 at 400 steps: blank samples
-3-7 % -> 0.8 %, Frechet distance 174-191 -> 118, reconstruction unchanged.
+"""The Discrete Distribution Layer (DDL) as the paper and the official code define it: K branches of a bias-free 1x1
+conv make K candidate images, one is kept, and its rows applied to the other half of the features give the leak that
+tells the next block which branch was taken. ``clamp`` (not official) keeps the previous image in [-1, 1] so a
+random path cannot go blank (docs/training.md).
 """
 from __future__ import annotations
 
@@ -92,11 +73,8 @@ class DiscreteDistributionLayer(nn.Module):
         return torch.bmm(rows, features[:, c // 2:].reshape(b, c // 2, h * w)).view(b, self.image_channels, h, w)
 
     def apply_branch(self, features: torch.Tensor, prev_image: torch.Tensor, index: torch.Tensor):
-        """Chosen image and leak [B, C_img, H, W] for known indices [B], from the chosen rows only.
-
-        One product applies the chosen rows to both halves of the features at
-        once (image and leak); -1 stands for the batch, so an exported graph
-        reshapes by constants.
+        """Chosen image and leak [B, C_img, H, W] for known indices [B] from the chosen rows only, in one product over
+        both feature halves (-1 for the batch, so an exported graph reshapes by constants).
         """
         _, c, h, w = features.shape
         rows = self.weight.index_select(0, index).unsqueeze(1)  # [B, 1, C_img, C/2]
@@ -106,11 +84,8 @@ class DiscreteDistributionLayer(nn.Module):
         return image if base is None else image + base, leak
 
     def apply_branch_all_k(self, features: torch.Tensor, prev_image: torch.Tensor, index: torch.Tensor):
-        """What the official code computes: every branch's candidate, then the chosen one kept.
-
-        Its leak already gathers the chosen rows (as the official code does), so
-        this differs from :meth:`apply_branch` in the candidates only. Same
-        result; the reference for tests and benchmarks.
+        """The official computation (every candidate, then the chosen one): the same result as :meth:`apply_branch`,
+        the reference for tests and benchmarks.
         """
         pick = torch.arange(features.shape[0], device=features.device)
         return self.candidates(features, prev_image)[pick, index], self.leak(features, self.weight[index])

@@ -1,8 +1,5 @@
 """Data-parallel plumbing: this process's rank and device, the DDP-wrapped loss and the collectives the loop uses.
-
-Launched by ``torchrun`` (the WORLD_SIZE/RANK/LOCAL_RANK environment) every rank
-builds a :class:`Ranks` and joins one process group (gloo on CPU, nccl on GPU);
-alone, every collective is a no-op, so the loop has one code path for both.
+Alone, every collective is a no-op, so the loop has one code path for one rank and for many.
 """
 from __future__ import annotations
 
@@ -65,13 +62,8 @@ class Ranks:
             dist.all_reduce(tensor)
 
     def training_loss(self, model: nn.Module) -> TrainingLoss:
-        """``model.loss``; on several ranks through DistributedDataParallel, whose backward averages the gradients.
-
-        Wrapping first broadcasts rank 0's parameters and buffers, so every rank
-        starts from the same weights. Buffers are not broadcast again at each
-        forward: the usage statistics stay identical because each rank adds the
-        same rank-summed step counts (see split_and_prune), and the others are
-        constants. The gradients are views into DDP's buckets (no copy in or out).
+        """``model.loss``, through DistributedDataParallel on several ranks; wrapping broadcasts rank 0's weights once,
+        and buffers need no later broadcast because every rank adds the same rank-summed usage counts.
         """
         if self.world_size == 1:
             return model.loss
@@ -109,5 +101,5 @@ class _Loss(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor, chain_dropout: float, generator: torch.Generator | None) -> torch.Tensor:
-        return self.model.loss(images, chain_dropout, generator)
+    def forward(self, images: torch.Tensor, chain_dropout: float, rng: torch.Generator | None) -> torch.Tensor:
+        return self.model.loss(images, chain_dropout, rng)

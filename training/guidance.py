@@ -1,16 +1,6 @@
-"""Guided sampling: what a layer compares its K candidates against.
-
-The guided sampler used for training and encoding compares candidates with the
-target image. Zero-Shot Conditional Generation (ZSCG) swaps the target for a
-condition and the distance for one that compares only what the condition
-constrains. No gradients, no retraining.
-
-Every condition gives ``distance(candidates [B, K, C, h, w]) -> [B, K]`` at
-any layer resolution h. :data:`DISTANCES` is the torch half of the condition
-registry (:mod:`ddn.conditions` holds the names, inputs and their checks):
-one distance class per condition name, built from that condition's inputs by
-the same names, with :meth:`Condition.observe` giving those inputs for a clean
-image (what export verifies the condition's graph on).
+"""Guided sampling: what a layer compares its K candidates against. Training and encoding compare with the target;
+zero-shot conditional generation swaps in a condition's distance, without gradients or retraining. :data:`DISTANCES`
+is the torch half of the condition registry in :mod:`ddn.conditions`.
 """
 from __future__ import annotations
 
@@ -87,11 +77,8 @@ class TargetCondition(Condition):
 
 
 class Denoising(TargetCondition):
-    """Denoising and low-bit restoration: L2 to the degraded image, area-resized to each layer.
-
-    Coarse layers see the image averaged over many pixels, where noise and
-    quantisation mostly cancel; the finest layers can only choose among clean
-    candidates the model makes.
+    """Denoising and low-bit restoration: L2 to the degraded image area-resized to each layer, where coarse layers
+    average the noise away.
     """
 
     NOISE = 0.2  # standard deviation, in [-1, 1] units, of the noise observe() adds
@@ -169,11 +156,8 @@ DISTANCES: dict[str, type[Condition]] = {
 
 
 def condition_from_inputs(name: str, inputs: Mapping[str, torch.Tensor]) -> Condition:
-    """The distance of condition ``name`` for its inputs as served (uint8 [B, H, W, C] by input name).
-
-    Pixels become [-1, 1]; a mask is nonzero where known. The exported graph
-    and the research path both build their condition here, so both read the
-    inputs the same way.
+    """The distance of condition ``name`` for its inputs as served (uint8 by input name); the exported graph and the
+    research path both build it here, so both read inputs alike.
     """
     spec = CONDITIONS[name]
     tensors = {i.name: (inputs[i.name].float() > 0).float().permute(0, 3, 1, 2) if i.values == MASK
@@ -181,7 +165,7 @@ def condition_from_inputs(name: str, inputs: Mapping[str, torch.Tensor]) -> Cond
     return DISTANCES[name](**tensors)
 
 
-def make_chooser(condition: Condition, selection: str = "top1", generator: torch.Generator | None = None,
+def make_chooser(condition: Condition, selection: str = "top1", rng: torch.Generator | None = None,
                  usage: BranchUsage | None = None) -> Chooser:
     """A chooser for one layer: argmin of the condition's distance ("top1") or a random pick of the two nearest ("top2").
 
@@ -197,7 +181,7 @@ def make_chooser(condition: Condition, selection: str = "top1", generator: torch
         if selection == "top1" or distances.shape[1] < 2:
             return distances.argmin(1)
         top2 = distances.topk(2, dim=1, largest=False).indices
-        pick = torch.randint(0, 2, (top2.shape[0], 1), generator=generator).to(top2.device)
+        pick = torch.randint(0, 2, (top2.shape[0], 1), generator=rng).to(top2.device)
         return top2.gather(1, pick).squeeze(1)
 
     return choose

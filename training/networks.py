@@ -1,18 +1,6 @@
-"""DDN generators: a stack of blocks, each followed by a Discrete Distribution Layer.
-
-Two paradigms share one API (:class:`DDNGenerator`):
-
-* :class:`SingleShotGenerator` -- every block has its own DDL and the resolution
-  grows 1, 2, 4, ... up to the image size, with channels, block count and K set
-  per scale (the official single-shot image models' capacity schedule).
-* :class:`RecurrenceGenerator` -- one block (a small U-Net) and one DDL applied
-  N times at full resolution with shared weights (the official MNIST model).
-
-Each block sees the previous block's features with the previous DDL's chosen
-image and leak (see :mod:`.blocks`); each DDL sees the block's features and the
-previous chosen image.
-
-A sample's latent is always the int tensor ``codes`` [B, L]: one branch index per DDL call.
+"""DDN models (generators): a stack of blocks, each followed by a DDL, in the two official paradigms behind one API,
+:class:`DDNGenerator`. A sample's latent is always ``codes`` [B, L], one branch index per DDL call
+(docs/training.md).
 """
 from __future__ import annotations
 
@@ -32,11 +20,8 @@ from .guidance import Condition, TargetCondition, make_chooser
 
 
 class DDNGenerator(nn.Module):
-    """The model API shared by both paradigms.
-
-    Subclasses set ``self.image_channels`` and ``self.image_size`` and implement
-    :meth:`initial_state` (features, image and leak before the first block) and
-    :meth:`stages`, the sequence of (block, ddl) the forward pass walks through.
+    """The model API shared by both paradigms; subclasses give :meth:`initial_state` and :meth:`stages`, the (block,
+    ddl) pairs the walk goes through.
     """
 
     image_channels: int
@@ -84,7 +69,7 @@ class DDNGenerator(nn.Module):
         return image, torch.stack(codes, dim=1), images
 
     # -- public API -------------------------------------------------------------
-    def loss(self, images: torch.Tensor, chain_dropout: float = 0.0, generator: torch.Generator | None = None):
+    def loss(self, images: torch.Tensor, chain_dropout: float = 0.0, rng: torch.Generator | None = None):
         """Guided-sampler training loss: mean over layers of the chosen candidate's MSE to the target.
 
         Records branch usage for split-and-prune. With probability
@@ -98,12 +83,12 @@ class DDNGenerator(nn.Module):
         def choose(layer: int) -> Chooser:
             ddl = stages[layer][1]
             nearest = make_chooser(target, usage=ddl.usage)
-            drop = chain_dropout > 0 and float(torch.rand((), generator=generator)) < chain_dropout
+            drop = chain_dropout > 0 and float(torch.rand((), generator=rng)) < chain_dropout
 
             def pick(candidates: torch.Tensor) -> torch.Tensor:
                 index = nearest(candidates)
                 if drop:
-                    index = torch.randint(0, ddl.k, index.shape, generator=generator).to(index.device)
+                    index = torch.randint(0, ddl.k, index.shape, generator=rng).to(index.device)
                 return index
 
             return pick
@@ -121,7 +106,7 @@ class DDNGenerator(nn.Module):
 
     @torch.no_grad()
     def sample(self, codes=None, seed: int | Sequence[int] | None = None, n: int | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               rng: torch.Generator | None = None) -> torch.Tensor:
         """Unconditional samples from exactly one of: codes [B, L], seed(s), or a count n (uniform indices)."""
         given = [x is not None for x in (codes, seed, n)]
         if sum(given) != 1:
@@ -130,7 +115,7 @@ class DDNGenerator(nn.Module):
             codes = codes_from_seed(seed, self.num_layers, self.branch_counts)
         elif n is not None:
             ks = torch.tensor(self.branch_counts)
-            codes = (torch.rand(n, self.num_layers, generator=generator) * ks).long().clamp(max=ks - 1)
+            codes = (torch.rand(n, self.num_layers, generator=rng) * ks).long().clamp(max=ks - 1)
         return self.decode(codes)
 
     @torch.no_grad()
@@ -141,21 +126,21 @@ class DDNGenerator(nn.Module):
 
     @torch.no_grad()
     def guided(self, condition: Condition, selection: str = "top1",
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               rng: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero-shot conditional generation: at each layer keep the candidate that best fits ``condition``.
 
         Returns (image [B, C, H, W], codes [B, L]) of that path.
         """
-        image, codes, _ = self.run(condition.batch_size, lambda layer: make_chooser(condition, selection, generator))
+        image, codes, _ = self.run(condition.batch_size, lambda layer: make_chooser(condition, selection, rng))
         return image, codes
 
     def guided_codes(self, condition: Condition, selection: str = "top1",
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.guided(condition, selection, generator)[1]
+                     rng: torch.Generator | None = None) -> torch.Tensor:
+        return self.guided(condition, selection, rng)[1]
 
     def guided_sample(self, condition: Condition, selection: str = "top1",
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.guided(condition, selection, generator)[0]
+                      rng: torch.Generator | None = None) -> torch.Tensor:
+        return self.guided(condition, selection, rng)[0]
 
     # -- input checks -------------------------------------------------------------
     def check_codes(self, codes: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -209,11 +194,8 @@ def linear_spatial_embedding(channels: int, size: int) -> torch.Tensor:
 
 
 class SingleShotGenerator(DDNGenerator):
-    """Resolutions 1, 2, 4, ... image_size; at scale s, ``blocks[s]`` (block, DDL) pairs.
-
-    ``channels``, ``blocks`` and ``k`` give one value per scale (or one for all).
-    The first block of every scale above 1x1 upsamples from the previous scale's
-    channels. The official CIFAR-10 model is channels 256, blocks 1, 2, 4, 8, 16, 32.
+    """Resolutions 1, 2, 4, ... image_size with ``blocks[s]`` (block, DDL) pairs at scale s; ``channels``, ``blocks``
+    and ``k`` are per scale (or one for all).
     """
 
     def __init__(self, image_size: int = 32, image_channels: int = 1, channels: int | Sequence[int] = 64,

@@ -1,19 +1,5 @@
-"""Named model presets: what a generator looks like for a given image size, by what it is for.
-
-* ``cpu`` -- the default: a single-shot generator sized for a few minutes to an
-  hour on a laptop CPU (wide at low resolution, where it is cheap; narrow at
-  full resolution, where every channel costs the most), with the previous image
-  clamped into the pixel range (``clamp``, see :mod:`ddn.training.ddl`).
-* ``cifar10`` -- the official single-shot capacity schedule as the paper's
-  CIFAR-10 run used it: 256 channels, 1, 2, 4, 8, 16, 32 blocks per scale
-  (63 DDLs at 32x32), K = 64 (the published run's ``--max-outputk=64``; the
-  schedule's uncapped K is 512 for RGB and 1024 for gray). For GPUs.
-* ``mnist-recurrence`` -- the official MNIST example: one small U-Net block
-  (base 32 channels) and one DDL with K = 64 applied 10 times, no learning residual.
-* ``tiny`` -- a few thousand parameters, for tests and smoke runs.
-
-Every preset works at any power-of-two size; per-scale values are looked up by
-resolution, and scales past a preset's table take its last entry.
+"""Named model presets (cpu, cifar10, mnist-recurrence, tiny): a model config for any power-of-two image size, chosen
+by what the run is for; per-scale values are looked up by resolution (docs/training.md).
 """
 from __future__ import annotations
 
@@ -29,11 +15,8 @@ def _by_resolution(table: list[int], scales: int) -> list[int]:
 
 
 def preset_config(name: str, image_size: int, image_channels: int, **overrides: Any) -> dict[str, Any]:
-    """The generator config (for :func:`~ddn.training.networks.build_generator`) of preset ``name``.
-
-    ``overrides`` replace the preset's values (e.g. ``k=32``, ``channels=64``,
-    ``iterations=4``); for the recurrence preset ``channels`` is the U-Net's base;
-    ``max_blocks`` caps the blocks per scale of single-shot presets.
+    """The model config (for :func:`~ddn.training.networks.build_generator`) of preset ``name``, ``overrides``
+    replacing its values (``max_blocks`` caps single-shot blocks per scale).
     """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")

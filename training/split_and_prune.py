@@ -1,16 +1,6 @@
-"""Split-and-prune: keep every branch of a discrete distribution layer in use.
-
-After each optimizer step, per layer: split the most used node and prune the
-least used one iff ``p_max - p_min > 1/K`` or ``p_min < 0.5/K`` (p = count / sum).
-The pruned node's count goes to the other nodes in proportion to how often each
-was its second nearest; the split node and the pruned node then share the split
-node's count in halves, and the pruned node's weight rows -- and the optimizer's
-per-row state, and any tensor that follows the weight row by row (the weight
-average's) -- become copies of the split node's.
-
-This module is the one place that owns that logic. A "node set" is any module
-with ``weight`` (first dimension K, one slice per node) and ``usage``
-(a :class:`BranchUsage`).
+"""Split-and-prune, the one place that owns it: after each step, split a layer's most used branch into its least used
+one when usage is uneven, so every branch stays in use; the weight rows, optimizer state and weight average follow
+(rule and details: docs/training.md).
 """
 from __future__ import annotations
 
@@ -21,13 +11,8 @@ from torch import nn
 
 
 class BranchUsage(nn.Module):
-    """Usage statistics of K nodes.
-
-    ``count`` and ``near2`` are cumulative and identical on every rank. The
-    current step's (nearest, second nearest) pairs wait in a list until
-    :func:`split_and_prune_` folds them in: directly when training alone, as
-    dense per-step tensors summed over ranks otherwise (so that large K stays
-    cheap on one process, where a dense K x K add per step would dominate).
+    """Usage statistics of K nodes, cumulative and identical on every rank; a step's pairs are folded in by
+    :func:`split_and_prune_` (summed over ranks when training in parallel).
     """
 
     def __init__(self, k: int):
@@ -145,12 +130,8 @@ def split_and_prune_(
     all_reduce: Callable[[torch.Tensor], None] | None = None,
     follower_of: Callable[[nn.Parameter], torch.Tensor | None] | None = None,
 ) -> int:
-    """Fold this step's usage into the statistics and apply at most one split per node set.
-
-    With data-parallel training pass ``all_reduce`` (summing in place over
-    ranks) so that every rank decides on the same global statistics.
-    ``follower_of(weight)`` names another tensor shaped like ``weight`` whose
-    rows are copied with it (or None). Returns the number of splits made.
+    """Fold this step's usage (summed over ranks through ``all_reduce``) into the statistics and split at most once per
+    node set, copying ``follower_of(weight)``'s rows too; returns the number of splits.
     """
     splits = 0
     for nodes in node_sets:

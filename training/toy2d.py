@@ -1,24 +1,6 @@
-"""The toy 2-D experiment of the DDN paper, on the official densities and score.
-
-A DDN layer reduced to its core: K free points in the plane are the K
-candidates of one discrete distribution layer (a node set: ``weight`` [K, 2]
-and ``usage``, trained with :func:`~ddn.training.split_and_prune.split_and_prune_`).
-Each sample picks its nearest point (the guided sampler) and only that point
-learns: it moves ``step`` of the way toward the sample. The official code does
-this with lr 0.2 on the squared error's gradient (``step`` = 0.4), one sample at
-a time, which the update here reproduces exactly (samples that share a point
-are applied in order), vectorised over the rest; unlike the official code, the
-step decays over the run (see :func:`fit_points`).
-
-Densities and score come from ``distribution-playground`` (PyPI, the official
-toy package; ``pip install 'ddn-serve[toy]'``): each density is a 100x100 grid
-on [-1, 1]^2 and the score is its ``divergence(points)["kl"]``, the KL of the
-points' histogram to the density. The baseline is the same score for K real
-samples: the paper's claim is that K trained points beat them.
-
-    python -m ddn.training.toy2d [--k 2000] [--steps 2700] [--batch 40] [--step 0.25] [--out toy2d.png]  (-h: all options)
-
-Runs every density from a fresh uniform start, prints a JSON table, saves a PNG.
+"""The DDN paper's toy 2-D experiment on the official densities and score: K free points as one DDL's candidates, each
+sample moving its nearest point toward it, with split-and-prune. Runs every density, prints a JSON table and saves a
+PNG; ``python -m ddn.training.toy2d -h`` (docs/training.md, README).
 """
 from __future__ import annotations
 
@@ -83,15 +65,11 @@ def move_nearest_(points: torch.Tensor, samples: torch.Tensor, nearest: torch.Te
 
 def fit_points(distribution: Any, k: int, steps: int, batch: int, step: float, split: bool,
                seed: int) -> torch.Tensor:
-    """Train K points on samples of ``distribution``; returns float64 [K, 2].
-
-    The chosen point's step falls linearly from ``step`` to 5 % of it over the
-    run: late samples refine the points instead of jittering them. Measured on
-    the five official densities (K = 2000, seeds 0-2): 2700 steps from 0.25 beat
-    the official 1800 steps at a constant 0.4 on every density, by 3-50 %.
+    """Train K points on samples of ``distribution``; returns float64 [K, 2]. The step falls linearly to 5 % over the
+    run so late samples refine the points instead of jittering them.
     """
     rng = np.random.default_rng(seed)
-    np.random.seed(seed)  # distribution_playground samples from numpy's global generator
+    np.random.seed(seed)  # distribution_playground samples from numpy's global RNG
     points = Points(k, rng)
     data = torch.from_numpy(distribution.sample(steps * batch)).view(steps, batch, 2)
     for t, samples in enumerate(data):

@@ -1,24 +1,6 @@
-"""The training loop: guided-sampler loss, Adam, split-and-prune, checkpoints. No framework.
-
-One step, on every rank::
-
-    loss = model.loss(batch, chain_dropout, dropout_generator)   # records branch usage
-    loss.backward(); adam.step()                                  # DDP averages gradients over ranks
-    split_and_prune_(model.ddls(), adam, all_reduce)              # usage summed over ranks first
-    weight_average.update()                                       # the generator that is sampled
-
-Every random draw comes from an explicit ``torch.Generator`` (data order and
-chain dropout, one of each per rank), and the model is initialised under a
-fixed seed, so a run is a pure function of its config. Checkpoints hold those
-generators' states and Adam's moments, which is what makes ``resume`` land on
-the same bits as a run that was never stopped.
-
-Data-parallel: launched by ``torchrun`` (the WORLD_SIZE/RANK environment), each
-rank trains on its own shard (``images[rank::world]``) with ``batch / world``
-images per step; DistributedDataParallel averages the gradients and the split-and-prune
-statistics are summed before each decision, so every rank takes the same
-decision and the replicas stay identical (:mod:`distributed`). Only rank 0
-writes files.
+"""The training loop: guided-sampler loss, Adam, split-and-prune, weight average and checkpoints, with no framework.
+Every random draw comes from an explicit RNG, so a run is a pure function of its config and resume lands on the same
+bits; under torchrun, DDP keeps the replicas identical (docs/training.md).
 """
 from __future__ import annotations
 
@@ -141,14 +123,14 @@ def autocast_for(device: torch.device, precision: str) -> Callable[[], contextli
 # -- one step -------------------------------------------------------------------------
 
 def train_step(training_loss: TrainingLoss, optimizer: torch.optim.Optimizer, batch: torch.Tensor,
-               chain_dropout: float, generator: torch.Generator, scaler: torch.amp.GradScaler,
+               chain_dropout: float, rng: torch.Generator, scaler: torch.amp.GradScaler,
                autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> torch.Tensor:
     """Loss, backward (averaging gradients over ranks, see Ranks.training_loss) and the Adam update.
 
     Returns the detached loss.
     """
     with autocast():
-        loss = training_loss(batch, chain_dropout, generator)
+        loss = training_loss(batch, chain_dropout, rng)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -172,7 +154,7 @@ def usage_step(model: DDNGenerator, optimizer: torch.optim.Optimizer, enabled: b
 @dataclass
 class TrainResult:
     model: DDNGenerator  # the weights the optimizer steps
-    generator: DDNGenerator  # what the run samples and its checkpoint exports: the weight average, if any
+    sampled_model: DDNGenerator  # what the run samples and its checkpoint exports: the weight average, if any
     optimizer: torch.optim.Optimizer
     step: int
     splits: int
@@ -185,13 +167,9 @@ class TrainResult:
 def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, explicit: set[str] | None = None,
           progress: bool = True, max_seconds: float | None = None,
           log: Callable[[str], None] = lambda message: tqdm.write(message, file=sys.stderr)) -> TrainResult:
-    """Train (or continue) the run in ``out_dir``; returns the final model and optimizer.
-
-    With ``resume`` the newest good checkpoint in ``out_dir`` is continued and
-    ``config`` only supplies the options in ``explicit`` (see :func:`resume_config`).
-    ``max_seconds`` stops early (all ranks agree) with a checkpoint. ``progress``
-    draws a bar when stderr is a terminal; otherwise, or without it, rank 0 prints
-    a timestamped line at each log entry.
+    """Train (or, with ``resume``, continue) the run in ``out_dir``; ``explicit`` names the options that override a
+    resumed config, ``max_seconds`` stops early with a checkpoint, and ``progress`` draws a bar on a terminal
+    (otherwise timestamped lines).
     """
     out_dir = Path(out_dir)
     if not resume and ((out_dir / LAST).exists() or (out_dir / PREVIOUS).exists()):
@@ -225,7 +203,7 @@ class _Run:
     average: WeightAverage | None
     scaler: torch.amp.GradScaler
     autocast: Callable[[], contextlib.AbstractContextManager]
-    generators: dict[str, torch.Generator]  # one per RNG stream
+    rngs: dict[str, torch.Generator]  # one per RNG stream
     batches: Iterator[torch.Tensor]
     dataset_info: dict[str, Any]
     run_log: RunLog
@@ -234,15 +212,15 @@ class _Run:
     images_seen: int = 0
 
     @property
-    def generator(self) -> DDNGenerator:
-        """The generator the run samples and exports: the weight average, or the trained weights without one."""
+    def sampled_model(self) -> DDNGenerator:
+        """The model the run samples and exports: the weight average, or the trained weights without one."""
         return self.model if self.average is None else self.average.model
 
     def train_one_step(self) -> tuple[torch.Tensor, int]:
         """One optimizer step, the split-and-prune and the weight average after it; returns (detached loss, splits)."""
         batch = next(self.batches).to(self.ranks.device, non_blocking=True)
         loss = train_step(self.training_loss, self.optimizer, batch, self.config.chain_dropout,
-                          self.generators["dropout"], self.scaler, self.autocast)
+                          self.rngs["dropout"], self.scaler, self.autocast)
         made = usage_step(self.model, self.optimizer, self.config.split_and_prune, self.ranks, self.average)
         self.step += 1
         self.splits += made
@@ -253,7 +231,7 @@ class _Run:
 
     def checkpoint(self) -> None:
         """Checkpoint, sample grid and training plot (written by rank 0; every rank gives its RNG states)."""
-        rng = {name: self.ranks.gather_cpu(g.get_state()) for name, g in self.generators.items()}
+        rng = {name: self.ranks.gather_cpu(g.get_state()) for name, g in self.rngs.items()}
         if not self.ranks.is_main:
             return
         train_meta = {"step": self.step, "splits": self.splits, "images_seen": self.images_seen,
@@ -262,7 +240,7 @@ class _Run:
         write_run_checkpoint(self.out_dir, self.model, self.optimizer, rng, train_meta,
                              None if self.average is None else self.average.model)
         self.model.eval()
-        save_sample_grid(self.generator, self.out_dir / "samples" / f"step_{self.step:07d}.png",
+        save_sample_grid(self.sampled_model, self.out_dir / "samples" / f"step_{self.step:07d}.png",
                          range(self.config.sample_seeds))
         self.model.train()
         plot_run(self.run_log.read(), self.out_dir / "training.png", [ddl.k for ddl in self.model.ddls()])
@@ -299,9 +277,9 @@ def _start(config: TrainConfig, out_dir: Path, state: RunState | None, ranks: Ra
     average = config.weight_average(model, resumed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
     scaler = torch.amp.GradScaler(ranks.device.type, enabled=config.precision == "fp16")
-    generators = {name: torch.Generator().manual_seed(stream_seed(config.seed, ranks.rank, name)) for name in RNG_STREAMS}
-    batches = batch_stream(shard, config.batch // ranks.world_size, generators["data"])
-    run = _Run(config, out_dir, ranks, model, training_loss, optimizer, average, scaler, autocast, generators, batches,
+    rngs = {name: torch.Generator().manual_seed(stream_seed(config.seed, ranks.rank, name)) for name in RNG_STREAMS}
+    batches = batch_stream(shard, config.batch // ranks.world_size, rngs["data"])
+    run = _Run(config, out_dir, ranks, model, training_loss, optimizer, average, scaler, autocast, rngs, batches,
                dataset_info, RunLog(out_dir / "log.jsonl"))
     if state is not None:
         _resume(run, state, shard, say)
@@ -326,17 +304,17 @@ def _resume(run: _Run, state: RunState, shard: torch.Tensor, say: Callable[[str]
     if state.train.get("scaler"):
         run.scaler.load_state_dict(state.train["scaler"])
     if state.train["world_size"] == ranks.world_size:
-        run.generators["dropout"].set_state(state.rng["dropout"][ranks.rank])
+        run.rngs["dropout"].set_state(state.rng["dropout"][ranks.rank])
         for _ in range(run.step):  # replay the data order up to where the run stopped
             next(run.batches)
-        if not torch.equal(run.generators["data"].get_state(), state.rng["data"][ranks.rank]):
+        if not torch.equal(run.rngs["data"].get_state(), state.rng["data"][ranks.rank]):
             say("warning: the data order differs from the interrupted run's (dataset changed?)")
     else:
         say(f"warning: the checkpoint was written by {state.train['world_size']} rank(s), now {ranks.world_size}: "
             "continuing with fresh data order and dropout streams (not bitwise reproducible)")
         for name in RNG_STREAMS:
-            run.generators[name].manual_seed(stream_seed(config.seed, ranks.rank, name, restart_step=run.step))
-        run.batches = batch_stream(shard, config.batch // ranks.world_size, run.generators["data"])
+            run.rngs[name].manual_seed(stream_seed(config.seed, ranks.rank, name, restart_step=run.step))
+        run.batches = batch_stream(shard, config.batch // ranks.world_size, run.rngs["data"])
 
 
 @dataclass
@@ -412,5 +390,5 @@ def _train_until_done(run: _Run, progress: bool, max_seconds: float | None, say:
         say(f"{why} at step {run.step}: checkpoint saved in {run.out_dir / LAST}; continue with --resume")
     if stop.requested:
         raise KeyboardInterrupt
-    return TrainResult(run.model, run.generator, run.optimizer, run.step, run.splits, run.out_dir, config, ranks.rank,
+    return TrainResult(run.model, run.sampled_model, run.optimizer, run.step, run.splits, run.out_dir, config, ranks.rank,
                        stopped_early)

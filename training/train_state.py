@@ -1,25 +1,6 @@
-"""The resumable state of a training run, stored in a run folder as safetensors checkpoints.
-
-A training checkpoint is an ordinary :mod:`checkpoint` file (so ``load_generator``
-and ``ddn-export`` read it) whose ``model/`` is the generator the run samples:
-the weight average (:mod:`weight_average`) when the run keeps one. Beside it:
-
-* ``trained/<name>``: the weights the optimizer steps, when ``model/`` is the
-  average (the same state dict names);
-* ``optimizer/<param index>/<key>``: Adam's per-parameter tensors (``exp_avg``,
-  ``exp_avg_sq``, ``step``), indexed in ``model.parameters()`` order;
-* ``rng/<stream>/<rank>``: the state of every torch.Generator the run draws from
-  (data order, chain dropout), one per rank;
-* ``ddn_meta["train"]``: step counters and the training config.
-
-Like every checkpoint it carries a digest of all its tensor bytes, so a file
-that is readable but damaged is refused too.
-
-The split-and-prune statistics are buffers of the model and travel in ``model/``.
-
-A run folder keeps two checkpoints: ``last.safetensors`` and the one before it,
-``previous.safetensors``. Each write moves last onto previous, then writes last
-atomically, so at every instant at least one complete checkpoint exists.
+"""The resumable state of a training run: a checkpoint file whose ``model/`` is the model the run samples (so
+ddn-export reads it), with the trained weights, Adam's state and the RNG states beside it. A run folder keeps last
+and previous, so one complete checkpoint always exists (layout: docs/training.md).
 """
 from __future__ import annotations
 
@@ -91,12 +72,12 @@ def read_run_checkpoint(path: Path) -> RunState:
     tensors, config, meta = read_checkpoint(path)  # checks the digest
     train = meta.get("train")
     if not isinstance(train, dict) or train.get("format") != FORMAT:
-        raise CheckpointError(f"{path} holds a generator but no training state (not written by ddn-train)")
-    generator = model_from_tensors(tensors, config, path)
+        raise CheckpointError(f"{path} holds a model but no training state (not written by ddn-train)")
+    sampled = model_from_tensors(tensors, config, path)
     if any(name.startswith(TRAINED) for name in tensors):
-        model, average = model_from_tensors(tensors, config, path, prefix=TRAINED), generator
+        model, average = model_from_tensors(tensors, config, path, prefix=TRAINED), sampled
     else:
-        model, average = generator, None
+        model, average = sampled, None
     params = list(model.parameters())
     optimizer_state: dict[int, dict[str, torch.Tensor]] = {}
     rng: dict[str, dict[int, torch.Tensor]] = {}
@@ -118,11 +99,8 @@ def read_run_checkpoint(path: Path) -> RunState:
 
 
 def find_resumable(out_dir: Path, move_bad: bool = True) -> RunState:
-    """The newest good checkpoint of a run folder: last, else previous.
-
-    With ``move_bad`` (the one process that writes: rank 0) a bad last is moved
-    aside to ``last.safetensors.bad``. Raises CheckpointError when neither
-    exists or both are bad.
+    """The newest good checkpoint of a run folder, last else previous; with ``move_bad`` (rank 0) a bad last is moved
+    aside. CheckpointError when neither is good.
     """
     out_dir = Path(out_dir)
     last, previous = out_dir / LAST, out_dir / PREVIOUS

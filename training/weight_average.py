@@ -1,23 +1,6 @@
-"""The exponential moving average of a generator's weights: the generator a run samples and exports.
-
-As the official DDN training loop (EDM's) keeps it: after every optimizer step
-each averaged weight moves toward the trained one,
-
-    average <- trained + (average - trained) * 0.5 ** (batch / half_life),
-    half_life = min(halflife_images, rampup * images_seen)   (images),
-
-so early in a run, when the weights move fast, the average follows closely,
-and later it smooths over more and more steps (``rampup`` = 0.05: over the
-last 5 % of the images seen). The averaged weights sample better than the last
-step's: on MNIST at 20 minutes, Frechet distance 73 against 96 in the same run
-(README, "Training speed and quality").
-
-Split-and-prune copies a DDL's split node into its pruned node; the average's
-rows are copied the same way (:meth:`WeightAverage.shadow_of` gives
-:func:`~ddn.training.split_and_prune.copy_node_` the tensor to copy in), so the
-pruned node restarts as the split node in the average too instead of slowly
-drifting there from a dead branch. Buffers (the usage statistics) are the
-trained model's, copied at every update.
+"""The exponential moving average of a model's weights, the model a run samples and exports, kept as the official (EDM)
+loop keeps it: the half-life grows with the images seen, and split-and-prune copies rows in the average too
+(docs/training.md).
 """
 from __future__ import annotations
 

@@ -1,12 +1,5 @@
-"""Zero-shot conditional generation from a checkpoint, in PyTorch: the research path.
-
-No retraining: at every layer the guided sampler keeps the candidate that best
-fits the condition (see :mod:`guidance`). Conditions, their input files and
-checks are the registry's (:mod:`ddn.conditions`), as for the served graphs;
-this path adds what the exported top-1 graphs lack: a random pick among the
-two best candidates ("top2") for diverse samples, and a super-resolution input
-of any power-of-two size. :func:`generate_conditional` is the API,
-``python -m ddn.training.zscg_cli`` its command.
+"""Zero-shot conditional generation from a checkpoint in PyTorch, the research path: the registry's conditions, plus
+what the exported top-1 graphs lack (top-2 draws, super-resolution inputs of any power-of-two size).
 """
 from __future__ import annotations
 
@@ -46,16 +39,9 @@ def preview(inputs: Mapping[str, np.ndarray], layout: GraphLayout) -> np.ndarray
 
 def generate_conditional(checkpoint: str | Path, condition: str, files: Mapping[str, str | Path],
                          selection: str = "top2", n: int = 8, out_dir: str | Path = "zscg", seed: int = 0) -> int:
-    """Write ``n`` samples that fit the condition as result_000.png ..., plus condition.png and grid.png.
-
-    ``files`` are the condition's image files by option name (``{"input": ...,
-    "mask": ...}``, see :data:`ddn.conditions.CONDITIONS`). ``selection``
-    "top1" keeps the best candidate per layer (deterministic, so all n are
-    equal); "top2" draws between the two best (seeded by ``seed``). Samples are
-    made ``BATCH`` at a time, so memory stays the same for any n; the grid
-    (written once it is full, or at the end) shows the condition and the first
-    ``GRID_RESULTS`` results. Returns how many results were written. Raises
-    ValueError (ConditionError, CheckpointError) with a one-line message.
+    """Write ``n`` samples that fit the condition (result_000.png ..., condition.png, grid.png), ``BATCH`` at a time so
+    memory is the same for any n; "top2" draws are seeded by ``seed``. Returns the count; a one-line ValueError on
+    bad input.
     """
     spec = condition_spec(condition)
     if selection not in SELECTIONS:
@@ -67,7 +53,7 @@ def generate_conditional(checkpoint: str | Path, condition: str, files: Mapping[
     inputs = spec.read_files(layout, files)
     # Copied: the arrays PIL gives are read-only, torch tensors over them would not be.
     wire = {name: torch.from_numpy(pixels.copy()).unsqueeze(0) for name, pixels in inputs.items()}
-    generator = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)
 
     out_dir = Path(out_dir)
     condition_pixels = preview(inputs, layout)
@@ -76,7 +62,7 @@ def generate_conditional(checkpoint: str | Path, condition: str, files: Mapping[
     for start in range(0, n, BATCH):
         size = min(BATCH, n - start)
         batch = condition_from_inputs(condition, {name: x.expand(size, -1, -1, -1) for name, x in wire.items()})
-        pixels = images_to_uint8(model.guided_sample(batch, selection=selection, generator=generator))
+        pixels = images_to_uint8(model.guided_sample(batch, selection=selection, rng=rng))
         for i, image in enumerate(pixels, start):
             save_png(out_dir / f"result_{i:03d}.png", image)
         if len(shown) < GRID_RESULTS:

@@ -1,9 +1,5 @@
-"""``python -m ddn.training.zscg_cli``: zero-shot conditional generation from a checkpoint (research, needs torch).
-
-The served way is ``ddn-generate --condition`` on an exported repository; this
-command runs the same conditions in PyTorch with top-2 draws
-(:func:`ddn.training.zscg.generate_conditional`). The condition options are the
-registry's (:mod:`ddn.condition_cli`), as ddn-generate's are.
+"""``python -m ddn.training.zscg_cli``: zero-shot conditional generation from a checkpoint in PyTorch, with the same
+condition options as ``ddn-generate --condition`` (:mod:`ddn.condition_cli`).
 """
 from __future__ import annotations
 
