@@ -168,10 +168,10 @@ def train_and_score(name: str, config: TrainConfig, budgets_min: list[float], ju
         scores.append({"minutes": budget, "train_seconds": round(trained_s, 1), "steps": result.step,
                        "images_seen": result.step * config.batch, "splits": result.splits,
                        "loss_last": round(log[-1]["loss"], 5), "loss_min": round(min(e["loss"] for e in log), 5),
-                       **judge.score(result.generator, device, out / f"{name}_{budget:g}min.png")})
+                       **judge.score(result.sampled_model, device, out / f"{name}_{budget:g}min.png")})
         click.echo(f"{name} at {budget:g} min: " + json.dumps({k: v for k, v in scores[-1].items()
                                                                if k != "samples_png"}), err=True)
-    model = result.generator
+    model = result.sampled_model
     return {"train_config": {k: v for k, v in vars(config).items() if k not in ("dataset", "steps")},
             "model": model.config(), "parameters": sum(p.numel() for p in model.parameters()),
             "scores": scores, "loss_curve": [(e["step"], round(e["loss"], 5)) for e in run_log(run_dir)]}
