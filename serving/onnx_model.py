@@ -18,8 +18,8 @@ import numpy as np
 
 from ddn.codes import codes_from_seed, validate_codes
 from ddn.conditions import condition_spec
-from ddn.repository_contract import (DESCRIPTION_FILE, ONNX_FILE, EntryDescription, GraphLayout, RepositoryError,
-                                     entry_name, latest_version, onnxruntime_session, read_description)
+from ddn.repository_contract import (DESCRIPTION_FILE, ONNX_FILE, PYTHON_SUFFIX, TRT_SUFFIX, EntryDescription,
+                                     GraphLayout, RepositoryError, entry_name, latest_version, onnxruntime_session, read_description)
 
 
 def _onnxruntime_errors() -> tuple[type[Exception], ...]:
@@ -30,10 +30,14 @@ def _onnxruntime_errors() -> tuple[type[Exception], ...]:
 
 
 def generation_models(repository: str | Path) -> list[str]:
-    """The models of a repository: its entries of the generation graph, by name (what ``--model`` takes)."""
+    """The models of a repository: its generation entries by name (what ``--model`` takes), without the
+    python twins and TensorRT entries of the same graph."""
     folders = sorted(p for p in Path(repository).iterdir() if (p / DESCRIPTION_FILE).is_file()) \
         if Path(repository).is_dir() else []
-    return [p.name for p in folders if _graph_of(p) == "generate"]
+    entries = {p.name for p in folders if _graph_of(p) == "generate"}
+    return sorted(name for name in entries
+                  if not any(name.endswith(suffix) and name[:-len(suffix)] in entries
+                             for suffix in (PYTHON_SUFFIX, TRT_SUFFIX)))
 
 
 def _graph_of(entry_dir: Path) -> str | None:
