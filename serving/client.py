@@ -267,10 +267,9 @@ class DDNClient:
             message = f"cannot reach the Triton server at {self.url} (gRPC): {stats[0]['last_error']}"
         else:
             message = f"cannot reach any Triton server at {self.url} (gRPC): {self._pool.errors()}"
-        hints = filter(None, (hint(url) for url in self.urls for hint in (
-            lambda url: http_port_hint(url, self.connect_timeout_s),
-            lambda url: tls_mismatch_hint(url, self.tls, self.connect_timeout_s))))
-        return "; ".join([message, *hints])
+        hints = [hint for url in self.urls for hint in (http_port_hint(url, self.connect_timeout_s),
+                                                        tls_mismatch_hint(url, self.tls, self.connect_timeout_s))]
+        return "; ".join([message, *filter(None, hints)])
 
     def _endpoint_for(self, model: str, deadline: float, avoid: Endpoint | None) -> Endpoint:
         """An endpoint for the next request of ``model``, checked against the reference model first."""
