@@ -35,6 +35,7 @@ from ddn.serving.triton_server import TritonServer, _free_ports  # noqa: E402
 from ddn.training.checkpoint import load_generator, save_checkpoint  # noqa: E402
 from ddn.training.networks import SingleShotGenerator  # noqa: E402
 from cli_helpers import one_line_error  # noqa: E402
+from serve_helpers import take_kept_log  # noqa: E402
 
 NAME = "tiny"
 MAX_BATCH = 8
@@ -134,6 +135,7 @@ def test_twin_asked_for_cuda_without_it_fails_to_load_naming_the_provider(reposi
             TritonServer(view, startup_timeout=60).start()
     assert "ort_execution_provider 'cuda' needs CUDAExecutionProvider" in str(error.value)
     assert "install onnxruntime-gpu" in str(error.value)
+    assert "CUDAExecutionProvider" in take_kept_log(str(error.value))
 
 
 def test_generate_from_seeds_is_byte_identical_to_local_onnx(client: DDNClient, local: OnnxModel) -> None:
