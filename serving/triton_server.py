@@ -5,7 +5,8 @@ backend. Its layout is not a runnable install: the python backend needs the
 stub for *this* interpreter's minor version next to ``libtriton_python.so``,
 and the server needs the wheel's bundled shared libraries. Rather than touch
 site-packages, every server gets a private temporary folder with a backend
-directory of symlinks into the wheel (and its log file), removed on stop.
+directory of symlinks into the wheel (and its log file), removed on stop;
+a failure keeps a copy of the log (see ``TritonServer.keep_log``).
 
 Safe defaults: Triton listens on gRPC only, bound to 127.0.0.1 unless a host
 is given (the binary's own default is 0.0.0.0); its HTTP frontend and metrics
