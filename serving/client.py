@@ -50,7 +50,7 @@ from ddn.repository_contract import GraphLayout, RepositoryError, TensorSpec, en
 
 from .dns_names import Resolver, system_resolver
 from .endpoints import Endpoint, EndpointPool, NoEndpointError, one_line, parse_urls, retryable
-from .tls_probe import tls_mismatch_hint
+from .tls_probe import http_port_hint, tls_mismatch_hint
 
 
 log = logging.getLogger(__name__)
@@ -267,8 +267,9 @@ class DDNClient:
             message = f"cannot reach the Triton server at {self.url} (gRPC): {stats[0]['last_error']}"
         else:
             message = f"cannot reach any Triton server at {self.url} (gRPC): {self._pool.errors()}"
-        hints = filter(None, (tls_mismatch_hint(url, self.tls, self.connect_timeout_s) for url in self.urls))
-        return "; ".join([message, *hints])
+        hints = [hint for url in self.urls for hint in (http_port_hint(url, self.connect_timeout_s),
+                                                        tls_mismatch_hint(url, self.tls, self.connect_timeout_s))]
+        return "; ".join([message, *filter(None, hints)])
 
     def _endpoint_for(self, model: str, deadline: float, avoid: Endpoint | None) -> Endpoint:
         """An endpoint for the next request of ``model``, checked against the reference model first."""

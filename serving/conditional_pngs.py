@@ -57,7 +57,6 @@ def generate_conditional_pngs(source: ConditionSource, condition: str, files: Ma
     layout = source.condition_layout(condition)
     per_sample = spec.inputs[0].option
     inputs = input_images(Path(files[per_sample]))
-    out_dir.mkdir(parents=True, exist_ok=True)
     missing = [path for path in inputs if not (out_dir / f"{path.stem}.png").is_file()]
     with tqdm(total=len(missing), unit="img", disable=not progress, desc=condition) as bar:
         for start in range(0, len(missing), wave):

@@ -56,6 +56,9 @@ HANG_LIMIT = 3  # overdue requests in a row that eject an endpoint as hung, if i
 # hedge_max_s (a busy server answers something in that time; a hung one nothing)
 
 
+GRPC_PORT = 8001  # Triton's (and ddn-serve's) default gRPC port
+
+
 def retryable(error: InferenceServerException) -> bool:
     """Whether ``error``, from an endpoint checked to serve the model, may be retried on another one.
 
@@ -75,10 +78,11 @@ def one_line(error: InferenceServerException) -> str:
 def parse_urls(urls: str | Sequence[str]) -> tuple[str, ...]:
     """Targets from one URL, a comma list, or several of either; ValueError on none, a repeat or a bad dns: name.
 
-    ``host:port`` targets lose a ``grpc://``/``http(s)://`` scheme; ``dns:`` names are kept as given.
+    ``host:port`` targets lose a ``grpc://``/``http(s)://`` scheme, and a host without a port gets Triton's gRPC
+    port (gRPC itself would pick 443); ``dns:`` names are kept as given.
     """
     items = [urls] if isinstance(urls, str) else list(urls)
-    parsed = [strip_scheme(part.strip()) for item in items for part in item.split(",") if part.strip()]
+    parsed = [with_port(strip_scheme(part.strip())) for item in items for part in item.split(",") if part.strip()]
     if not parsed:
         raise ValueError("no Triton endpoint given")
     repeated = sorted({url for url in parsed if parsed.count(url) > 1})
@@ -88,6 +92,14 @@ def parse_urls(urls: str | Sequence[str]) -> tuple[str, ...]:
         if is_dns_target(target):
             parse_dns_target(target)
     return tuple(parsed)
+
+
+def with_port(target: str) -> str:
+    """``target`` with GRPC_PORT added when it names a host (``name``, ``1.2.3.4``, ``[::1]``) without a port."""
+    if is_dns_target(target):
+        return target
+    _, sep, port = target.rpartition(":")
+    return target if sep and port.isdigit() and not target.endswith("]") else f"{target}:{GRPC_PORT}"
 
 
 def strip_scheme(url: str) -> str:

@@ -34,9 +34,10 @@ import click
 import numpy as np
 from tqdm import tqdm
 
+from ddn.cli import CommandError, command
 from ddn.condition_cli import condition_files, condition_options
 from ddn.images import load_png, save_grid, save_png
-from ddn.repository_contract import GraphLayout
+from ddn.repository_contract import ONNX_FILE, GraphLayout
 
 from .shards import Shard, ShardParam
 
@@ -47,8 +48,8 @@ SEED_RANGE = click.IntRange(0, 2**64 - 1)
 SEED_ONLY_OPTIONS = {"count": "--n", "seed": "--seed", "shard": "--shard", "codes_path": "--codes", "grid": "--grid"}
 
 
-class Generator(Protocol):
-    """What the CLI needs of a source: OnnxModel (local) and DDNClient (Triton) both provide it."""
+class ImageSource(Protocol):
+    """Where the images come from: OnnxModel (local) and DDNClient (Triton) both provide this."""
 
     @property
     def layout(self) -> GraphLayout: ...
@@ -65,8 +66,13 @@ def png_name(seed: int) -> str:
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
+    """Write ``path`` atomically; its folder is made with the first file, so a failed run leaves no empty one."""
     temp = path.with_name(f".{path.name}.tmp")
-    save_png(temp, image)
+    try:
+        save_png(temp, image)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_png(temp, image)
     os.replace(temp, path)
 
 
@@ -110,7 +116,7 @@ class CodesFile:
             self.temp.unlink(missing_ok=True)
 
 
-def generate_pngs(model: Generator, seeds: range, out_dir: Path, wave: int, progress: bool = True,
+def generate_pngs(source: ImageSource, seeds: range, out_dir: Path, wave: int, progress: bool = True,
                   codes_file: CodesFile | None = None) -> int:
     """Write ``<seed>.png`` for every seed whose file is missing; returns how many were written.
 
@@ -118,17 +124,16 @@ def generate_pngs(model: Generator, seeds: range, out_dir: Path, wave: int, prog
     batches; a Triton client keeps several of them in flight), and nothing is
     held beyond one wave, so memory stays the same for any number of seeds.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = 0
     with tqdm(total=len(seeds), unit="img", disable=not progress, desc="generating") as bar:
         for start in range(0, len(seeds), wave):
             part = seeds[start:start + wave]
             missing = [i for i, seed in enumerate(part) if not (out_dir / png_name(seed)).is_file()]
-            codes = model.codes_for_seeds(part) if missing or codes_file else None
+            codes = source.codes_for_seeds(part) if missing or codes_file else None
             if codes_file is not None:
                 codes_file.append(codes)
             if missing:
-                for i, image in zip(missing, model.generate(codes=codes[missing])):
+                for i, image in zip(missing, source.generate(codes=codes[missing])):
                     write_png(out_dir / png_name(part[i]), image)
             written += len(missing)
             bar.update(len(part))
@@ -139,29 +144,42 @@ def remote_options(command: click.Command) -> click.Command:
     """--url (repeatable, comma lists) and how requests reach the servers: timeouts, retries, TLS."""
     options = [
         click.option("--url", "urls", multiple=True,
-                     help="Triton gRPC endpoint HOST:PORT; repeat it or give a comma list to spread the run over "
-                          "several servers (each request goes to the one with the fewest in flight); "
-                          "dns:///NAME:PORT stands for every address NAME resolves to (a headless Service)"),
+                     help="Triton gRPC endpoint HOST[:PORT] (port 8001 if left out). Repeat it or give a comma "
+                          "list to spread the run over several servers (each request goes to the one with the "
+                          "fewest in flight); dns:///NAME:PORT stands for every address NAME resolves to "
+                          "(a headless Service)."),
         click.option("--resolve-interval", type=click.FloatRange(min=0, min_open=True), default=10.0,
-                     help="seconds between resolutions of a dns:/// endpoint (addresses join and leave)"),
+                     help="Seconds between resolutions of a dns:/// endpoint (addresses join and leave)."),
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0,
-                     help="seconds a request may take before it is retried on another endpoint"),
+                     help="Seconds a request may take before it is retried on another endpoint."),
         click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
-                     help="seconds for a health probe or a read of a server's models"),
+                     help="Seconds for a health probe or a read of a server's models."),
         click.option("--retries", type=click.IntRange(min=0), default=3,
-                     help="times a request that failed for the server's sake (killed, hung, overloaded) is resent"),
-        click.option("--tls-root-cert", type=click.Path(dir_okay=False), help="connect over TLS, trusting this PEM "
-                     "root certificate (ddn-serve --tls-cert's certificate, for a self-signed one)"),
-        click.option("--tls", is_flag=True, help="connect over TLS, trusting the system's root certificates"),
+                     help="Times a request that failed for the server's sake (killed, hung, overloaded) is resent."),
+        click.option("--tls-root-cert", type=click.Path(dir_okay=False), help="Connect over TLS, trusting this PEM "
+                     "root certificate (ddn-serve --tls-cert's certificate, for a self-signed one)."),
+        click.option("--tls", is_flag=True, help="Connect over TLS, trusting the system's root certificates."),
     ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
-def open_generator(onnx: str | None, repository: str | None, urls: Sequence[str], model: str | None,
-                   batch: int, concurrency: int, **remote) -> Generator:
-    """The source the options name; ``remote`` are DDNClient's timeout/retry/TLS keywords."""
+def onnx_file(onnx: str) -> Path:
+    """The model.onnx that ``--onnx`` names (a file, or an entry's version folder); CommandError for anything else."""
+    path = Path(onnx)
+    if path.is_dir():
+        path = path / ONNX_FILE
+    if path.suffix == ".onnx":
+        return path
+    entry = path.parent.parent if path.parent.name.isdigit() else path.parent
+    raise CommandError(f"--onnx takes a {ONNX_FILE} file (or an entry's version folder), not {onnx}; to run the "
+                       f"entry {entry.name!r}, give --repository {entry.parent} --model {entry.name}")
+
+
+def open_image_source(onnx: str | None, repository: str | None, urls: Sequence[str], model: str | None,
+                      batch: int, concurrency: int, **remote) -> ImageSource:
+    """The source the options name, checked to be a generation graph; ``remote`` are DDNClient's keywords."""
     sources = [name for name, given in (("--onnx", onnx), ("--repository", repository), ("--url", urls)) if given]
     if len(sources) != 1:
         raise click.UsageError("give exactly one source: --onnx FILE, --repository DIR --model NAME, "
@@ -171,37 +189,45 @@ def open_generator(onnx: str | None, repository: str | None, urls: Sequence[str]
     try:
         if onnx:
             from .onnx_model import OnnxModel
-            return OnnxModel(onnx, batch_size=batch)
+            return OnnxModel(onnx_file(onnx), batch_size=batch)
         if repository:
             from .onnx_model import OnnxModel
             return OnnxModel.from_repository(repository, model, batch_size=batch)
         # gRPC's C core logs every failed TLS handshake to stderr; the one-line error already says what failed.
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         from .client import DDNClient
-        return DDNClient(urls, model=model, concurrency=concurrency, batch_size=batch, **remote)
+        from .onnx_model import check_generation_graph
+        client = DDNClient(urls, model=model, concurrency=concurrency, batch_size=batch, **remote)
+        try:
+            check_generation_graph(client.layout, model, f"model {model!r} on {client.url}")
+        except BaseException:
+            client.close()
+            raise
+        return client
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise CommandError(exc) from None
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--n", "count", type=click.IntRange(min=0), default=16, help="number of images")
-@click.option("--seed", type=SEED_RANGE, default=0, help="seed of the first image; image i uses seed + i")
+@command()
+@click.option("--n", "count", type=click.IntRange(min=0), default=16, help="Number of images.")
+@click.option("--seed", type=SEED_RANGE, default=0, help="Seed of the first image; image i uses seed + i.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="folder for the PNG files")
+              help="Folder for the PNG files (made when the first one is written).")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path),
-              help=f"also write the first {GRID_MAX} images as one PNG grid")
+              help=f"Also write the first {GRID_MAX} images as one PNG grid.")
 @click.option("--codes", "codes_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="also write the seeds and their codes [N, L] to this .npz")
-@click.option("--onnx", type=click.Path(dir_okay=False), help="exported model.onnx, run locally with ONNX Runtime")
-@click.option("--repository", type=click.Path(file_okay=False), help="exported model repository, run locally")
+              help="Also write the seeds and their codes [N, L] to this .npz file.")
+@click.option("--onnx", type=click.Path(), help="Exported model.onnx (or its version folder), run locally with "
+              "ONNX Runtime.")
+@click.option("--repository", type=click.Path(file_okay=False), help="Exported model repository, run locally.")
 @remote_options
-@click.option("--model", help="model name in the repository or on the server")
-@click.option("--batch", type=click.IntRange(min=1), default=64, help="images per request")
-@click.option("--concurrency", type=click.IntRange(min=1), default=4, help="requests in flight (server)")
-@click.option("--shard", type=ShardParam(), help="write only seeds s with s % N == I (shard I of N runs, "
-              "e.g. the pods of an Indexed Job); the N shards together write every seed exactly once")
+@click.option("--model", help="Model name in the repository or on the server (the generation entry).")
+@click.option("--batch", type=click.IntRange(min=1), default=64, help="Images per request.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, help="Requests in flight (server).")
+@click.option("--shard", type=ShardParam(), help="Write only seeds s with s % N == I (shard I of N runs, "
+              "e.g. the pods of an Indexed Job); the N shards together write every seed exactly once.")
 @condition_options(required=False)
-@click.option("--progress/--no-progress", default=True, help="show a progress bar")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def main(count: int, seed: int, out_dir: Path, grid: Path | None, codes_path: Path | None, onnx: str | None,
          repository: str | None, urls: tuple[str, ...], resolve_interval: float, timeout: float,
          connect_timeout: float, retries: int,
@@ -220,30 +246,30 @@ def main(count: int, seed: int, out_dir: Path, grid: Path | None, codes_path: Pa
         for name, option in SEED_ONLY_OPTIONS.items():
             if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
                 raise click.UsageError(f"{option} does not apply to --condition (one result per --input image)")
-    generator = open_generator(onnx, repository, urls, model, batch, concurrency, timeout_s=timeout,
+    source = open_image_source(onnx, repository, urls, model, batch, concurrency, timeout_s=timeout,
                                connect_timeout_s=connect_timeout, retries=retries, tls=tls,
                                root_certificates=tls_root_cert, resolve_interval_s=resolve_interval)
     try:
         if condition is not None:
             from .conditional_pngs import generate_conditional_pngs  # here: it imports write_png from this module
 
-            written, total = generate_conditional_pngs(generator, condition, files, out_dir, batch * concurrency,
+            written, total = generate_conditional_pngs(source, condition, files, out_dir, batch * concurrency,
                                                        progress)
             click.echo(f"{written} written, {total - written} already there, in {out_dir}", err=True)
             return
         seeds = range(seed, seed + count)
         if shard is not None:
             seeds = shard.seeds(seeds)
-        with CodesFile(codes_path, seeds, generator.layout.num_layers) if codes_path else nullcontext() as codes:
-            written = generate_pngs(generator, seeds, out_dir, batch * concurrency, progress, codes)
+        with CodesFile(codes_path, seeds, source.layout.num_layers) if codes_path else nullcontext() as codes:
+            written = generate_pngs(source, seeds, out_dir, batch * concurrency, progress, codes)
         if grid and seeds:
             save_grid(grid, np.stack([load_png(out_dir / png_name(s)) for s in seeds[:GRID_MAX]]))
     except (ValueError, RuntimeError) as exc:
-        raise click.ClickException(" ".join(str(exc).split())) from None
+        raise CommandError(exc) from None
     except OSError as exc:
-        raise click.ClickException(f"cannot write {exc.filename or 'the output'}: {exc.strerror or exc}") from None
+        raise CommandError(f"cannot write {exc.filename or 'the output'}: {exc.strerror or exc}") from None
     finally:
-        generator.close()
+        source.close()
     click.echo(f"{written} written, {len(seeds) - written} already there, in {out_dir}", err=True)
 
 

@@ -18,8 +18,8 @@ import numpy as np
 
 from ddn.codes import codes_from_seed, validate_codes
 from ddn.conditions import condition_spec
-from ddn.repository_contract import (ONNX_FILE, EntryDescription, GraphLayout, RepositoryError, entry_name, latest_version,
-                                     onnxruntime_session, read_description)
+from ddn.repository_contract import (DESCRIPTION_FILE, ONNX_FILE, PYTHON_SUFFIX, TRT_SUFFIX, EntryDescription,
+                                     GraphLayout, RepositoryError, entry_name, latest_version, onnxruntime_session, read_description)
 
 
 def _onnxruntime_errors() -> tuple[type[Exception], ...]:
@@ -27,6 +27,35 @@ def _onnxruntime_errors() -> tuple[type[Exception], ...]:
     from onnxruntime.capi import onnxruntime_pybind11_state as state
 
     return state.Fail, state.InvalidArgument, state.InvalidGraph, state.InvalidProtobuf, state.NoSuchFile
+
+
+def generation_models(repository: str | Path) -> list[str]:
+    """The models of a repository: its generation entries by name (what ``--model`` takes), without the
+    python twins and TensorRT entries of the same graph."""
+    folders = sorted(p for p in Path(repository).iterdir() if (p / DESCRIPTION_FILE).is_file()) \
+        if Path(repository).is_dir() else []
+    entries = {p.name for p in folders if _graph_of(p) == "generate"}
+    return sorted(name for name in entries
+                  if not any(name.endswith(suffix) and name[:-len(suffix)] in entries
+                             for suffix in (PYTHON_SUFFIX, TRT_SUFFIX)))
+
+
+def _graph_of(entry_dir: Path) -> str | None:
+    try:
+        return read_description(entry_dir).layout.graph
+    except RepositoryError:
+        return None
+
+
+def check_generation_graph(layout: GraphLayout, entry: str, where: str) -> None:
+    """RepositoryError unless ``layout`` is a generation graph: images come from codes only there."""
+    if layout.graph == "generate":
+        return
+    suffix = f"_{layout.graph}"
+    model = entry.split(suffix)[0] if suffix in entry else None
+    fix = f"--model {model}" if model else "the entry named after the model, without a suffix"
+    raise RepositoryError(f"{where} is the {layout.graph!r} graph, not a generation graph; ddn-generate generates "
+                          f"from a model's generation entry: {fix}")
 
 
 class OnnxGraph:
@@ -97,9 +126,7 @@ class OnnxModel:
     def __init__(self, onnx_path: str | Path, entry_dir: str | Path | None = None,
                  batch_size: int | None = None, threads: int = 0):
         self.graph = OnnxGraph(onnx_path, entry_dir, batch_size, threads)
-        if self.layout.graph != "generate":
-            raise RepositoryError(f"{self.path} is the {self.layout.graph!r} graph; ddn-generate needs the "
-                                  "generation graph (the entry named after the model, without a suffix)")
+        check_generation_graph(self.layout, self.graph.entry_dir.name, str(self.path))
         self._requested_batch_size, self._threads = batch_size, threads
         self._conditions: dict[str, OnnxGraph] = {}
 
@@ -107,6 +134,9 @@ class OnnxModel:
     def from_repository(cls, repository: str | Path, model: str, version: str | None = None,
                         batch_size: int | None = None, threads: int = 0) -> OnnxModel:
         entry_dir = Path(repository) / model
+        if not (entry_dir / DESCRIPTION_FILE).is_file():
+            raise RepositoryError(f"{repository} has no model {model!r}; its models: "
+                                  f"{', '.join(generation_models(repository)) or '(none: export one with ddn-export)'}")
         folder = entry_dir / version if version else latest_version(entry_dir)
         return cls(folder / ONNX_FILE, entry_dir, batch_size, threads)
 

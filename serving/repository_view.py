@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Collection, Iterator
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
@@ -28,6 +28,7 @@ from ddn.repository_contract import CONFIG_FILE, ORT_PROVIDER_PARAMETER, ORT_THR
 
 ConfigEdit = Callable[[model_config_pb2.ModelConfig], None]
 VIEW_PREFIX = "ddn-cpu-view-"
+GRAPH_PARAMETER = "ddn_graph"  # the config parameter naming an entry's graph (GraphLayout.parameters)
 
 
 def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
@@ -39,17 +40,20 @@ def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
         raise RepositoryError(f"cannot read {path}: {exc}") from None
 
 
-def cpu_entries(repository: str | Path) -> dict[str, Path]:
+def cpu_entries(repository: str | Path, models: Collection[str] = ()) -> dict[str, Path]:
     """Served name -> directory, for every model the repository's targets.txt gives the CPU server.
 
-    Checks what the CPU server relies on: a twin served under another name
-    than its folder's sets no ``name`` in its config, and every ensemble's
-    steps are served too.
+    With ``models``, only those models' families and the steps their ensembles
+    run (see :func:`model_family`). Checks what the CPU server relies on: a
+    twin served under another name than its folder's sets no ``name`` in its
+    config, and every ensemble's steps are served too.
     """
     entries = served_entries(repository, "cpu")
     if not entries:
         raise RepositoryError(f"{Path(repository).resolve() / TARGETS_FILE} lists no entry for the cpu target; "
                               "export a model with ddn-export")
+    if models:
+        entries = _selected(entries, models)
     for name, model_dir in entries.items():
         config = read_config(model_dir)
         if config.name and config.name != name:
@@ -62,7 +66,53 @@ def cpu_entries(repository: str | Path) -> dict[str, Path]:
     return entries
 
 
-def build_cpu_view(repository: str | Path, view: str | Path, edit: ConfigEdit | None = None) -> dict[str, Path]:
+def model_family(model: str, names: Collection[str], models: Collection[str]) -> set[str]:
+    """The served names that belong to ``model``: itself and ``<model>_<suffix>`` (encode, conditions, seeds, ...).
+
+    A name that belongs to a longer model name (``t_big_seeds`` when ``t_big``
+    is a model too) is left to that model.
+    """
+    def belongs(name: str, owner: str) -> bool:
+        return name == owner or name.startswith(f"{owner}_")
+
+    longer = [other for other in models if other != model and belongs(other, model)]
+    return {name for name in names if belongs(name, model) and not any(belongs(name, o) for o in longer)}
+
+
+def _selected(entries: dict[str, Path], wanted: Collection[str]) -> dict[str, Path]:
+    """``entries`` cut to the families of the ``wanted`` models (or single served names) and their ensembles' steps."""
+    models = sorted(name for name, folder in entries.items() if _is_generation_entry(folder))
+    chosen: set[str] = set()
+    for name in wanted:
+        if name in models:
+            chosen |= model_family(name, entries, models)
+        elif name in entries:
+            chosen.add(name)
+        else:
+            raise RepositoryError(f"the repository serves no model {name!r} on the cpu target; its models: "
+                                  f"{', '.join(models) or '(none)'}")
+    steps = [name for name in chosen if read_config(entries[name]).platform == "ensemble"]
+    while steps:  # an ensemble's steps may be ensembles of their own
+        new = {s.model_name for s in read_config(entries[steps.pop()]).ensemble_scheduling.step} - chosen
+        chosen |= {name for name in new if name in entries}
+        steps += [name for name in new if name in entries and read_config(entries[name]).platform == "ensemble"]
+    return {name: entries[name] for name in sorted(chosen)}
+
+
+def _is_generation_entry(folder: Path) -> bool:
+    """Whether ``folder`` runs a generation graph on codes (a model, as ddn-generate --model names it).
+
+    The seed entries carry the generation layout too, but take seeds (and the
+    ensemble has no graph of its own), so the input decides.
+    """
+    config = read_config(folder)
+    parameter = config.parameters.get(GRAPH_PARAMETER)
+    return (parameter is not None and parameter.string_value == "generate" and config.platform != "ensemble"
+            and any(tensor.name == "codes" for tensor in config.input))
+
+
+def build_cpu_view(repository: str | Path, view: str | Path, edit: ConfigEdit | None = None,
+                   models: Collection[str] = ()) -> dict[str, Path]:
     """Fill the empty folder ``view`` with one entry per python-backend model; returns served name -> source.
 
     Without ``edit`` each entry is a symlink to the source directory. With
@@ -70,12 +120,13 @@ def build_cpu_view(repository: str | Path, view: str | Path, edit: ConfigEdit | 
     dynamic batching off for a benchmark) each entry is a real directory with
     the edited config.pbtxt and links to the source's version folders and files;
     ensembles stay links (they have no instances or batching of their own).
+    ``models`` limits the view to those models (see :func:`cpu_entries`).
     """
     view = Path(view)
     view.mkdir(parents=True, exist_ok=True)
     if any(view.iterdir()):
         raise RepositoryError(f"view folder {view} is not empty")
-    entries = cpu_entries(repository)
+    entries = cpu_entries(repository, models)
     for name, source in entries.items():
         target = view / name
         if edit is None or read_config(source).platform == "ensemble":
@@ -127,14 +178,15 @@ def cpu_settings(instances: int | None = None, ort_threads: int | None = None, m
 
 
 @contextmanager
-def cpu_repository_view(repository: str | Path, edit: ConfigEdit | None = None) -> Iterator[Path]:
+def cpu_repository_view(repository: str | Path, edit: ConfigEdit | None = None,
+                        models: Collection[str] = ()) -> Iterator[Path]:
     """A temporary CPU view of ``repository`` (see :func:`build_cpu_view`), removed on exit."""
     # Named after this process, so that the next view removes one a killed process left behind.
     remove_stale(tempfile.gettempdir(), VIEW_PREFIX)
     folder = Path(tempfile.mkdtemp(prefix=tagged(VIEW_PREFIX)))
     try:
         view = folder / "models"
-        build_cpu_view(repository, view, edit)
+        build_cpu_view(repository, view, edit, models)
         yield view
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -1,9 +1,11 @@
-"""Whether a gRPC endpoint speaks TLS: the hint behind a "cannot reach" error.
+"""Whether a gRPC endpoint speaks TLS, or HTTP/1: the hints behind a "cannot reach" error.
 
 A plaintext gRPC client that reaches a TLS server sees only "Socket closed",
 and a TLS client that reaches a plaintext server an SSL error about version
 numbers; neither names the mismatch. One TLS handshake tells which protocol
-the port speaks. The certificate is not checked here: this asks only whether
+the port speaks. A gRPC client pointed at an HTTP port (ddn-serve's --http
+gateway, any web server) also sees only "Socket closed"; one HTTP/1.0 request
+tells that case apart. The certificate is not checked here: this asks only whether
 TLS is spoken, never whether to trust what answers.
 """
 from __future__ import annotations
@@ -40,6 +42,26 @@ def speaks_tls(url: str, timeout_s: float) -> bool | None:
         return False
     finally:
         raw.close()
+
+
+def speaks_http(url: str, timeout_s: float) -> bool:
+    """True if ``url`` answers a plaintext HTTP/1.0 request with an HTTP status line (so it is no gRPC port)."""
+    address = _host_port(url)
+    if address is None:
+        return False
+    try:
+        with socket.create_connection(address, timeout=timeout_s) as raw:
+            raw.sendall(b"HEAD / HTTP/1.0\r\n\r\n")
+            return raw.recv(5) == b"HTTP/"
+    except OSError:
+        return False
+
+
+def http_port_hint(url: str, timeout_s: float) -> str | None:
+    """What to change when ``url`` is an HTTP port rather than a gRPC one; None if it is not."""
+    if not speaks_http(url, timeout_s):
+        return None
+    return f"{url} answers HTTP, not gRPC: give the server's gRPC port (8001 by default)"
 
 
 def tls_mismatch_hint(url: str, client_uses_tls: bool, timeout_s: float) -> str | None:

@@ -5,7 +5,8 @@ backend. Its layout is not a runnable install: the python backend needs the
 stub for *this* interpreter's minor version next to ``libtriton_python.so``,
 and the server needs the wheel's bundled shared libraries. Rather than touch
 site-packages, every server gets a private temporary folder with a backend
-directory of symlinks into the wheel (and its log file), removed on stop.
+directory of symlinks into the wheel (and its log file), removed on stop;
+a failure keeps a copy of the log (see ``TritonServer.keep_log``).
 
 Safe defaults: Triton listens on gRPC only, bound to 127.0.0.1 unless a host
 is given (the binary's own default is 0.0.0.0); its HTTP frontend and metrics
@@ -43,7 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Callable
+from typing import Callable, Sequence
 
 import grpc
 from tritonclient.grpc import service_pb2
@@ -54,6 +55,7 @@ from .admin_apis import restriction_flags
 from .http_gateway import HttpGateway
 from .local_grpc import inference_service, open_channel
 
+KEPT_LOG_PREFIX = "ddn-tritonserver-"
 INSTALL_HINT = "install the nvidia-pytriton package (pip install 'ddn-serve[serving]')"
 
 
@@ -243,12 +245,15 @@ class TritonServer:
     ``admin_key`` opens the shared-memory, logging and trace APIs to requests
     that carry it (see :mod:`ddn.serving.admin_apis`); without it they are closed.
     ``tls_cert`` and ``tls_key`` (PEM files, both or neither) make every port TLS-only.
+    ``extra_args`` are further tritonserver flags, appended to the command line
+    (ddn-serve refuses those that would undo the settings above).
     """
 
     def __init__(self, repository: str | Path, grpc_port: int | None = None, host: str = "127.0.0.1",
                  http: Address | None = None, metrics: Address | None = Address(), log_verbose: int = 0,
                  startup_timeout: float = 60.0, admin_key: str | None = None,
-                 tls_cert: str | Path | None = None, tls_key: str | Path | None = None) -> None:
+                 tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
+                 extra_args: Sequence[str] = ()) -> None:
         self.repository = Path(repository).expanduser().resolve()
         if not self.repository.is_dir():
             raise FileNotFoundError(f"model repository not found: {self.repository}")
@@ -267,6 +272,7 @@ class TritonServer:
                 self.addresses[what] = Address(bind_host, wanted[what].port or next(free))
         self.host, self.grpc_port = host, self.addresses["gRPC port"].port
         self.admin_key = admin_key
+        self.extra_args = list(extra_args)
         self.log_verbose = log_verbose
         self.startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None
@@ -308,7 +314,7 @@ class TritonServer:
 
     @property
     def log_path(self) -> Path | None:
-        """The server's log file while it runs (removed by stop)."""
+        """The server's log file while it runs (removed by stop; a failure keeps a copy, see keep_log)."""
         return self._workdir / "tritonserver.log" if self._workdir else None
 
     def command(self, backend_directory: Path) -> list[str]:
@@ -329,6 +335,7 @@ class TritonServer:
             *restriction_flags(self.admin_key),
             f"--backend-config=python,shm-region-prefix-name={self._shared_memory_prefix}",
             *(tls_arguments(*self.tls) if self.tls else []),
+            *self.extra_args,
         ]
 
     @property
@@ -420,14 +427,29 @@ class TritonServer:
             time.sleep(0.1)
 
     def log_report(self, lines: int = 30) -> str:
-        """Model load failures plus the tail of the log, for error messages."""
+        """Where the log is kept, then model load failures and the tail of the log, for error messages.
+
+        Only a failure asks for this, so this is where the log is copied out of
+        the temporary folder that stop() removes.
+        """
         path = self.log_path
         text = path.read_text(errors="replace") if path and path.exists() else ""
+        kept = self.keep_log()
         # Drop table borders so the tail holds more of what was said.
         log = [line for line in text.splitlines() if not line.startswith("+-")]
         failures = [line for line in log if "failed to load" in line]
         report = "".join(f"\n{line}" for line in failures)
-        return f"{report}\n--- last {lines} lines of the tritonserver log ---\n" + "\n".join(log[-lines:])
+        where = f"; its log is kept at {kept}" if kept else ""
+        return f"{where}{report}\n--- last {lines} lines of the tritonserver log ---\n" + "\n".join(log[-lines:])
+
+    def keep_log(self) -> Path | None:
+        """Copy the log to ``<temp dir>/ddn-tritonserver-<pid>-<time>.log`` (it outlives stop()); None if none."""
+        path = self.log_path
+        if path is None or not path.exists():
+            return None
+        kept = Path(tempfile.gettempdir()) / f"{KEPT_LOG_PREFIX}{os.getpid()}-{time.time_ns()}.log"
+        shutil.copyfile(path, kept)
+        return kept
 
     def wait(self) -> int:
         """Block until the server process exits; returns its exit code."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,6 +10,17 @@ import time
 from pathlib import Path
 
 from ddn.serving.triton_server import Address, TritonServer
+
+
+def take_kept_log(message: str) -> str:
+    """The text of the server log a failure message names as kept; the copy is removed (tests leave no files)."""
+    match = re.search(r"its log is kept at (\S+)", message)
+    assert match, message
+    kept = Path(match.group(1))
+    try:
+        return kept.read_text()
+    finally:
+        kept.unlink()
 
 
 def listening_addresses() -> dict[int, set[str]]:

@@ -35,7 +35,7 @@ def exported(tmp_path_factory) -> tuple[Path, Path]:
     torch.manual_seed(0)
     checkpoint = folder / "tiny.safetensors"
     save_checkpoint(checkpoint, SingleShotGenerator(image_size=8, channels=16, blocks=1, k=8))
-    ModelExport(checkpoint, NAME, folder / "model_repository", max_batch=16).write_onnx(["generate"])
+    ModelExport(checkpoint, NAME, folder / "model_repository", max_batch=16).write_onnx(["generate", "encode"])
     return checkpoint, folder / "model_repository"
 
 
@@ -158,3 +158,34 @@ def test_an_impossible_seed_on_the_conditional_path(exported, tmp_path, seed, me
                                                         "--input", str(tmp_path / "in.png"), "--seed", seed,
                                                         "--out", str(tmp_path / "out")]))
     assert "--seed" in line and message in line
+
+
+def test_an_unknown_model_is_named_with_the_repositorys_models(exported, tmp_path):
+    _, repository = exported
+    line = one_line_error(CliRunner().invoke(ddn_generate, ["--repository", str(repository), "--model", "nosuch",
+                                                            "--out", str(tmp_path / "out")]))
+    assert line == f"Error: {repository} has no model 'nosuch'; its models: {NAME}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_onnx_takes_a_model_file_or_its_version_folder(exported, tmp_path):
+    _, repository = exported
+    line = one_line_error(generate("--onnx", repository / NAME / "config.pbtxt", "--out", tmp_path / "out"))
+    assert line == (f"Error: --onnx takes a model.onnx file (or an entry's version folder), not "
+                    f"{repository / NAME / 'config.pbtxt'}; to run the entry '{NAME}', give --repository "
+                    f"{repository} --model {NAME}")
+    assert not (tmp_path / "out").exists()
+    result = generate("--onnx", repository / NAME / "1", "--n", 2, "--out", tmp_path / "out")
+    assert result.exit_code == 0 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["000000.png",
+                                                                                            "000001.png"]
+
+
+def test_an_encoding_entry_is_refused_before_any_progress_bar_or_folder(exported, tmp_path):
+    """Progress stays on: a bar drawn before the refusal would be a second line of output."""
+    _, repository = exported
+    result = CliRunner().invoke(ddn_generate, ["--repository", str(repository), "--model", f"{NAME}_encode",
+                                               "--out", str(tmp_path / "out")])
+    assert one_line_error(result) == (
+        f"Error: {repository / f'{NAME}_encode' / '1' / 'model.onnx'} is the 'encode' graph, not a generation "
+        f"graph; ddn-generate generates from a model's generation entry: --model {NAME}")
+    assert not (tmp_path / "out").exists()

@@ -27,12 +27,15 @@ from ddn.export.graphs import build_graphs  # noqa: E402
 from ddn.repository_contract import (ORT_PROVIDER_PARAMETER, PYTHON_SUFFIX, GraphLayout, entry_name,  # noqa: E402
                                      onnxruntime_session, read_description)
 from ddn.serving.client import DDNClient, ServingError  # noqa: E402
+from ddn.serving.endpoints import parse_urls  # noqa: E402
 from ddn.serving.generate_cli import main as generate_main  # noqa: E402
 from ddn.serving.onnx_model import OnnxModel  # noqa: E402
 from ddn.serving.repository_view import cpu_repository_view, cpu_settings, cpu_entries, read_config  # noqa: E402
 from ddn.serving.triton_server import TritonServer, _free_ports  # noqa: E402
 from ddn.training.checkpoint import load_generator, save_checkpoint  # noqa: E402
 from ddn.training.networks import SingleShotGenerator  # noqa: E402
+from cli_helpers import one_line_error  # noqa: E402
+from serve_helpers import take_kept_log  # noqa: E402
 
 NAME = "tiny"
 MAX_BATCH = 8
@@ -132,6 +135,7 @@ def test_twin_asked_for_cuda_without_it_fails_to_load_naming_the_provider(reposi
             TritonServer(view, startup_timeout=60).start()
     assert "ort_execution_provider 'cuda' needs CUDAExecutionProvider" in str(error.value)
     assert "install onnxruntime-gpu" in str(error.value)
+    assert "CUDAExecutionProvider" in take_kept_log(str(error.value))
 
 
 def test_generate_from_seeds_is_byte_identical_to_local_onnx(client: DDNClient, local: OnnxModel) -> None:
@@ -331,3 +335,34 @@ def test_ddn_generate_explains_a_missing_source(tmp_path: Path) -> None:
     url = f"127.0.0.1:{_free_ports('127.0.0.1', 1)[0]}"
     result = CliRunner().invoke(generate_main, ["--n", "2", "--out", str(tmp_path), "--url", url, "--model", NAME])
     assert result.exit_code == 1 and f"cannot reach the Triton server at {url}" in result.output
+
+
+def test_ddn_generate_refuses_an_encoding_entry_as_the_local_path_does(server: TritonServer, repository: Path,
+                                                                       tmp_path: Path) -> None:
+    """The same message on both paths, before any progress bar (progress stays on) or output folder."""
+    reason = (f"is the 'encode' graph, not a generation graph; ddn-generate generates from a model's generation "
+              f"entry: --model {NAME}")
+    served = one_line_error(CliRunner().invoke(generate_main, ["--url", server.grpc_url, "--model", f"{NAME}_encode",
+                                                               "--out", str(tmp_path / "out")]))
+    assert served == f"Error: model '{NAME}_encode' on {server.grpc_url} {reason}"
+    local = one_line_error(CliRunner().invoke(generate_main, ["--repository", str(repository), "--model",
+                                                              f"{NAME}_encode", "--out", str(tmp_path / "out")]))
+    assert local.endswith(reason)
+    assert not (tmp_path / "out").exists()
+
+
+def test_ddn_generate_at_an_http_port_names_the_grpc_port(server: TritonServer, tmp_path: Path) -> None:
+    url = f"127.0.0.1:{server.metrics_port}"  # the server's HTTP gateway (/metrics)
+    line = one_line_error(CliRunner().invoke(generate_main, ["--url", url, "--model", NAME, "--out",
+                                                             str(tmp_path / "out"), "--connect-timeout", "10"]))
+    assert line.startswith(f"Error: cannot reach the Triton server at {url} (gRPC): ")
+    assert line.endswith(f"; {url} answers HTTP, not gRPC: give the server's gRPC port (8001 by default)")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("given, target", [("127.0.0.1", "127.0.0.1:8001"), ("grpc://triton", "triton:8001"),
+                                           ("[::1]", "[::1]:8001"), ("[::1]:9001", "[::1]:9001"),
+                                           ("host:8005", "host:8005"), ("dns:///pods:8001", "dns:///pods:8001")])
+def test_an_endpoint_without_a_port_gets_tritons_grpc_port(given: str, target: str) -> None:
+    """gRPC would take a bare host as port 443."""
+    assert parse_urls(given) == (target,)

@@ -152,3 +152,34 @@ def test_cpu_settings_set_the_execution_provider_and_keep_the_rest(repository: P
         config = read_config(view / "mnist")
     assert config.parameters["ort_execution_provider"].string_value == "cuda"
     assert config.dynamic_batching.max_queue_delay_microseconds == 500 and not config.instance_group
+
+
+GENERATION_TWIN = TWIN + ('input [ { name: "codes" data_type: TYPE_INT32 dims: [ 4 ] } ]\n'
+                          'parameters { key: "ddn_graph" value: { string_value: "generate" } }\n')
+SEED_CODES = TWIN + ('input [ { name: "seeds" data_type: TYPE_INT64 dims: [ 1 ] } ]\n'
+                     'parameters { key: "ddn_graph" value: { string_value: "generate" } }\n')
+
+
+def model_family_entries(repository: Path, model: str) -> None:
+    """What ddn-export gives the cpu target for one model: its twins, its seed step and its seeds ensemble."""
+    entry(repository, f"{model}_python", GENERATION_TWIN, Served("cpu", model, f"{model}_python"))
+    entry(repository, f"{model}_encode_python", TWIN, Served("cpu", f"{model}_encode", f"{model}_encode_python"))
+    entry(repository, f"{model}_seed_codes", SEED_CODES, Served("cpu", f"{model}_seed_codes", f"{model}_seed_codes"))
+    entry(repository, f"{model}_seeds", ENSEMBLE.replace("{name}", f"{model}_seeds").replace("{generator}", model)
+          .replace("mnist_seed_codes", f"{model}_seed_codes"), Served("cpu", f"{model}_seeds", f"{model}_seeds"))
+
+
+def test_models_select_their_families_and_the_steps_they_run(tmp_path: Path) -> None:
+    """--model NAME: the model's entries, not those of a model whose name starts with NAME_; a single served
+    name brings the steps of its ensemble; an unknown name lists the models."""
+    repository = tmp_path / "model_repository"
+    for model in ("mnist", "mnist_big"):
+        model_family_entries(repository, model)
+    family = ["mnist", "mnist_encode", "mnist_seed_codes", "mnist_seeds"]
+    assert sorted(cpu_entries(repository, ["mnist"])) == family
+    assert sorted(cpu_entries(repository, ["mnist_big"])) == [name.replace("mnist", "mnist_big") for name in family]
+    assert sorted(cpu_entries(repository, ["mnist_seeds"])) == ["mnist", "mnist_seed_codes", "mnist_seeds"]
+    assert len(cpu_entries(repository)) == 8
+    with pytest.raises(RepositoryError, match=r"^the repository serves no model 'nosuch' on the cpu target; "
+                                              r"its models: mnist, mnist_big$"):
+        cpu_entries(repository, ["nosuch"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import stat
@@ -18,13 +19,13 @@ pytest.importorskip("pytriton", reason="needs the nvidia-pytriton wheel (pip ins
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
 from cli_helpers import one_line_error, usage_error  # noqa: E402
-from serve_helpers import children, kill, listening_addresses, start_serve_cli  # noqa: E402
+from serve_helpers import children, kill, listening_addresses, start_serve_cli, take_kept_log  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from ddn.deployment_targets import TARGETS_FILE, Served, merge_targets, read_targets, render_targets  # noqa: E402
 from ddn.serving.admin_apis import grpc_headers  # noqa: E402
 from ddn.serving.repository_view import VIEW_PREFIX, cpu_repository_view  # noqa: E402
-from ddn.serving.serve_cli import main as serve_main  # noqa: E402
+from ddn.serving.serve_cli import host_defaults, main as serve_main  # noqa: E402
 from ddn.serving.triton_server import SHARED_MEMORY, TEMP_PREFIX, Address, TritonServer, _free_ports  # noqa: E402
 
 CONFIG = """
@@ -125,6 +126,7 @@ def test_model_failing_initialize_fails_start(tmp_path: Path) -> None:
         server.start()
     assert "weights missing on purpose" in str(error.value)
     assert server.log_path is None  # stopped and cleaned up
+    assert "weights missing on purpose" in take_kept_log(str(error.value))
 
 
 def test_serve_help() -> None:
@@ -253,3 +255,39 @@ def test_stop_removes_the_regions_of_a_server_that_crashed(server: TritonServer,
 ])
 def test_serve_cli_refuses_an_address_for_a_port_that_is_off(tmp_path: Path, args: list[str], message: str) -> None:
     assert usage_error(CliRunner().invoke(serve_main, ["--repository", str(tmp_path), *args])) == message
+
+
+def test_serve_cli_names_an_unknown_model_and_lists_the_repositorys(tmp_path: Path) -> None:
+    write_model(tmp_path, "double", DOUBLE)
+    line = one_line_error(CliRunner().invoke(serve_main, ["--repository", str(tmp_path), "--model", "nosuch"]))
+    assert line == "Error: the repository serves no model 'nosuch' on the cpu target; its models: (none)"
+
+
+@pytest.mark.parametrize("flag, instead", [
+    ("--allow-http=true", "--http"), ("--http-port=8000", "--http, --http-host, --http-port"),
+    ("--metrics-address=0.0.0.0", "--metrics, --metrics-host, --metrics-port"), ("--grpc-port=1", "--grpc-port"),
+    ("--grpc-address=0.0.0.0", "--grpc-host"), ("--model-control-mode=explicit", "--model"),
+    ("--grpc-restricted-protocol=shared-memory:k=v", "--admin-apis"), ("--model-repository=/x", "--repository"),
+    ("--backend-directory=/x", "none (ddn-serve links the python backend itself)")])
+def test_serve_cli_refuses_triton_flags_that_undo_its_settings(tmp_path: Path, flag: str, instead: str) -> None:
+    line = usage_error(CliRunner().invoke(serve_main, ["--repository", str(tmp_path), f"--triton-arg={flag}"]))
+    assert line == (f"Error: --triton-arg {flag.split('=')[0]} is refused: it would undo a setting ddn-serve keeps "
+                    f"the server safe with; use {instead}")
+
+
+def test_a_failed_server_keeps_its_log_and_names_it(tmp_path: Path) -> None:
+    """A flag passed through that tritonserver rejects: the server exits, its log survives the cleanup."""
+    write_model(tmp_path, "double", DOUBLE)
+    result = CliRunner().invoke(serve_main, ["--repository", str(tmp_path), "--triton-arg=--log-verbose=loud",
+                                             "--grpc-port", str(_free_ports("127.0.0.1", 1)[0])])
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert re.fullmatch(r"Error: tritonserver exited with code \d+ before it was ready; its log is kept at \S+", last)
+    assert 'Bad option: "--log-verbose"' in take_kept_log(last)
+
+
+def test_serve_cli_defaults_fit_the_cpu_host() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert host_defaults(None, None, None, None) == (min(cores, 4), 1, 0)
+    assert host_defaults(3, 2, 500, "cpu") == (3, 2, 500)
+    assert host_defaults(None, None, None, "cuda") == (None, None, None)  # a GPU provider: as exported

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ddn.cli import command
 from ddn.condition_cli import condition_files, condition_options
 
 from .zscg import SELECTIONS, generate_conditional
@@ -16,7 +17,7 @@ from .zscg import SELECTIONS, generate_conditional
 SEED_RANGE = click.IntRange(0, 2**64 - 1)
 
 
-@click.command("conditional", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@command("conditional")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="a ddn-train checkpoint (.safetensors)")
 @condition_options(required=True)
