@@ -1,9 +1,7 @@
 """The generator the speed benchmarks measure, defined once for train_speed, generate_speed and serve_load.
 
 ddn-train's default model (the ``cpu`` preset) at MNIST's 32x32 training size.
-Random weights from a fixed seed: speed does not depend on training. Imported as
-``benchmarks.measured_model`` by the package's scripts and as a sibling module by
-those still run as files (``python benchmarks/serve_load.py``), so it imports nothing from ``benchmarks``.
+Random weights from a fixed seed: speed does not depend on training.
 """
 from __future__ import annotations
 

@@ -7,23 +7,27 @@
   - ``default``: ddn-train's defaults (the ``cpu`` preset and recipe), trained
     for the longest ``--curve`` budget and scored at every budget of the curve
     (the run pauses for scoring and resumes bitwise);
-  - ``official``: the official MNIST network re-implemented (the
-    ``mnist-recurrence`` preset: U-Net block with LayerNorm convs, base 32
-    channels, K = 64, 10 repeats, 3.15 M parameters; batch 64, Adam 1e-3, no
-    chain dropout, split-and-prune, no weight average, as the official example
-    trains it) for ``--minutes``.
-* Scores, on the same held-out digits and the same classifier:
+  - ``official_batch_64`` and ``official_batch_256``: the official MNIST
+    network re-implemented (the ``mnist-recurrence`` preset: U-Net block with
+    LayerNorm convs, base 32 channels, K = 64, 10 repeats, 3.15 M parameters;
+    Adam 1e-3, no chain dropout, split-and-prune, no weight average, as the
+    official example trains it) for ``--minutes``, at the project's batch and at
+    the official example's own.
+* Scores, on the same held-out digits:
   - reconstruction PSNR of encode -> decode on the held-out digits;
-  - Frechet distance in the 128-d penultimate features of a small CNN digit
-    classifier that this script trains itself on the training digits (no
-    downloaded weights): generated (seeds 0..N-1, uniform codes) vs. training
-    digits, and, as the floor, the held-out real digits vs. the same training
+  - Frechet distance in the 128-d penultimate features of small CNN digit
+    classifiers that this script trains itself on the training digits (no
+    downloaded weights), one per ``--classifier-seeds`` seed: the distance
+    moves with the feature extractor, so a recipe must win under each.
+    Generated digits (seeds 0..N-1, uniform codes) vs. training digits, and,
+    as each classifier's floor, the held-out real digits vs. the same training
     digits (same sample count);
   - the share of blank (under 1 % of pixels above mid-gray) and saturated (over
-    50 %) samples, and the classifier's mean top-class probability on samples.
-* Writes each model's sample grid and result.json into ``--out``.
+    50 %) samples, and each classifier's mean top-class probability on samples.
+* Writes each model's sample grid and result.json into ``--out``; prints the
+  measuring core's report (:class:`benchmarks.measure.BenchmarkRun`).
 
-Usage: python benchmarks/quality.py [--minutes 20] [--curve 5,10,20,40] [--no-official] [--out runs/quality]
+Usage: python -m benchmarks.quality [--minutes 20] [--curve 5,10,20,40] [--no-official] [--out runs/quality]
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.measure import BenchmarkRun
 from ddn.images import save_grid
 from ddn.training.datasets import load_images
 from ddn.training.distributed import resolve_device
@@ -47,11 +52,11 @@ from ddn.training.run_outputs import images_to_uint8
 from ddn.training.train_loop import TrainConfig, train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/mnist_8k.npz"
-# The official MNIST example's network and recipe (batch 256 there; 64 here, the project's default, is
-# 4x more steps for the same images on a CPU); chain dropout stays at the official example's 0, and like
+# The official MNIST example's network and recipe; chain dropout stays at the official example's 0, and like
 # the example it samples its trained weights (no weight average).
-OFFICIAL = dict(preset="mnist-recurrence", batch=64, lr=1e-3, chain_dropout=0.0, split_and_prune=True,
-                ema_halflife_kimg=0.0)
+OFFICIAL = dict(preset="mnist-recurrence", lr=1e-3, chain_dropout=0.0, split_and_prune=True, ema_halflife_kimg=0.0)
+# The official example's batch (256) and the project's default (64: 4x more steps for the same images on a CPU).
+OFFICIAL_BATCHES = (64, 256)
 BLANK_INK, SATURATED_INK = 0.01, 0.5  # share of pixels above mid-gray
 
 
@@ -125,16 +130,30 @@ def ink_shares(images: torch.Tensor) -> dict[str, float]:
     return {"blank": float((ink < BLANK_INK).float().mean()), "saturated": float((ink > SATURATED_INK).float().mean())}
 
 
-class Judge:
-    """Everything a model is scored against: held-out digits, the classifier and its reference features."""
+class FeatureSpace:
+    """One classifier's features: the training digits' reference and the held-out real digits' distance (floor)."""
 
-    def __init__(self, train_images: torch.Tensor, heldout: torch.Tensor, classifier: DigitClassifier):
-        self.heldout, self.classifier = heldout, classifier
+    def __init__(self, classifier: DigitClassifier, train_images: torch.Tensor, heldout: torch.Tensor):
+        self.classifier = classifier
         self.reference = self.features(train_images)
         self.floor = frechet_distance(self.features(heldout), self.reference)
 
     def features(self, images: torch.Tensor) -> np.ndarray:
         return batched(self.classifier.features, images).numpy().astype(np.float64)
+
+    def score(self, samples: torch.Tensor) -> dict[str, float]:
+        """Frechet distance of ``samples`` to the training digits, over the floor, and the mean confidence."""
+        fd = frechet_distance(self.features(samples), self.reference)
+        confidence = batched(lambda x: self.classifier(x).softmax(1).max(1).values, samples).mean()
+        return {"frechet_distance": round(fd, 3), "frechet_over_floor": round(fd / self.floor, 3),
+                "classifier_confidence": round(float(confidence), 4)}
+
+
+class Judge:
+    """Everything a model is scored against: the held-out digits and one feature space per classifier."""
+
+    def __init__(self, heldout: torch.Tensor, spaces: dict[str, FeatureSpace]):
+        self.heldout, self.spaces = heldout, spaces
 
     def score(self, model: DDNGenerator, device: torch.device, grid: Path) -> dict:
         model = model.eval()
@@ -142,12 +161,10 @@ class Judge:
         psnr_mean, psnr_of_mse = psnr_db(recon, self.heldout)
         samples = batched(lambda s: model.sample(seed=s.tolist()).cpu(), torch.arange(len(self.heldout))).clamp(-1, 1)
         save_grid(grid, images_to_uint8(samples[:100]), ncols=10)
-        confidence = batched(lambda x: self.classifier(x).softmax(1).max(1).values, samples).mean()
-        fd = frechet_distance(self.features(samples), self.reference)
         return {"recon_psnr_db_mean": round(psnr_mean, 3), "recon_psnr_db_of_mean_mse": round(psnr_of_mse, 3),
-                "frechet_distance": round(fd, 3), "frechet_over_floor": round(fd / self.floor, 3),
                 **{k: round(v, 4) for k, v in ink_shares(samples).items()},
-                "classifier_confidence": round(float(confidence), 4), "samples_png": str(grid)}
+                "classifiers": {name: space.score(samples) for name, space in self.spaces.items()},
+                "samples_png": str(grid)}
 
 
 def run_log(run_dir: Path) -> list[dict]:
@@ -187,6 +204,53 @@ def parse_minutes(text: str) -> list[float]:
     return values
 
 
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise click.BadParameter(f"expected distinct seeds, got {text!r}")
+    return seeds
+
+
+def split_data(data: Path, heldout: int, out: Path) -> tuple[Path, torch.Tensor, torch.Tensor]:
+    """The training split written to ``out`` for the trainer (it reads files), and images and labels [N]."""
+    images = load_images(str(data), image_size=32)
+    with np.load(data) as archive:
+        labels = torch.from_numpy(archive["labels"].astype(np.int64))
+        if len(labels) != len(images) or not 0 < heldout < len(images):
+            raise click.UsageError(f"{data}: {len(images)} images, {len(labels)} labels, --heldout {heldout}")
+        out.mkdir(parents=True, exist_ok=True)
+        train_file = out / "train_split.npz"
+        np.savez(train_file, images=archive["images"][:-heldout], labels=archive["labels"][:-heldout])
+    return train_file, images, labels
+
+
+def build_judge(images: torch.Tensor, labels: torch.Tensor, heldout: int, seeds: list[int],
+                epochs: int) -> tuple[Judge, dict]:
+    """A classifier per seed trained on the training split; the judge and each classifier's accuracy and floor."""
+    train_images, test_images = images[:-heldout], images[-heldout:]
+    spaces, described = {}, {}
+    for seed in seeds:
+        classifier = train_classifier(train_images, labels[:-heldout], epochs, seed)
+        accuracy = float((batched(classifier, test_images).argmax(1) == labels[-heldout:]).float().mean())
+        spaces[f"seed_{seed}"] = FeatureSpace(classifier, train_images, test_images)
+        described[f"seed_{seed}"] = {"heldout_accuracy": round(accuracy, 4),
+                                     "frechet_distance_real_floor": round(spaces[f"seed_{seed}"].floor, 3)}
+    return Judge(test_images, spaces), described
+
+
+SIDE_BY_SIDE_KEYS = ("images_seen", "recon_psnr_db_mean", "blank", "saturated", "classifiers")
+
+
+def side_by_side(report: dict, minutes: float) -> dict:
+    """Every model's scores at ``minutes``, key by key."""
+    rows = {name: next(s for s in entry["scores"] if s["minutes"] == minutes)
+            for name, entry in report.items() if isinstance(entry, dict) and "scores" in entry}
+    return {"minutes": minutes, **{key: {name: row[key] for name, row in rows.items()} for key in SIDE_BY_SIDE_KEYS}}
+
+
 @click.command()
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=DEFAULT_DATA,
               show_default=True, help="npz with images uint8 [N, 28, 28] and labels [N]")
@@ -195,53 +259,47 @@ def parse_minutes(text: str) -> list[float]:
 @click.option("--curve", default="5,10,20,40", show_default=True,
               help="budgets (minutes) at which the default recipe is scored; --minutes is always one of them")
 @click.option("--official/--no-official", default=True, show_default=True,
-              help="also train the official MNIST network for --minutes")
+              help="also train the official MNIST network for --minutes, at batch 64 and at its own 256")
 @click.option("--heldout", type=int, default=2000, show_default=True, help="digits kept out of training")
 @click.option("--classifier-epochs", type=int, default=3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--classifier-seeds", default="0,1", show_default=True,
+              help="one feature classifier per seed (comma-separated); every score is given under each")
+@click.option("--seed", type=int, default=0, show_default=True, help="training seed")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/quality"),
               show_default=True, help="folder for the runs, the sample grids and result.json (replaced)")
 @click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 @click.option("--progress/--no-progress", default=True)
-def main(data: Path, minutes: float, curve: str, official: bool, heldout: int, classifier_epochs: int, seed: int,
-         device: str, out: Path, threads: int, progress: bool) -> None:
+def main(data: Path, minutes: float, curve: str, official: bool, heldout: int, classifier_epochs: int,
+         classifier_seeds: str, seed: int, device: str, out: Path, threads: int, progress: bool) -> None:
+    run = BenchmarkRun()
     budgets = sorted(set(parse_minutes(curve)) | {minutes})
+    seeds = parse_seeds(classifier_seeds)
     if threads:
         torch.set_num_threads(threads)
-    images = load_images(str(data), image_size=32)
-    with np.load(data) as archive:
-        labels = torch.from_numpy(archive["labels"].astype(np.int64))
-        if len(labels) != len(images) or not 0 < heldout < len(images):
-            raise click.UsageError(f"{data}: {len(images)} images, {len(labels)} labels, --heldout {heldout}")
-        # The trainer reads datasets from files: give it the training split only.
-        out.mkdir(parents=True, exist_ok=True)
-        train_file = out / "train_split.npz"
-        np.savez(train_file, images=archive["images"][:-heldout], labels=archive["labels"][:-heldout])
-    train_images, test_images = images[:-heldout], images[-heldout:]
-    classifier = train_classifier(train_images, labels[:-heldout], classifier_epochs, seed)
-    accuracy = float((batched(classifier, test_images).argmax(1) == labels[-heldout:]).float().mean())
-    judge = Judge(train_images, test_images, classifier)
+    train_file, images, labels = split_data(data, heldout, out)
+    judge, classifiers = build_judge(images, labels, heldout, seeds, classifier_epochs)
     dev = resolve_device(device)
-
     common = dict(dataset=str(train_file), image_size=32, steps=10**9, seed=seed, checkpoint_every=0, log_every=20,
                   device=device)
     report = {
-        "data": str(data), "train_digits": len(train_images), "heldout_digits": heldout,
-        "torch_threads": torch.get_num_threads(), "classifier_heldout_accuracy": round(accuracy, 4),
-        "frechet_distance_real_floor": round(judge.floor, 3), "real_digits": ink_shares(test_images),
-        "fd_reference": "classifier penultimate features (128-d) of the training digits",
+        "data": str(data), "train_digits": len(images) - heldout, "heldout_digits": heldout,
+        "torch_threads": torch.get_num_threads(), "classifiers": classifiers,
+        "real_digits": ink_shares(judge.heldout),
+        "fd_reference": "each classifier's penultimate features (128-d) of the training digits",
         "default": train_and_score("default", TrainConfig(**common), budgets, judge, out, dev, progress),
     }
-    if official:
-        report["official"] = train_and_score("official", TrainConfig(**common, **OFFICIAL), [minutes], judge, out,
-                                             dev, progress)
-        ours = next(s for s in report["default"]["scores"] if s["minutes"] == minutes)
-        theirs = report["official"]["scores"][0]
-        report["side_by_side"] = {"minutes": minutes, **{key: {"default": ours[key], "official": theirs[key]} for key in (
-            "images_seen", "recon_psnr_db_mean", "frechet_distance", "blank", "saturated", "classifier_confidence")}}
-    (out / "result.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    for batch in OFFICIAL_BATCHES if official else ():
+        name = f"official_batch_{batch}"
+        report[name] = train_and_score(name, TrainConfig(**common, **OFFICIAL, batch=batch), [minutes], judge, out,
+                                       dev, progress)
+    report["side_by_side"] = side_by_side(report, minutes)
+    report = run.report(**report)
+    text = json.dumps(report, indent=2)
+    partial = out / "result.json.partial"
+    partial.write_text(text + "\n")
+    partial.replace(out / "result.json")
+    print(text)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Load test of the CPU serving path: a real local Triton server, gRPC clients, JSON out.
 
-The model is the benchmarks' shared MNIST-sized generator (:mod:`measured_model`,
+The model is the benchmarks' shared MNIST-sized generator (:mod:`benchmarks.measured_model`,
 random weights, L = 12, K = 64), exported with ddn-export's API into a
 temporary folder that is removed at the end; the server is the nvidia-pytriton binary on the
 repository's CPU view (python-backend twins running the ONNX file with ONNX
@@ -19,7 +19,7 @@ Runtime). Measured:
 
 All servers run at once and every point is measured in alternating rounds,
 so load from other work on the machine hits every variant alike; wall-clock
-numbers still move with that load (see machine.load_average_*), CPU time per
+numbers still move with that load (see load_average), CPU time per
 image does not.
 
 ``--sweep fleet`` measures several servers behind one DDNClient instead
@@ -37,9 +37,9 @@ between two unstopped phases of the same length: images/s during the stop
 as a fraction of the unstopped phases' mean, and the longest any request
 waited.
 
-Usage: python benchmarks/serve_load.py [--point-seconds 6 --rounds 3 --soak-seconds 60 --out result.json]
-       python benchmarks/serve_load.py --sweep fleet [--point-seconds 6 --rounds 3 --out fleet.json]
-       python benchmarks/serve_load.py --sweep stop [--point-seconds 10 --out stop.json]
+Usage: python -m benchmarks.serve_load [--point-seconds 6 --rounds 3 --soak-seconds 60 --out result.json]
+       python -m benchmarks.serve_load --sweep fleet [--point-seconds 6 --rounds 3 --out fleet.json]
+       python -m benchmarks.serve_load --sweep stop [--point-seconds 10 --out stop.json]
 """
 from __future__ import annotations
 
@@ -71,7 +71,8 @@ from ddn.serving.onnx_model import OnnxModel
 from ddn.serving.repository_view import cpu_repository_view, cpu_settings, read_config
 from ddn.serving.triton_server import TritonServer
 from ddn.training.checkpoint import save_checkpoint
-from measured_model import MODEL_CONFIG, measured_model
+from benchmarks.measure import BenchmarkRun, interleaved
+from benchmarks.measured_model import MODEL_CONFIG, measured_model
 
 NAME = "mnist"
 TARGET_GAP_MS = 2.0
@@ -170,24 +171,33 @@ def closed_loop(server: TritonServer, codes: np.ndarray, concurrency: int, secon
     return part
 
 
-def sweep_round(servers: dict[str, TritonServer], codes: np.ndarray, concurrencies: list[int], seconds: float,
-                parts: dict[tuple[str, int], list[dict]], reverse: bool = False, model: str = NAME,
-                image_shape: tuple[int, ...] = MODEL_SHAPE) -> None:
-    """One round: a ``seconds`` slice per concurrency and server, appended to ``parts[(server name, concurrency)]``.
-
-    ``reverse`` takes the servers in the opposite order; alternating it between
-    rounds gives no server a fixed place in the sequence.
-    """
-    for c in concurrencies:
-        for variant in (list(servers)[::-1] if reverse else list(servers)):
-            parts.setdefault((variant, c), []).append(
-                closed_loop(servers[variant], codes, c, seconds, model, image_shape))
+def interleaved_slices(slices: dict[str, Callable[[], dict]], rounds: int) -> dict[str, list[dict]]:
+    """Every :func:`merge` slice ``rounds`` times, in the measuring core's interleaved rounds; slices per name."""
+    parts: dict[str, list[dict]] = {name: [] for name in slices}
+    interleaved({name: lambda name=name, measure=measure: parts[name].append(measure())
+                 for name, measure in slices.items()}, seconds=0, rounds=rounds, warmup_calls=0, min_calls=1)
+    return parts
 
 
-def sweep_results(parts: dict[tuple[str, int], list[dict]], variants: list[str],
+def point(variant: str, concurrency: int) -> str:
+    """The name of a sweep's slices: ``variant`` at ``concurrency`` clients."""
+    return f"{variant}@{concurrency}"
+
+
+def sweep(servers: dict[str, TritonServer], codes: np.ndarray, concurrencies: list[int], seconds: float,
+          rounds: int, extra: dict[str, Callable[[], dict]] | None = None, model: str = NAME,
+          image_shape: tuple[int, ...] = MODEL_SHAPE) -> dict[str, list[dict]]:
+    """``seconds`` slices of every server at every concurrency (named by :func:`point`) and of ``extra``,
+    in ``rounds`` interleaved rounds."""
+    slices = {point(variant, c): lambda server=server, c=c: closed_loop(server, codes, c, seconds, model, image_shape)
+              for c in concurrencies for variant, server in servers.items()}
+    return interleaved_slices({**slices, **(extra or {})}, rounds)
+
+
+def sweep_results(parts: dict[str, list[dict]], variants: list[str],
                   concurrencies: list[int]) -> dict[str, list[dict]]:
-    """Server name -> merged stats per concurrency, from the slices :func:`sweep_round` collected."""
-    return {v: [{"concurrency": c, **merge(parts[(v, c)])} for c in concurrencies] for v in variants}
+    """Server name -> merged stats per concurrency, from the slices :func:`sweep` collected."""
+    return {v: [{"concurrency": c, **merge(parts[point(v, c)])} for c in concurrencies] for v in variants}
 
 
 def server_settings(config) -> dict:
@@ -214,7 +224,6 @@ def export_measured(work: Path) -> tuple[Path, np.ndarray, dict]:
     report: dict = {
         "model": {"config": MODEL_CONFIG, "num_layers": model.num_layers, "k": MODEL_CONFIG["k"],
                   "image_shape": list(MODEL_SHAPE)},
-        "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
         "server_config": server_settings(read_config(repository / entry_name(NAME, "generate", PYTHON_SUFFIX))),
     }
     return repository, codes, report
@@ -249,18 +258,14 @@ def measure(work: Path, point_seconds: float, rounds: int, soak_seconds: float, 
             closed_loop(servers[variant], codes, 4, 1.0)  # warm up connections and instances
         ddn_client = stack.enter_context(DDNClient(servers["exported/dynamic_batching"].grpc_url, NAME))
         slice_s = point_seconds / rounds
-        parts: dict[tuple[str, int], list[dict]] = {}
-        baseline: dict[str, list[dict]] = {}
-        for r in range(rounds):
-            log(f"round {r + 1}/{rounds} ...")
-            for name, local in locals_.items():
-                baseline.setdefault(name, []).append(
-                    timed_loop(lambda i, m=local: m.generate(codes=codes[i % len(codes)][None]), slice_s))
-            baseline.setdefault("ddn_client", []).append(
-                timed_loop(lambda i: ddn_client.generate(codes=codes[i % len(codes)][None]), slice_s))
-            sweep_round(servers, codes, concurrencies, slice_s, parts, reverse=r % 2 == 1)
-        report["in_process_onnxruntime_batch1"] = {name: merge(baseline[name]) for name in configs}
-        report["ddn_client_batch1_exported_dynamic_batching"] = merge(baseline["ddn_client"])
+        in_process = {name: lambda m=local: timed_loop(lambda i: m.generate(codes=codes[i % len(codes)][None]),
+                                                       slice_s) for name, local in locals_.items()}
+        in_process["ddn_client"] = lambda: timed_loop(
+            lambda i: ddn_client.generate(codes=codes[i % len(codes)][None]), slice_s)
+        log(f"{rounds} interleaved rounds ...")
+        parts = sweep(servers, codes, concurrencies, slice_s, rounds, extra=in_process)
+        report["in_process_onnxruntime_batch1"] = {name: merge(parts[name]) for name in configs}
+        report["ddn_client_batch1_exported_dynamic_batching"] = merge(parts["ddn_client"])
         sweeps = sweep_results(parts, list(variants), concurrencies)
         report["grpc_one_image_per_request"] = sweeps
 
@@ -272,6 +277,12 @@ def measure(work: Path, point_seconds: float, rounds: int, soak_seconds: float, 
         soak = closed_loop(servers[best_variant], codes, saturating, soak_seconds)
         report["soak"] = {"variant": best_variant, "seconds": soak_seconds, "concurrency": saturating,
                           **merge([soak])}
+    add_targets(report, sweeps, list(configs), concurrencies)
+    return report
+
+
+def add_targets(report: dict, sweeps: dict[str, list[dict]], configs: list[str], concurrencies: list[int]) -> None:
+    """The configs sweep's targets per server config, and the CPU-time comparisons a busy machine does not distort."""
 
     def at(variant: str, concurrency: int, key: str) -> float | None:
         return next((r[key] for r in sweeps[variant] if r["concurrency"] == concurrency), None)
@@ -297,12 +308,10 @@ def measure(work: Path, point_seconds: float, rounds: int, soak_seconds: float, 
     # CPU time per image does not depend on how much of the machine others take,
     # so it shows what batching saves even where wall-clock throughput is noisy.
     report["server_cpu_ms_per_image_at_16_clients"] = {
-        v: at(v, 16, "server_cpu_ms_per_image") for v in variants} if 16 in concurrencies else None
+        v: at(v, 16, "server_cpu_ms_per_image") for v in sweeps} if 16 in concurrencies else None
     targets["soak failed requests"] = {"value": report["soak"]["failed"], "target": 0,
                                        "met": report["soak"]["failed"] == 0}
     report["targets"] = targets
-    report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    return report
 
 
 # -- several servers behind one DDNClient ------------------------------------------------------------------------
@@ -376,17 +385,13 @@ def measure_fleet(work: Path, point_seconds: float, rounds: int) -> dict:
             fleet_loop(client, servers[:n], codes, max(FLEET_CLIENTS), 1.0)  # warm up connections and instances
         # What one core does in this process, measured between the points: how busy the machine is.
         local = OnnxModel.from_repository(repository, NAME, threads=1)
-        baseline: list[dict] = []
-        parts: dict[tuple[int, int], list[dict]] = {}
-        for r in range(rounds):
-            log(f"round {r + 1}/{rounds} ...")
-            baseline.append(timed_loop(lambda i: local.generate(codes=codes[i % len(codes)][None]), slice_s))
-            for c in FLEET_CLIENTS:
-                for n in (FLEET_SIZES[::-1] if r % 2 else FLEET_SIZES):
-                    parts.setdefault((n, c), []).append(fleet_loop(clients[n], servers[:n], codes, c, slice_s))
-        report["in_process_onnxruntime_batch1_one_thread"] = merge(baseline)
-        report["fleet"] = {f"{n}_servers": [{"concurrency": c, **merge(parts[(n, c)])} for c in FLEET_CLIENTS]
-                           for n in FLEET_SIZES}
+        slices = {point(f"{n}_servers", c): lambda n=n, c=c: fleet_loop(clients[n], servers[:n], codes, c, slice_s)
+                  for c in FLEET_CLIENTS for n in FLEET_SIZES}
+        slices["baseline"] = lambda: timed_loop(lambda i: local.generate(codes=codes[i % len(codes)][None]), slice_s)
+        log(f"{rounds} interleaved rounds ...")
+        parts = interleaved_slices(slices, rounds)
+        report["in_process_onnxruntime_batch1_one_thread"] = merge(parts["baseline"])
+        report["fleet"] = sweep_results(parts, [f"{n}_servers" for n in FLEET_SIZES], list(FLEET_CLIENTS))
         report["fleet_requests_per_server"] = {
             f"{n}_servers": [e["succeeded"] for e in clients[n].endpoint_stats()] for n in FLEET_SIZES}
 
@@ -409,7 +414,6 @@ def measure_fleet(work: Path, point_seconds: float, rounds: int) -> dict:
     failed = sum(r["failed"] for rows in killed.values() for r in rows)
     report["targets"] = {"failed requests with one server killed mid-run": {"value": failed, "target": 0,
                                                                            "met": failed == 0}}
-    report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return report
 
 
@@ -465,7 +469,6 @@ def measure_stop(work: Path, phase_seconds: float) -> dict:
         "failed requests": {"value": sum(p["failed"] for p in phases.values()), "target": 0,
                             "met": all(p["failed"] == 0 for p in phases.values())},
     }
-    report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return report
 
 
@@ -474,22 +477,25 @@ def measure_stop(work: Path, phase_seconds: float) -> dict:
 @click.option("--rounds", type=click.IntRange(min=1), default=3, help="alternating rounds per point")
 @click.option("--soak-seconds", type=float, default=60.0, help="length of the soak at the saturating concurrency")
 @click.option("--concurrency", "levels", default="1,4,16,64", help="client concurrency levels")
-@click.option("--sweep", type=click.Choice(["configs", "fleet", "stop"]), default="configs",
+@click.option("--sweep", "kind", type=click.Choice(["configs", "fleet", "stop"]), default="configs",
               help="configs: server configurations on one server; fleet: 1-3 servers behind one client, with kills; "
                    "stop: 2 servers, one SIGSTOPped for --point-seconds (10 s is the target's measurement)")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="also write the JSON here")
-def main(point_seconds: float, rounds: int, soak_seconds: float, levels: str, sweep: str, out: Path | None) -> None:
+def main(point_seconds: float, rounds: int, soak_seconds: float, levels: str, kind: str, out: Path | None) -> None:
+    run = BenchmarkRun()
     with tempfile.TemporaryDirectory(prefix="ddn-serve-load-") as work:
-        if sweep == "fleet":
+        if kind == "fleet":
             report = measure_fleet(Path(work), point_seconds, rounds)
-        elif sweep == "stop":
+        elif kind == "stop":
             report = measure_stop(Path(work), point_seconds)
         else:
             report = measure(Path(work), point_seconds, rounds, soak_seconds, [int(c) for c in levels.split(",")])
-    text = json.dumps(report, indent=2)
+    text = json.dumps(run.report(**report), indent=2)
     print(text)
     if out:
-        out.write_text(text + "\n")
+        partial = out.with_name(out.name + ".partial")
+        partial.write_text(text + "\n")
+        partial.replace(out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,10 @@ Every density starts fresh (seed ``--seed``), K = 2000, 100x100 bins, score
 ``distribution_playground``'s ``divergence(points)["kl"]``; seconds are the
 fit's wall time, both methods on one thread.
 
-Usage: python benchmarks/toy_official.py [--k 2000] [--seed 0] [--densities gaussian,words]
+The JSON is the measuring core's report (:class:`benchmarks.measure.BenchmarkRun`:
+command, date, machine, load).
+
+Usage: python -m benchmarks.toy_official [--k 2000] [--seed 0] [--densities gaussian,words]
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import click
 import numpy as np
 import torch
 
+from benchmarks.measure import BenchmarkRun
 from ddn.training import toy2d
 
 OFFICIAL_STEPS, OFFICIAL_BATCH, OFFICIAL_LR = 1800, 40, 0.2
@@ -61,6 +65,7 @@ def timed(fit) -> tuple[np.ndarray, float]:
 @click.option("--official-steps", type=click.IntRange(min=1), default=OFFICIAL_STEPS, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=2700, show_default=True, help="the project's steps")
 def main(k: int, seed: int, densities: str, official_steps: int, steps: int) -> None:
+    run = BenchmarkRun()
     torch.set_num_threads(1)
     report = {"k": k, "seed": seed, "bins": toy2d.BINS, "official_steps": official_steps, "project_steps": steps,
               "densities": {}}
@@ -74,7 +79,7 @@ def main(k: int, seed: int, densities: str, official_steps: int, steps: int) -> 
         report["densities"][name] = {"kl": kl, "seconds": {"official": round(official_s, 2), "project": round(ours_s, 2)},
                                      "speedup": round(official_s / ours_s, 1)}
         click.echo(f"{name}: {json.dumps(report['densities'][name])}", err=True)
-    print(json.dumps(report, indent=2))
+    print(json.dumps(run.report(**report), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,17 +1,18 @@
 """Data-parallel step time on N gloo ranks (CPU processes): DistributedDataParallel against one flat all-reduce.
 
-Every rank holds two identical replicas and steps them in alternating rounds, so
-machine load hits both alike. ``ddp`` is the trainer's own step
+Every rank holds two identical replicas and steps them in the measuring core's
+interleaved rounds, so machine load hits both alike. ``ddp`` is the trainer's own step
 (:func:`~ddn.training.train_loop.train_step` on
 :meth:`~ddn.training.distributed.Ranks.training_loss`: bucketed all-reduces
 overlapped with the backward pass); ``flat_all_reduce`` is the reference it
 replaced: the backward pass, then every gradient in one all-reduce. Both are
 followed by the trainer's split-and-prune (usage summed over ranks), on the
-same batches, so the two replicas must end with the same weights. Rank 0 prints
-the per-step medians, their ratio paired by round, whether the weights agree and
-the load average as JSON. Usage:
+same batches, so the two replicas must end with the same weights. Rank 0 hands
+the per-step medians, their ratio paired by round and whether the weights agree
+to the launching process, which prints them in the measuring core's report
+(:class:`benchmarks.measure.BenchmarkRun`: command, date, machine, load). Usage:
 
-    python benchmarks/train_speed_ranks.py [--ranks 2 --preset cpu --batch 64 --rounds 8 --steps 5]
+    python -m benchmarks.train_speed_ranks [--ranks 2 --preset cpu --batch 64 --rounds 8 --steps 5]
 """
 from __future__ import annotations
 
@@ -20,14 +21,15 @@ import json
 import os
 import socket
 import statistics
-import sys
-import time
+import tempfile
+from pathlib import Path
 
 import click
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from benchmarks.measure import BenchmarkRun, Method, interleaved
 from ddn.training.datasets import batch_stream, load_images
 from ddn.training.distributed import Ranks
 from ddn.training.networks import build_generator
@@ -65,8 +67,8 @@ def _summary(times: dict[str, list[float]]) -> dict:
             "ms_per_step_rounds": times}
 
 
-def _rank(rank: int, world: int, port: int, preset: str, batch: int, rounds: int, steps: int) -> None:
-    """One rank (torch.multiprocessing spawn target), one torch thread per process."""
+def _rank(rank: int, world: int, port: int, preset: str, batch: int, rounds: int, steps: int, result: Path) -> None:
+    """One rank (torch.multiprocessing spawn target), one torch thread per process; rank 0 writes ``result``."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -88,22 +90,23 @@ def _rank(rank: int, world: int, port: int, preset: str, batch: int, rounds: int
         "ddp": lambda b: train_step(ddp_loss, optimizers["ddp"], b, 0.05, dropout["ddp"], scaler),
     }
     models = {"flat_all_reduce": flat_model, "ddp": ddp_model}
-    times: dict[str, list[float]] = {name: [] for name in steps_of}
-    for round_ in range(rounds + 1):  # round 0 warms up
-        for name, step in steps_of.items():
-            dist.barrier()
-            start = time.perf_counter()
+
+    def slice_of(name: str) -> Method:
+        """``steps`` steps of one method; every rank waits for the others first, so the slices line up."""
+        def call() -> None:
             for _ in range(steps):
-                step(next(batches[name]))
+                steps_of[name](next(batches[name]))
                 usage_step(models[name], optimizers[name], True, ranks)
-            if round_:
-                times[name].append(1000 * (time.perf_counter() - start) / steps)
+        return Method(call, prepare=dist.barrier)
+
+    # Every rank runs the same schedule (one warm-up slice each, then rotating rounds), so the collectives match.
+    samples = interleaved({name: slice_of(name) for name in steps_of}, seconds=0, rounds=rounds)
+    times = {name: [1000 * t / steps for t in samples[name].wall] for name in steps_of}
     if ranks.is_main:
         # Averaging over two ranks is exact either way, so the replicas must end bit-identical.
         same = all(torch.equal(a, b) for a, b in zip(flat_model.state_dict().values(), ddp_model.state_dict().values()))
-        print(json.dumps({"ranks": world, "preset": preset, "batch": batch, "rounds": rounds, "steps_per_round": steps,
-                          **_summary(times), "same_weights": same, "load_average_1min_end": os.getloadavg()[0],
-                          "torch": torch.__version__, "command": " ".join(sys.argv)}, indent=2))
+        result.write_text(json.dumps({"ranks": world, "preset": preset, "batch": batch, "rounds": rounds,
+                                     "steps_per_round": steps, **_summary(times), "same_weights": same}))
     ranks.close(finished=True)
 
 
@@ -115,9 +118,13 @@ def _rank(rank: int, world: int, port: int, preset: str, batch: int, rounds: int
 @click.option("--steps", type=click.IntRange(min=1), default=5, help="Steps per method per round.")
 def main(ranks: int, preset: str, batch: int, rounds: int, steps: int) -> None:
     """Print the 2-rank step time of DDP and of the flat all-reduce as JSON."""
-    print(json.dumps({"load_average_1min_start": os.getloadavg()[0]}), file=sys.stderr)
-    mp.start_processes(_rank, args=(ranks, _free_port(), preset, batch, rounds, steps), nprocs=ranks, join=True,
-                       start_method="spawn")
+    run = BenchmarkRun()
+    with tempfile.TemporaryDirectory(prefix="ddn-train-speed-ranks-") as work:
+        result = Path(work) / "rank0.json"
+        mp.start_processes(_rank, args=(ranks, _free_port(), preset, batch, rounds, steps, result), nprocs=ranks,
+                           join=True, start_method="spawn")
+        results = json.loads(result.read_text())
+    print(json.dumps(run.report(**results), indent=2))
 
 
 if __name__ == "__main__":

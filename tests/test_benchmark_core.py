@@ -1,4 +1,4 @@
-"""The benchmarks' measuring core (interleaved rounds, percentiles, the report) and generate_speed's report."""
+"""The benchmarks' measuring core (rounds, percentiles, the report) and how generate_speed and serve_load use it."""
 import json
 import os
 import subprocess
@@ -59,3 +59,24 @@ def test_generate_speed_times_every_method_on_the_same_codes():
         row["onnxruntime"]["images_per_s"] / row["pytorch_all_k"]["images_per_s"], rel=0.02)
     # The exported graph reads the batch size once and reshapes by constants.
     assert report["onnx_operators"]["onnxruntime"].get("Shape", 0) <= 1
+
+
+def test_serve_load_measures_its_slices_in_the_cores_rotating_rounds():
+    from benchmarks.serve_load import interleaved_slices, merge, point, sweep_results
+
+    calls: list[str] = []
+
+    def slice_of(name: str, latency: float):
+        def measure() -> dict:
+            calls.append(name)
+            return {"latencies": [latency], "failures": [], "elapsed": 1.0}
+        return measure
+
+    slices = {point("on", 1): slice_of("on", 0.002), point("off", 1): slice_of("off", 0.004),
+              "baseline": slice_of("baseline", 0.001)}
+    parts = interleaved_slices(slices, rounds=3)
+    assert calls == ["on", "off", "baseline", "off", "baseline", "on", "baseline", "on", "off"]  # no warm-up slice
+    assert sweep_results(parts, ["on", "off"], [1]) == {
+        "on": [{"concurrency": 1, **merge(parts["on@1"])}], "off": [{"concurrency": 1, **merge(parts["off@1"])}]}
+    assert merge(parts["off@1"])["requests"] == 3 and merge(parts["off@1"])["p50_ms"] == 4.0
+    assert merge(parts["baseline"])["images_per_s"] == 1.0

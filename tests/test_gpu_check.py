@@ -1,7 +1,6 @@
-"""benchmarks/gpu_check.py on a machine without a GPU: the dry run's plan and files, errors, the summary's targets."""
+"""python -m benchmarks.gpu_check on a machine without a GPU: the dry run's plan and files, errors, the summary's targets."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,27 +9,30 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.gpu_check import report as gpu_report
+from benchmarks.gpu_check.runner import STAGE_NAMES
+from benchmarks.gpu_check.settings import MODEL_ARGS
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
-spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-gpu_check = sys.modules["gpu_check"] = importlib.util.module_from_spec(spec)  # dataclasses look it up there
-spec.loader.exec_module(gpu_check)
 
 
-def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+def run(*args: str | Path) -> subprocess.CompletedProcess:
+    """The check as a user runs it: as a module, from the checkout."""
+    return subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_dry_run_writes_the_skeleton_and_log_and_prints_every_command(tmp_path: Path) -> None:
     out, work = tmp_path / "out", tmp_path / "work"
-    done = run("--out", out, "--work", work, "--dry-run", cwd=tmp_path)
+    done = run("--out", out, "--work", work, "--dry-run")
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log"]
     assert not work.exists()  # nothing is run, so nothing is made there
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["dry_run"] is True and list(report)[-1] == "summary"
-    assert list(report["stages"]) == list(gpu_check.STAGE_NAMES)
+    assert report["command"] == ["python", "-m", "benchmarks.gpu_check", "--out", str(out), "--work", str(work),
+                                 "--dry-run"]
+    assert list(report["stages"]) == list(STAGE_NAMES)
     for name, stage in report["stages"].items():
         assert stage["status"] == "planned" and stage["commands"] and stage["time_limit_s"] > 0, name
     assert all(target["value"] is None and target["met"] is None for target in report["summary"]["targets"].values())
@@ -43,10 +45,13 @@ def test_dry_run_writes_the_skeleton_and_log_and_prints_every_command(tmp_path: 
     assert install[0] == f"{python} -m pip install --disable-pip-version-check --no-deps --no-build-isolation -e {ROOT}"
     assert "'onnxruntime-gpu>=1.19'" in install[1] and "'tensorrt>=10,<11'" in install[1]
     assert "'torch==" not in install[1] and f"--constraint {work / 'constraints.txt'}" in install[1]
+    # The project is installed by the first command; naming it again (dev's "ddn-serve[train,...]") would bring
+    # train's torch pin back past the constraint.
+    assert "ddn-serve" not in install[1] and "'nvidia-pytriton>=0.5'" in install[1]
     assert install[2:] == [f"{python} -m pip uninstall -y onnxruntime",
                            f"{python} -m pip install --disable-pip-version-check --force-reinstall --no-deps "
                            "'onnxruntime-gpu>=1.19'"]
-    model = " ".join(gpu_check.MODEL_ARGS)
+    model = " ".join(MODEL_ARGS)
     for precision in ("fp32", "bf16"):
         (train,) = plan[f"train_{precision}"]["commands"]
         assert train.startswith(f"{python} -m ddn.training.cli {model} --steps 200 ")
@@ -68,7 +73,7 @@ def test_dry_run_with_wheels_installs_them_offline_and_skips_unselected_stages(t
     names = ["onnxruntime_gpu-1.20.0-cp311-cp311-manylinux_2_27_x86_64.whl", "tritonclient-2.51.0-py3-none-any.whl"]
     for name in names:
         (wheels / name).write_bytes(b"")
-    done = run("--out", tmp_path / "out", "--wheels", wheels, "--stages", "install,latency", "--dry-run", cwd=tmp_path)
+    done = run("--out", tmp_path / "out", "--wheels", wheels, "--stages", "install,latency", "--dry-run")
     assert done.returncode == 0, done.stderr
     stages = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["stages"]
     python = sys.executable
@@ -78,10 +83,10 @@ def test_dry_run_with_wheels_installs_them_offline_and_skips_unselected_stages(t
         + " ".join(str(wheels / name) for name in names)]
     assert stages["latency"]["status"] == "planned"
     assert {name: stage["status"] for name, stage in stages.items() if name not in ("install", "latency")} == {
-        name: "skipped" for name in gpu_check.STAGE_NAMES if name not in ("install", "latency")}
+        name: "skipped" for name in STAGE_NAMES if name not in ("install", "latency")}
     assert stages["serve"]["reason"] == "not in --stages"
 
-    done = run("--out", tmp_path / "out2", "--no-install", "--dry-run", cwd=tmp_path)
+    done = run("--out", tmp_path / "out2", "--no-install", "--dry-run")
     assert done.returncode == 0, done.stderr
     stages = json.loads((tmp_path / "out2" / "gpu_check.json").read_text())["stages"]
     assert stages["install"] == {"status": "skipped", "reason": "--no-install", "does": "pip installs"}
@@ -107,7 +112,7 @@ def test_bad_arguments_are_one_line_errors_and_write_nothing(tmp_path: Path, arg
     args = [arg.format(**places) for arg in args]
     if "--out" not in args:
         args += ["--out", str(tmp_path / "out")]
-    done = run(*args, "--dry-run", cwd=tmp_path)
+    done = run(*args, "--dry-run")
     assert done.returncode == 2 and done.stdout == ""
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], done.stderr
@@ -115,7 +120,7 @@ def test_bad_arguments_are_one_line_errors_and_write_nothing(tmp_path: Path, arg
 
 
 def test_missing_out_is_a_one_line_error(tmp_path: Path) -> None:
-    done = run("--dry-run", cwd=tmp_path)
+    done = run("--dry-run")
     assert done.returncode == 2 and done.stderr.strip() == "Error: Missing option '--out'."
 
 
@@ -131,7 +136,7 @@ def _stages(trt16: tuple[float, float], all_k: tuple[float, float], dynamic: flo
 
 
 def test_summary_divides_the_measured_rates_and_checks_each_target() -> None:
-    summary = gpu_check.summary(_stages(trt16=(1000.0, 9000.0), all_k=(200.0, 6000.0), dynamic=2700.0, off=900.0))
+    summary = gpu_report.summary(_stages(trt16=(1000.0, 9000.0), all_k=(200.0, 6000.0), dynamic=2700.0, off=900.0))
     targets = summary["targets"]
     assert targets["tensorrt_fp16_over_pytorch_all_k_batch_1"] == {"value": 5.0, "target": ">= 2", "met": True}
     assert targets["tensorrt_fp16_over_pytorch_all_k_batch_64"] == {"value": 1.5, "target": ">= 2", "met": False}
@@ -139,14 +144,14 @@ def test_summary_divides_the_measured_rates_and_checks_each_target() -> None:
     assert summary["all_targets_met"] is False
     assert summary["stages"] == {"latency": "passed", "serve": "passed", "gpu_tests": "failed"}
 
-    summary = gpu_check.summary(_stages(trt16=(500.0, 500.0), all_k=(100.0, 100.0), dynamic=None, off=900.0))
+    summary = gpu_report.summary(_stages(trt16=(500.0, 500.0), all_k=(100.0, 100.0), dynamic=None, off=900.0))
     assert summary["targets"]["dynamic_batching_over_off_16_clients"]["value"] is None
     assert summary["all_targets_met"] is None  # a target that was not measured is not met or missed
 
 
 def test_a_stage_without_time_left_is_skipped_without_starting(tmp_path: Path) -> None:
     done = run("--out", tmp_path / "out", "--work", tmp_path / "work", "--no-install", "--stages", "environment",
-               "--budget-s", "5", cwd=tmp_path)
+               "--budget-s", "5")
     assert done.returncode == 0, done.stderr
     stage = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["stages"]["environment"]
     assert stage["status"] == "skipped" and stage["reason"].startswith("out of time")
@@ -156,8 +161,7 @@ def test_a_stage_without_time_left_is_skipped_without_starting(tmp_path: Path) -
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the training stage would run for real")
 def test_a_failing_stage_is_recorded_with_its_error_and_the_run_goes_on(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    done = run("--out", out, "--work", tmp_path / "work", "--no-install", "--stages", "train_fp32,environment",
-               cwd=tmp_path)
+    done = run("--out", out, "--work", tmp_path / "work", "--no-install", "--stages", "train_fp32,environment")
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "gpu_check.json").read_text())
     train = report["stages"]["train_fp32"]

@@ -87,13 +87,14 @@ def test_cli_refuses_bad_arguments_as_usage_errors(args, message):
     assert line.startswith(message), line
 
 
-def test_side_by_side_benchmark_runs_both_implementations(tmp_path):
-    """benchmarks/toy_official.py at a tiny size: the official loop and ours scored alike."""
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "toy_official.py"
-    done = subprocess.run([sys.executable, str(script), "--k", "50", "--official-steps", "30", "--steps", "30",
-                           "--densities", "words"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+def test_side_by_side_benchmark_runs_both_implementations():
+    """python -m benchmarks.toy_official at a tiny size: the official loop and ours scored alike."""
+    args = ["--k", "50", "--official-steps", "30", "--steps", "30", "--densities", "words"]
+    done = subprocess.run([sys.executable, "-m", "benchmarks.toy_official", *args], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
+    assert report["command"] == "python -m benchmarks.toy_official " + " ".join(args) and report["date"]
     scores = report["densities"]["words"]
     assert set(scores["kl"]) == {"official", "project", "real_samples"}
     assert all(v > 0 for v in scores["kl"].values()) and scores["seconds"]["official"] > 0

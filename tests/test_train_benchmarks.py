@@ -42,21 +42,36 @@ def test_train_speed_times_split_and_prune_on_the_presets_it_names(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not MNIST.exists(), reason=f"needs {MNIST} (the shared data folder)")
-def test_quality_scores_both_models_and_the_curve(tmp_path):
-    report = run_script(str(ROOT / "benchmarks" / "quality.py"), "--minutes", "0.3", "--curve", "0.15", "--heldout", "300",
-                        "--classifier-epochs", "1", "--no-progress", "--out", str(tmp_path / "q"), cwd=tmp_path)
+def test_quality_scores_every_model_under_both_classifiers(tmp_path):
+    report = run_script("-m", "benchmarks.quality", "--minutes", "0.3", "--curve", "0.15", "--heldout", "300",
+                        "--classifier-epochs", "1", "--no-progress", "--out", str(tmp_path / "q"), cwd=ROOT)
+    assert report["command"].startswith("python -m benchmarks.quality --minutes 0.3") and report["machine"]["cores"]
     assert report["real_digits"] == {"blank": 0.0, "saturated": 0.0}  # the ink thresholds pass every real digit
+    classifiers = report["classifiers"]
+    assert sorted(classifiers) == ["seed_0", "seed_1"]
+    assert all(c["heldout_accuracy"] > 0.5 for c in classifiers.values())
+    floors = {name: c["frechet_distance_real_floor"] for name, c in classifiers.items()}
+    assert floors["seed_0"] != floors["seed_1"]  # another seed, another feature extractor
     curve = report["default"]["scores"]
     assert [s["minutes"] for s in curve] == [0.15, 0.3]
     assert 0 < curve[0]["steps"] < curve[1]["steps"]  # the second budget resumed the same run
-    for scores in (*curve, *report["official"]["scores"]):
-        assert scores["frechet_distance"] > report["frechet_distance_real_floor"]
-        assert scores["frechet_over_floor"] == pytest.approx(
-            scores["frechet_distance"] / report["frechet_distance_real_floor"], rel=1e-2)
-        assert 0 <= scores["blank"] + scores["saturated"] <= 1 and 0.1 <= scores["classifier_confidence"] <= 1
+    official = {name: report[f"official_batch_{name}"] for name in (64, 256)}
+    for scores in (*curve, *(entry["scores"][0] for entry in official.values())):
+        assert sorted(scores["classifiers"]) == ["seed_0", "seed_1"]
+        for name, under in scores["classifiers"].items():
+            assert under["frechet_distance"] > floors[name]
+            assert under["frechet_over_floor"] == pytest.approx(under["frechet_distance"] / floors[name], rel=1e-2)
+            assert 0.1 <= under["classifier_confidence"] <= 1
+        assert scores["classifiers"]["seed_0"]["frechet_distance"] != scores["classifiers"]["seed_1"]["frechet_distance"]
+        assert 0 <= scores["blank"] + scores["saturated"] <= 1
         assert Path(scores["samples_png"]).read_bytes()[:4] == b"\x89PNG"
-    assert report["official"]["model"]["kind"] == "recurrence"
-    # The official example samples its trained weights; the default recipe samples its weight average.
-    assert report["official"]["train_config"]["ema_halflife_kimg"] == 0
+    for batch, entry in official.items():
+        assert entry["model"]["kind"] == "recurrence" and entry["train_config"]["batch"] == batch
+        assert entry["scores"][0]["images_seen"] == entry["scores"][0]["steps"] * batch
+        # The official example samples its trained weights; the default recipe samples its weight average.
+        assert entry["train_config"]["ema_halflife_kimg"] == 0
     assert report["default"]["train_config"]["ema_halflife_kimg"] > 0
-    assert report["side_by_side"]["recon_psnr_db_mean"]["default"] == curve[1]["recon_psnr_db_mean"]
+    side = report["side_by_side"]
+    assert side["recon_psnr_db_mean"]["default"] == curve[1]["recon_psnr_db_mean"]
+    assert side["classifiers"]["official_batch_256"] == official[256]["scores"][0]["classifiers"]
+    assert json.loads((tmp_path / "q" / "result.json").read_text()) == report
