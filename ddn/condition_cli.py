@@ -30,9 +30,9 @@ def condition_options(required: bool) -> Callable[[Command], Command]:
     """Add --condition (required or not) and one file option per option name in the registry (--input, ...)."""
     summaries = "; ".join(f"{spec.name}: {spec.summary}" for spec in CONDITIONS.values())
     options = [click.option("--condition", type=click.Choice(list(CONDITIONS)), required=required,
-                            help=f"zero-shot condition: {summaries}")]
+                            help=f"Zero-shot condition to run ({summaries}).")]
     options += [click.option(f"--{option}", _param(option), type=click.Path(path_type=Path), default=None,
-                             help=f"--condition's image file ({text})") for option, text in file_options().items()]
+                             help=f"Image file of the condition ({text}).") for option, text in file_options().items()]
 
     def add(command: Command) -> Command:
         for option in reversed(options):

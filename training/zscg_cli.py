@@ -19,14 +19,15 @@ SEED_RANGE = click.IntRange(0, 2**64 - 1)
 
 @command("conditional")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="a ddn-train checkpoint (.safetensors)")
+              help="The ddn-train checkpoint (.safetensors) to sample.")
 @condition_options(required=True)
 @click.option("--selection", type=click.Choice(SELECTIONS), default="top2",
-              help="top1: best candidate per layer (deterministic, all N equal); top2: random among the best two")
-@click.option("--n", type=click.IntRange(min=1), default=8, help="samples to generate")
-@click.option("--seed", type=SEED_RANGE, default=0, help="seed of the top2 draws")
+              help="How each layer picks: top1 takes the best candidate (deterministic, all N equal), "
+                   "top2 one of the best two at random.")
+@click.option("--n", type=click.IntRange(min=1), default=8, help="Number of samples to generate.")
+@click.option("--seed", type=SEED_RANGE, default=0, help="Seed of the top2 draws.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("zscg"),
-              help="output folder")
+              help="Folder the samples are written to.")
 def conditional(checkpoint: Path, condition: str, selection: str, n: int, seed: int, out_dir: Path,
                 **paths: Path | None) -> None:
     """Zero-shot conditional generation with a trained DDN (no retraining)."""
