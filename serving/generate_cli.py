@@ -42,6 +42,7 @@ from ddn.repository_contract import ONNX_FILE, GraphLayout
 from .shards import Shard, ShardParam
 
 GRID_MAX = 64  # the grid shows the first images of the run; thousands of tiles help nobody
+GRID_MIN_TILE = 32  # smaller images are repeated (nearest) up to this size: 8x8 digits are unreadable as they are
 # Seeds are what numpy's default_rng takes: 64-bit unsigned.
 SEED_RANGE = click.IntRange(0, 2**64 - 1)
 # Options of generation by seed, which a conditional run does not take.
@@ -263,7 +264,8 @@ def main(count: int, seed: int, out_dir: Path, grid: Path | None, codes_path: Pa
         with CodesFile(codes_path, seeds, source.layout.num_layers) if codes_path else nullcontext() as codes:
             written = generate_pngs(source, seeds, out_dir, batch * concurrency, progress, codes)
         if grid and seeds:
-            save_grid(grid, np.stack([load_png(out_dir / png_name(s)) for s in seeds[:GRID_MAX]]))
+            tiles = np.stack([load_png(out_dir / png_name(s)) for s in seeds[:GRID_MAX]])
+            save_grid(grid, tiles, scale=-(-GRID_MIN_TILE // tiles.shape[1]))
     except (ValueError, RuntimeError) as exc:
         raise CommandError(exc) from None
     except OSError as exc:

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from ddn.export.exporter import ModelExport
-from ddn.images import load_png, save_png
+from ddn.images import load_png, make_grid, save_png
 from ddn.serving.generate_cli import main as ddn_generate
 from ddn.serving.onnx_model import OnnxModel
 from ddn.training.checkpoint import save_checkpoint
@@ -91,13 +91,17 @@ def test_codes_file_holds_every_seed_and_its_codes(exported, tmp_path):
     result = CliRunner().invoke(ddn_generate, ["--repository", str(repository), "--model", NAME, "--n", "37",
                                                "--seed", "100", "--batch", "4", "--concurrency", "2", "--out",
                                                str(tmp_path / "out"), "--codes", str(tmp_path / "codes.npz"),
-                                               "--no-progress"])
+                                               "--grid", str(tmp_path / "grid.png"), "--no-progress"])
     assert result.exit_code == 0, result.output
     local = OnnxModel.from_repository(repository, NAME)
+    # 37 tiles of 8x8 pixels shown 4x (32 px) in 7 columns and 6 rows, 1 px apart.
+    np.testing.assert_array_equal(load_png(tmp_path / "grid.png"),
+                                  make_grid(local.generate(seeds=range(100, 137)), scale=4))
+    assert load_png(tmp_path / "grid.png").shape[:2] == (6 * 33 + 1, 7 * 33 + 1)
     with np.load(tmp_path / "codes.npz") as saved:
         np.testing.assert_array_equal(saved["seeds"], np.arange(100, 137))
         np.testing.assert_array_equal(saved["codes"], local.codes_for_seeds(range(100, 137)))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["codes.npz", "out"]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["codes.npz", "grid.png", "out"]  # no temporary file left
 
 
 def generate(*args) -> str:
