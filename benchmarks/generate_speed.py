@@ -1,23 +1,10 @@
 """Generation speed on this machine's CPU: the exported graph against PyTorch and the peers a user would try.
 
-    python -m benchmarks.generate_speed [--batches 1,64] [--seconds 4] [--rounds 5] [--threads N]
-                                        [--baseline-onnx OLD.onnx] [--save-onnx NEW.onnx] [--no-compile]
+Every method runs the same codes at each batch size in interleaved rounds, and its images are compared
+with ONNX Runtime's; docs/benchmarks.md lists the methods.
 
-Prints one JSON report (see :mod:`benchmarks.measure`). The model is the
-benchmarks' generator (:mod:`benchmarks.measured_model`); every method runs the
-same codes at each batch size, in interleaved rounds, at ``--threads``:
-
-* ``pytorch_all_k``: every DDL computes all K candidates (what the official code does);
-* ``pytorch_gathered``: each DDL applies only the chosen branch's rows;
-* ``pytorch_compiled``: ``torch.compile`` of the gathered graph module (the function ``ddn-export`` freezes);
-* ``onnxruntime``: the graph ``ddn-export`` writes, ONNX Runtime's CPU provider, all optimisations;
-* ``onnxruntime_baseline``: ``--baseline-onnx``, the same model exported earlier (``--save-onnx`` on an older checkout);
-* ``openvino_fp32`` and ``openvino_bf16``: OpenVINO on the same ONNX file, fp32 and its bf16 precision hint
-  (skipped with a note when the ``bench`` extra is not installed).
-
-Each method's images are compared with ONNX Runtime's (uint8 levels). The fraction of
-peak is the method's multiply-adds (2 FLOP each) per second over this CPU's best fp32
-matmul rate, measured in the same run.
+Usage: python -m benchmarks.generate_speed [--batches 1,64] [--seconds 4] [--rounds 5] [--threads N]
+                                           [--baseline-onnx OLD.onnx] [--save-onnx NEW.onnx] [--no-compile]
 """
 from __future__ import annotations
 

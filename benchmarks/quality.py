@@ -1,31 +1,8 @@
 """Sample quality of DDNs trained on MNIST digits for fixed time budgets, side by side, as JSON.
 
-* Data: ``mnist_8k.npz`` (8,000 real MNIST digits, 28x28 padded to 32x32). The
-  last ``--heldout`` digits are never trained on.
-* Models, each trained by the project's own loop (``train``) with all the
-  machine's threads, one after the other:
-  - ``default``: ddn-train's defaults (the ``cpu`` preset and recipe), trained
-    for the longest ``--curve`` budget and scored at every budget of the curve
-    (the run pauses for scoring and resumes bitwise);
-  - ``official_batch_64`` and ``official_batch_256``: the official MNIST
-    network re-implemented (the ``mnist-recurrence`` preset: U-Net block with
-    LayerNorm convs, base 32 channels, K = 64, 10 repeats, 3.15 M parameters;
-    Adam 1e-3, no chain dropout, split-and-prune, no weight average, as the
-    official example trains it) for ``--minutes``, at the project's batch and at
-    the official example's own.
-* Scores, on the same held-out digits:
-  - reconstruction PSNR of encode -> decode on the held-out digits;
-  - Frechet distance in the 128-d penultimate features of small CNN digit
-    classifiers that this script trains itself on the training digits (no
-    downloaded weights), one per ``--classifier-seeds`` seed: the distance
-    moves with the feature extractor, so a recipe must win under each.
-    Generated digits (seeds 0..N-1, uniform codes) vs. training digits, and,
-    as each classifier's floor, the held-out real digits vs. the same training
-    digits (same sample count);
-  - the share of blank (under 1 % of pixels above mid-gray) and saturated (over
-    50 %) samples, and each classifier's mean top-class probability on samples.
-* Writes each model's sample grid and result.json into ``--out``; prints the
-  measuring core's report (:class:`benchmarks.measure.BenchmarkRun`).
+Trains ddn-train's defaults and the official MNIST network with the project's loop, then scores them on
+held-out digits (reconstruction PSNR, Frechet distance under self-trained classifiers, blank and
+saturated shares); docs/benchmarks.md gives the models and scores in full.
 
 Usage: python -m benchmarks.quality [--minutes 20] [--curve 5,10,20,40] [--no-official] [--out runs/quality]
 """

@@ -1,41 +1,8 @@
 """Load test of the CPU serving path: a real local Triton server, gRPC clients, JSON out.
 
-The model is the benchmarks' shared MNIST-sized generator (:mod:`benchmarks.measured_model`,
-random weights, L = 12, K = 64), exported with ddn-export's API into a
-temporary folder that is removed at the end; the server is the nvidia-pytriton binary on the
-repository's CPU view (python-backend twins running the ONNX file with ONNX
-Runtime). Measured:
-
-* in-process ONNX Runtime, batch 1 (the floor a server can approach);
-* gRPC, one image per request, closed loop with 1, 4, 16, 64 concurrent
-  clients: p50/p99 latency, images/s, failed requests, and the CPU time the
-  server (all its processes) and the client spent per image; for two server
-  configs -- ``exported`` (the python twin's config as ddn-export wrote it)
-  and ``cpu_tuned`` (one single-threaded ORT instance per core, queue delay
-  0) -- each with dynamic batching and with it removed, all else equal;
-* DDNClient.generate at concurrency 1 (the library's own overhead);
-* a soak (default 60 s) at the saturating concurrency of the faster
-  dynamic-batching config, counting failed requests.
-
-All servers run at once and every point is measured in alternating rounds,
-so load from other work on the machine hits every variant alike; wall-clock
-numbers still move with that load (see load_average), CPU time per
-image does not.
-
-``--sweep fleet`` measures several servers behind one DDNClient instead
-(:func:`measure_fleet`): 16 and 64 client threads sharing one client, each
-sending one-image requests back to back, with 1, 2 and 3 servers (one
-single-threaded ONNX Runtime instance each, queue delay 0), and the same with
-one server SIGKILLed halfway through the run; failed requests must be 0. All
-servers share this machine's cores, so more servers add no compute here: what
-the sweep shows is the client's routing and failover cost, not scaling.
-
-``--sweep stop`` measures what a hung server costs (:func:`measure_stop`):
-two such servers behind one DDNClient with its default timeout, 32 client
-threads, and one server SIGSTOPped (alive, connected, silent) for 10 s
-between two unstopped phases of the same length: images/s during the stop
-as a fraction of the unstopped phases' mean, and the longest any request
-waited.
+Every variant runs in alternating rounds so load from other work hits each alike; the sweeps ``fleet``
+and ``stop`` measure a client's routing and failover over several servers. docs/benchmarks.md says what
+each point measures.
 
 Usage: python -m benchmarks.serve_load [--point-seconds 6 --rounds 3 --soak-seconds 60 --out result.json]
        python -m benchmarks.serve_load --sweep fleet [--point-seconds 6 --rounds 3 --out fleet.json]

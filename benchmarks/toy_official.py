@@ -1,20 +1,7 @@
 """The toy 2-D experiment, the official implementation and the project's side by side in one run, as JSON.
 
-* ``official``: the official ``toy_exp.py`` loop on the official package's
-  statistics (``sddn.SplitableDiscreteDistribution``, PyPI ``sddn==0.0.2``):
-  points uniform in [-1, 1]^2, per step 40 samples, L1-nearest points,
-  ``add_loss_matrix`` then ``try_split`` (the split node's point copied into the
-  pruned one), then each sample moves its nearest point 2 * 0.2 of the way
-  toward it, one sample at a time; 1800 steps.
-* ``project``: :func:`ddn.training.toy2d.fit_points` at the CLI's defaults.
-* ``real_samples``: K samples of the density.
-
-Every density starts fresh (seed ``--seed``), K = 2000, 100x100 bins, score
-``distribution_playground``'s ``divergence(points)["kl"]``; seconds are the
-fit's wall time, both methods on one thread.
-
-The JSON is the measuring core's report (:class:`benchmarks.measure.BenchmarkRun`:
-command, date, machine, load).
+Both fit K points to each density from the same seed on one thread and are scored by
+``distribution_playground``'s KL divergence; docs/benchmarks.md describes the official loop reproduced.
 
 Usage: python -m benchmarks.toy_official [--k 2000] [--seed 0] [--densities gaussian,words]
 """

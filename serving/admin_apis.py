@@ -1,26 +1,8 @@
 """Triton's administrative APIs are closed on every server we start, unless the user opens them with a key.
 
-Any local process can reach a server bound to 127.0.0.1, and these APIs
-trust their caller. Through the shared-memory API, two calls crash the
-server: register one of the python backend's own shared-memory regions
-(their names are listed in /dev/shm) as client memory, then ask for an
-output into it, and tritonserver aborts with every model. The logging and
-trace APIs change verbosity and write files wherever the caller says.
-
-Triton 2.51 serves an API group only to requests that carry a header
-(``--grpc-restricted-protocol=<groups>:<key>=<value>``; a gRPC client sends
-the key as metadata ``triton-grpc-protocol-<key>``). Closed, the groups ask
-for a header that no client can send: its name has an upper-case letter,
-which HTTP/2 (so gRPC) forbids in header names, and its value a newline. A
-key on a command line is visible to every local user (``ps``), so a secret
-one would not do. Triton's HTTP frontend is never started, and ddn-serve's
-HTTP gateway does not route these APIs at all, so gRPC is their only way in.
-Opened on purpose with ``admin_key``, they answer requests that carry it;
-that key is visible to local users the same way.
-
-Inference, health, metadata, model config, statistics and the repository
-index stay open: clients need them, and with model control mode ``none``
-the repository API cannot load or unload anything.
+Any local process can reach a loopback server and the shared-memory, logging and trace APIs trust their
+caller (two shared-memory calls abort tritonserver), so closed groups demand a header no gRPC client can
+send. Inference, health, metadata and the repository index stay open. docs/serving.md explains how.
 """
 from __future__ import annotations
 

@@ -2,32 +2,12 @@
 
     client = DDNClient("localhost:8001", model="mnist")
     images = client.generate(seeds=range(16))          # uint8 [16, H, W, C]
-    codes = client.encode(images)                       # int32 [16, L]
-    out = client.conditional("superres", low_res=small) # {"images": ..., "codes": ...}
-    fleet = DDNClient(["gpu1:8001", "gpu2:8001"], model="mnist")   # or "gpu1:8001,gpu2:8001"
-    pods = DDNClient("dns:///ddn-triton-headless:8001", model="mnist")  # every address of the name
+    fleet = DDNClient(["gpu1:8001", "gpu2:8001"], model="mnist")
 
-Constructing a client talks to nobody. On first use it probes every endpoint
-(see :mod:`ddn.serving.endpoints`), and on first use of a model it reads the
-model's config (``ddn_*`` parameters, see :class:`ddn.repository_contract.GraphLayout`;
-max_batch_size) and metadata (input/output names, dtypes, shapes, versions)
-from every healthy endpoint: endpoints that serve different models (name,
-version, :func:`ddn.repository_contract.identity_parameters`, io, batch limit)
-are refused with a one-line error, and an endpoint that joins later is checked
-the same way before its first request (one that differs is ejected with a
-warning; the run goes on with the others). Every request is checked against the
-model before it leaves the process (codes through :func:`ddn.codes.validate_codes`);
-requests larger than the model's max batch size are split into chunks that run
-concurrently (at most ``concurrency`` in flight), each on the endpoint with the
-fewest requests in flight. A chunk that fails in a way that says nothing about
-the chunk (a server killed, shutting down, hung or overloaded) is sent again,
-with the same inputs, to another endpoint, up to ``retries`` times. A chunk
-still unanswered well past its endpoint's usual latency is sent to another
-endpoint as well (a hedged request; the first answer wins and the other copy
-is cancelled), so a hung server costs a fraction of a second, not the
-timeout. Results go back together in request order, so the output is the
-same bytes whichever server answered.
-Failures raise :class:`ServingError` with a one-line message.
+Requests are checked before they leave the process, split into the model's batch size, resent or hedged
+on another endpoint when a server fails or hangs, and returned in request order, so the output is the same
+bytes whichever server answered. Failures raise :class:`ServingError` with a one-line message.
+docs/serving.md describes the checks, routing and retries in full.
 """
 from __future__ import annotations
 
@@ -102,27 +82,10 @@ def _channel_args(probe_interval_s: float) -> list[tuple[str, int]]:
 class DDNClient:
     """Generate, encode and condition through the gRPC endpoints of one or more Triton servers.
 
-    ``url`` is one endpoint ``host:port``, a comma list, or a sequence of them;
-    an endpoint may be a DNS name ``dns:///host:port`` that stands for every
-    address it resolves to (``resolver``, default the system's), resolved
-    again every ``resolve_interval_s``.
-    ``model`` is the generation graph's name (``ddn-export --name``); the
-    encoder and conditional graphs are found as ``<model>_encode`` and
-    ``<model>_<kind>``. ``variant`` picks another entry of the same graphs
-    by suffix, e.g. ``"_trt"`` for the TensorRT entries (``<model>_trt``,
-    ``<model>_encode_trt``) on a GPU server. ``batch_size`` caps the rows per
-    request (default: the model's max_batch_size); ``concurrency`` bounds
-    requests in flight per call. ``timeout_s`` bounds each inference request
-    (one that runs out is retried elsewhere; with several endpoints one that
-    is overdue is hedged long before) and how long a request waits for
-    an endpoint while none is healthy; ``retries`` is how many times one
-    request is resent after a retryable failure; ``connect_timeout_s`` bounds
-    each health probe and each read of a server's models; an ejected endpoint
-    is probed every ``probe_interval_s``. With several endpoints a request is
-    hedged after twice its endpoint's p99 latency, at most ``hedge_max_s``
-    (raise it for models slower than that; None: no hedging). ``root_certificates`` (a PEM file)
-    makes every connection TLS, trusting that root; ``tls=True`` alone trusts
-    the system's roots.
+    ``url`` is ``host:port``, a comma list, a sequence of them, or ``dns:///host:port`` for every address
+    of a name; ``model`` is the ``ddn-export --name`` and ``variant`` an entry suffix such as ``"_trt"``.
+    The other arguments bound batch size, requests in flight, timeouts, retries, probing, hedging
+    (``hedge_max_s``; None: none) and set TLS; docs/serving.md ("DDNClient options") explains each.
     """
 
     def __init__(self, url: str | Sequence[str] = "localhost:8001", model: str = "ddn", concurrency: int = 8,

@@ -1,25 +1,7 @@
 """Several Triton gRPC endpoints used as one: least-in-flight routing, ejection, re-probing, hedging, DNS.
 
-Each request goes to the healthy endpoint with the fewest requests in flight
-(ties: the one picked longest ago). An endpoint that fails a request in a way
-that says nothing about the request (see :func:`retryable`), that keeps
-leaving requests unanswered well past its usual latency (hung: see
-:meth:`EndpointPool.note_overdue`), or that fails a health probe is ejected:
-it takes no requests, and ``probe_interval_s`` later a background thread asks
-it whether it is ready; when it is, it rejoins. A server that was not up when
-the client started is simply ejected from the start, so it joins once it
-answers. Requests never wait for a probe of a dead endpoint while another one
-is healthy.
-
-Endpoints are given as ``host:port`` or as one DNS name that stands for many
-(``dns:///name:port``, see :mod:`ddn.serving.dns_names`): the name is resolved
-again every ``resolve_interval_s``; new addresses join through a probe,
-vanished ones are drained (no new requests, and dropped once their last
-request is back).
-
-The pool decides where a request goes, when it is overdue and whether a
-failure may be retried; the caller (:class:`ddn.serving.client.DDNClient`)
-sends it again.
+The pool decides where a request goes, when it is overdue and whether a failure may be retried; the
+caller (:class:`ddn.serving.client.DDNClient`) sends it again. docs/serving.md describes the rules.
 """
 from __future__ import annotations
 

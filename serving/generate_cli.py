@@ -1,25 +1,8 @@
 """``ddn-generate``: write many samples as PNG files, from a local ONNX file or a Triton server.
 
-    ddn-generate --onnx model_repository/mnist/1/model.onnx --n 10000 --seed 0 --out samples/
-    ddn-generate --repository model_repository --model mnist --n 10000 --out samples/
-    ddn-generate --url localhost:8001 --model mnist --n 10000 --out samples/ --grid grid.png --codes codes.npz
-    ddn-generate --url gpu1:8001,gpu2:8001 --url gpu3:8001 --model mnist --n 100000 --out samples/
-    ddn-generate --url triton:8001 --model mnist --n 100000 --shard 2/8 --out samples/   # pod 2 of 8
-
-Image i of a run uses seed ``seed + i`` and is written as ``<seed+i>.png``
-(zero-padded to 6 digits). Seeds go through :func:`ddn.codes.codes_from_seed`
-in every path, and both paths run the same ONNX graph, so a seed gives a
-byte-identical PNG locally and through a server. Files that already exist are
-skipped (rerun after an interruption to finish); each PNG is written to a
-temporary name and renamed, so a crash never leaves a truncated file.
-With several ``--url`` endpoints the run is spread over them and survives
-servers that die (see :class:`ddn.serving.client.DDNClient`); ``--shard I/N``
-writes only the seeds of shard I (see :mod:`ddn.serving.shards`).
-
-With ``--condition`` the command runs that zero-shot condition's exported graph
-(``<model>_<condition>``) on ``--input`` images instead, through the same
-sources (see :mod:`ddn.serving.conditional_pngs`); the condition options come
-from the condition registry (:mod:`ddn.condition_cli`).
+Image i uses seed ``seed + i`` through :func:`ddn.codes.codes_from_seed` on every path, and both paths
+run the same ONNX graph, so a seed gives a byte-identical PNG locally and through a server. Existing
+files are skipped and each PNG is written atomically, so rerunning finishes an interrupted run.
 """
 from __future__ import annotations
 

@@ -1,21 +1,8 @@
 """ddn-serve's HTTP port: a small KServe v2 JSON gateway in front of Triton's gRPC port.
 
-Triton 2.51's own HTTP frontend (and its metrics port, the same HTTP server)
-dies on single unauthenticated requests: an infer body declaring the shape
-[4294967296, 4] with 4 values (std::bad_alloc), a body of 200,000 nested
-``[`` (SIGSEGV), a 64 MB body of spaces (SIGSEGV). Any local user reaches a
-loopback port, so that frontend is never started. When HTTP is asked for,
-this gateway answers instead, in this process: it reads at most
-``max_body_bytes`` with a Content-Length (no chunked bodies), parses JSON with
-Python's parser (bounded nesting: deep input raises RecursionError, not a
-crash), checks every input against the model config and the data actually
-sent (:mod:`ddn.serving.json_infer`), and forwards what is valid over gRPC.
-
-Served: ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/M[/versions/V]``
-(metadata), ``.../ready``, ``.../config``, ``POST .../infer`` (JSON tensors);
-on a metrics gateway ``/metrics`` only (:mod:`ddn.serving.prometheus_metrics`).
-The administrative APIs are not routed at all. With a certificate the gateway
-speaks only TLS.
+Triton 2.51's own HTTP frontend crashes on single malformed requests, so it is never started; this
+gateway bounds the body, parses it with Python's JSON parser, checks every input against the model
+(:mod:`ddn.serving.json_infer`) and forwards what is valid over gRPC. Routes: docs/serving.md.
 """
 from __future__ import annotations
 

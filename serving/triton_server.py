@@ -1,31 +1,10 @@
-"""Start the real Triton Inference Server shipped in the nvidia-pytriton wheel.
+"""Start the real Triton Inference Server shipped in the nvidia-pytriton wheel, with safe defaults.
 
-The wheel carries a CPU build of tritonserver 2.51 with only the python
-backend. Its layout is not a runnable install: the python backend needs the
-stub for *this* interpreter's minor version next to ``libtriton_python.so``,
-and the server needs the wheel's bundled shared libraries. Rather than touch
-site-packages, every server gets a private temporary folder with a backend
-directory of symlinks into the wheel (and its log file), removed on stop;
-a failure keeps a copy of the log (see ``TritonServer.keep_log``).
-
-Safe defaults: Triton listens on gRPC only, bound to 127.0.0.1 unless a host
-is given (the binary's own default is 0.0.0.0); its HTTP frontend and metrics
-port are never started, since single requests crash them: HTTP inference and
-``/metrics`` are served, when asked for, by ddn-serve's own gateway
-(:mod:`ddn.serving.http_gateway`) on the addresses given (the loopback by
-default). Model control mode ``none`` (no load/unload API), the shared-memory,
-logging and trace APIs closed unless an admin key opens them
-(:mod:`ddn.serving.admin_apis`), the server exits if any model fails to load,
-and readiness is strict (ready means every model is ready). With a
-certificate and key every port speaks only TLS: gRPC through Triton's own
-``--grpc-use-ssl``, the gateways through Python's ssl module. The python
-backend's shared-memory regions, which hold the tensors, are made readable by
-their owner only as soon as they appear (see ``_keep_owner_only``).
-
-The temporary folder and the python backend's shared-memory regions are
-named after the process that started the server (:mod:`ddn.leftovers`): a
-server that crashed, or whose parent was killed, leaves them behind, and the
-next server started on this machine removes them.
+The wheel's CPU tritonserver (python backend only) is not a runnable install as it lies, so every server
+gets a private temporary folder of symlinks into it, removed on stop and left for the next server's
+cleanup after a crash (:mod:`ddn.leftovers`). Triton listens on gRPC only, on the loopback unless a host
+is given, with its administrative APIs closed; HTTP and metrics come from ddn-serve's own gateway.
+docs/serving.md lists every setting and why.
 """
 from __future__ import annotations
 
@@ -235,18 +214,10 @@ def _tls_files(cert: str | Path | None, key: str | Path | None) -> tuple[Path, P
 class TritonServer:
     """A tritonserver process serving ``repository``; use as a context manager.
 
-    Triton listens on gRPC only, at ``host``:``grpc_port``. ``http`` and
-    ``metrics`` (an :class:`Address` each, or None for none) open this
-    process's gateway for KServe v2 JSON inference and for Prometheus
-    ``/metrics``. By default metrics are on a free loopback port (tests and
-    benchmarks read them) and HTTP is off; ddn-serve opens neither unless asked.
-    ``grpc_url`` and ``http_url`` are ``host:port`` (what tritonclient.grpc and
-    tritonclient.http take); ``metrics_url`` is the Prometheus URL.
-    ``admin_key`` opens the shared-memory, logging and trace APIs to requests
-    that carry it (see :mod:`ddn.serving.admin_apis`); without it they are closed.
-    ``tls_cert`` and ``tls_key`` (PEM files, both or neither) make every port TLS-only.
-    ``extra_args`` are further tritonserver flags, appended to the command line
-    (ddn-serve refuses those that would undo the settings above).
+    Triton listens on gRPC only (``grpc_url``); ``http`` and ``metrics`` (an :class:`Address` each, or
+    None) open this process's gateway for JSON inference and ``/metrics`` (by default metrics on a free
+    loopback port, HTTP off). ``admin_key`` opens the administrative APIs, ``tls_cert`` and ``tls_key``
+    make every port TLS-only, and ``extra_args`` are appended tritonserver flags.
     """
 
     def __init__(self, repository: str | Path, grpc_port: int | None = None, host: str = "127.0.0.1",
