@@ -43,3 +43,21 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ddn.export.repository_readme import export_example
 
     return export_example(tmp_path_factory.mktemp("tiny_export"))
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path):
+    """A real Triton server on the CPU view of the module's ``repository`` fixture, as ddn-serve runs it."""
+    from ddn.serving.repository_view import cpu_repository_view
+    from ddn.serving.triton_server import TritonServer
+
+    with cpu_repository_view(repository) as view, TritonServer(view) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def local(request: pytest.FixtureRequest, repository: Path):
+    """The module's model (its NAME) run in this process with ONNX Runtime: the reference served bytes must equal."""
+    from ddn.serving.onnx_model import OnnxModel
+
+    return OnnxModel.from_repository(repository, request.module.NAME)

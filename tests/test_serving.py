@@ -54,20 +54,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path):
-    with cpu_repository_view(repository) as view, TritonServer(view) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def client(server: TritonServer):
     with DDNClient(server.grpc_url, model=NAME, concurrency=4) as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def local(repository: Path) -> OnnxModel:
-    return OnnxModel.from_repository(repository, NAME)
 
 
 def raw_infer(server: TritonServer, array: np.ndarray, datatype: str = "INT32", model: str = NAME) -> np.ndarray:

@@ -26,7 +26,6 @@ from ddn.images import load_png, save_png  # noqa: E402
 from ddn.serving.client import DDNClient, ServingError  # noqa: E402
 from ddn.serving.generate_cli import main as generate_main  # noqa: E402
 from ddn.serving.onnx_model import OnnxModel  # noqa: E402
-from ddn.serving.repository_view import cpu_repository_view  # noqa: E402
 from ddn.serving.triton_server import TritonServer  # noqa: E402
 from ddn.training.checkpoint import load_generator, save_checkpoint  # noqa: E402
 from ddn.training.networks import SingleShotGenerator  # noqa: E402
@@ -51,20 +50,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path):
-    with cpu_repository_view(repository) as view, TritonServer(view) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def client(server: TritonServer):
     with DDNClient(server.grpc_url, model=NAME, concurrency=2) as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def local(repository: Path) -> OnnxModel:
-    return OnnxModel.from_repository(repository, NAME)
 
 
 @pytest.fixture(scope="module")
