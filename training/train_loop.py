@@ -22,7 +22,6 @@ from ddn.progress import on_terminal, progress_line, utc_timestamp
 
 from .datasets import batch_stream, load_images
 from .distributed import Ranks, TrainingLoss
-from .distributed import resolve_device  # noqa: F401 (benchmarks/quality.py imports it from here)
 from .networks import DDNGenerator, build_generator
 from .presets import preset_config
 from .run_outputs import RunLog, plot_run, save_sample_grid
