@@ -57,7 +57,7 @@ class ModelExport:
     """One checkpoint's export into ``repository`` under ``name``/``version``."""
 
     def __init__(self, checkpoint: str | Path, name: str, repository: str | Path = "model_repository",
-                 version: int = 1, max_batch: int = 64, superres_factor: int = 4, instance_kind: str = "gpu"):
+                 version: int = 1, max_batch: int = 64, superres_factor: int = 4, instance_kind: str = "auto"):
         if version < 1:
             raise ExportError(f"version must be >= 1 (Triton version folders are positive integers), got {version}")
         if max_batch < 1:
