@@ -20,7 +20,6 @@ and listen on gRPC and metrics only.
 from __future__ import annotations
 
 import copy
-import os
 import re
 import shlex
 import shutil
@@ -404,19 +403,10 @@ def test_client_image_is_the_torch_free_client_install_run_by_the_jobs_user(reso
 # --- the Deployment's Triton arguments on the real Triton 2.51 -------------------------------------------
 
 def listening_ports(pid: int) -> set[int]:
-    """TCP ports the process ``pid`` listens on (its sockets' inodes looked up in /proc/net)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for row in Path(table).read_text().splitlines()[1:]:
-            fields = row.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # TCP_LISTEN, one of its sockets
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+    """TCP ports the process ``pid`` listens on."""
+    from serve_helpers import listening_sockets
+
+    return {port for _, port in listening_sockets([pid])}
 
 
 @pytest.fixture(scope="module")
