@@ -46,6 +46,23 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def tiny_generation_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded tiny generator's generation graph alone, exported as ``tiny`` (few entries: its server loads fast)."""
+    import torch
+
+    from ddn.export.exporter import ModelExport
+    from ddn.training.checkpoint import save_checkpoint
+    from ddn.training.networks import SingleShotGenerator
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_generation")
+    checkpoint = folder / "tiny.safetensors"
+    save_checkpoint(checkpoint, SingleShotGenerator(image_size=8, channels=16, k=8))
+    ModelExport(checkpoint, "tiny", folder / "repository", max_batch=4).write_onnx(["generate"])
+    return folder / "repository"
+
+
+@pytest.fixture(scope="module")
 def server(repository: Path):
     """A real Triton server on the CPU view of the module's ``repository`` fixture, as ddn-serve runs it."""
     from ddn.serving.repository_view import cpu_repository_view

@@ -25,18 +25,14 @@ pytest.importorskip("pytriton", reason="needs the nvidia-pytriton wheel (pip ins
 pytest.importorskip("tritonclient.grpc")
 pytest.importorskip("cryptography")
 
-import torch  # noqa: E402
 from serve_helpers import children, kill, listening_sockets, process_group_members, start_serve_cli  # noqa: E402
 from tls_helpers import self_signed  # noqa: E402
 from tritonclient.grpc import service_pb2  # noqa: E402
 
-from ddn.export.exporter import ModelExport  # noqa: E402
 from ddn.serving.client import DDNClient  # noqa: E402
 from ddn.serving.local_grpc import inference_service, open_channel  # noqa: E402
 from ddn.serving.onnx_model import OnnxModel  # noqa: E402
 from ddn.serving.tls_probe import speaks_tls  # noqa: E402
-from ddn.training.checkpoint import save_checkpoint  # noqa: E402
-from ddn.training.networks import SingleShotGenerator  # noqa: E402
 
 NAME = "tiny"
 SEEDS = [3, 4, 5]
@@ -51,13 +47,8 @@ CRASH_BODIES = {
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("hardening")
-    checkpoint = folder / "tiny.safetensors"
-    save_checkpoint(checkpoint, SingleShotGenerator(image_size=8, channels=16, k=8))
-    ModelExport(checkpoint, NAME, folder / "repository", max_batch=4).write_onnx(["generate"])
-    return folder / "repository"
+def repository(tiny_generation_repository: Path) -> Path:
+    return tiny_generation_repository
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,7 @@ pytest.importorskip("pytriton", reason="needs the nvidia-pytriton wheel (pip ins
 grpcclient = pytest.importorskip("tritonclient.grpc")
 pytest.importorskip("cryptography")
 
-import torch  # noqa: E402
 
-from ddn.export.exporter import ModelExport  # noqa: E402
 from ddn.repository_contract import ONNX_DIGEST_PARAMETER  # noqa: E402
 from ddn.serving.client import DDNClient, ServingError  # noqa: E402
 from ddn.serving.dns_names import parse_dns_target, system_resolver  # noqa: E402
@@ -39,8 +37,6 @@ from ddn.serving.repository_view import cpu_repository_view  # noqa: E402
 from ddn.serving.serve_cli import main as serve_main  # noqa: E402
 from ddn.serving.shards import Shard  # noqa: E402
 from ddn.serving.triton_server import TritonServer  # noqa: E402
-from ddn.training.checkpoint import save_checkpoint  # noqa: E402
-from ddn.training.networks import SingleShotGenerator  # noqa: E402
 from cli_helpers import one_line_error, usage_error  # noqa: E402
 from tls_helpers import self_signed  # noqa: E402
 
@@ -55,13 +51,8 @@ LONG_RUN = ["--n", str(len(LONG_SEEDS)), "--seed", str(LONG_SEEDS.start), "--bat
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("fleet")
-    checkpoint = folder / "tiny.safetensors"
-    save_checkpoint(checkpoint, SingleShotGenerator(image_size=8, channels=16, k=8))
-    ModelExport(checkpoint, NAME, folder / "repository", max_batch=4).write_onnx(["generate"])  # loads fast
-    return folder / "repository"
+def repository(tiny_generation_repository: Path) -> Path:
+    return tiny_generation_repository
 
 
 @pytest.fixture(scope="module")
