@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import shlex
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -168,3 +170,12 @@ class BenchmarkRun:
                 "machine": machine(),
                 "load_average": {"before": self.load_before, "after": load_average()},
                 **results}
+
+
+def write_report(path: Path, report: Mapping[str, Any]) -> str:
+    """Write ``report`` as indented JSON to ``path`` atomically (a killed run leaves the previous file); the text."""
+    text = json.dumps(report, indent=2)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text + "\n")
+    partial.replace(path)
+    return text

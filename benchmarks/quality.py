@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.measure import BenchmarkRun
+from benchmarks.measure import BenchmarkRun, write_report
 from ddn.images import save_grid
 from ddn.training.datasets import load_images
 from ddn.training.distributed import resolve_device
@@ -271,12 +271,7 @@ def main(data: Path, minutes: float, curve: str, official: bool, heldout: int, c
         report[name] = train_and_score(name, TrainConfig(**common, **OFFICIAL, batch=batch), [minutes], judge, out,
                                        dev, progress)
     report["side_by_side"] = side_by_side(report, minutes)
-    report = run.report(**report)
-    text = json.dumps(report, indent=2)
-    partial = out / "result.json.partial"
-    partial.write_text(text + "\n")
-    partial.replace(out / "result.json")
-    print(text)
+    print(write_report(out / "result.json", run.report(**report)))
 
 
 if __name__ == "__main__":

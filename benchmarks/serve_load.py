@@ -38,7 +38,7 @@ from ddn.serving.onnx_model import OnnxModel
 from ddn.serving.repository_view import cpu_repository_view, cpu_settings, read_config
 from ddn.serving.triton_server import TritonServer
 from ddn.training.checkpoint import save_checkpoint
-from benchmarks.measure import BenchmarkRun, interleaved
+from benchmarks.measure import BenchmarkRun, interleaved, write_report
 from benchmarks.measured_model import MODEL_CONFIG, measured_model
 
 NAME = "mnist"
@@ -457,12 +457,8 @@ def main(point_seconds: float, rounds: int, soak_seconds: float, levels: str, ki
             report = measure_stop(Path(work), point_seconds)
         else:
             report = measure(Path(work), point_seconds, rounds, soak_seconds, [int(c) for c in levels.split(",")])
-    text = json.dumps(run.report(**report), indent=2)
-    print(text)
-    if out:
-        partial = out.with_name(out.name + ".partial")
-        partial.write_text(text + "\n")
-        partial.replace(out)
+    report = run.report(**report)
+    print(write_report(out, report) if out else json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
