@@ -19,7 +19,8 @@ import numpy as np
 from ddn.codes import codes_from_seed, validate_codes
 from ddn.conditions import condition_spec
 from ddn.repository_contract import (DESCRIPTION_FILE, ONNX_FILE, PYTHON_SUFFIX, TRT_SUFFIX, EntryDescription,
-                                     GraphLayout, RepositoryError, entry_name, latest_version, onnxruntime_session, read_description)
+                                     GraphLayout, RepositoryError, entry_name, latest_version, onnxruntime_session,
+                                     read_description)
 
 
 def _onnxruntime_errors() -> tuple[type[Exception], ...]:
