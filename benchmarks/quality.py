@@ -4,7 +4,7 @@ Trains ddn-train's defaults and the official MNIST network with the project's lo
 held-out digits (reconstruction PSNR, Frechet distance under self-trained classifiers, blank and
 saturated shares); docs/benchmarks.md gives the models and scores in full.
 
-Usage: python -m benchmarks.quality [--minutes 20] [--curve 5,10,20,40] [--no-official] [--out runs/quality]
+Usage: python -m benchmarks.quality [--minutes 20] [--curve 5,10,40] [--models default,...] [--out runs/quality]
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/mnist_8
 OFFICIAL = dict(preset="mnist-recurrence", lr=1e-3, chain_dropout=0.0, split_and_prune=True, ema_halflife_kimg=0.0)
 # The official example's batch (256) and the project's default (64: 4x more steps for the same images on a CPU).
 OFFICIAL_BATCHES = (64, 256)
+MODELS = ("default", *(f"official_batch_{batch}" for batch in OFFICIAL_BATCHES))
 BLANK_INK, SATURATED_INK = 0.01, 0.5  # share of pixels above mid-gray
 
 
@@ -150,16 +151,17 @@ def run_log(run_dir: Path) -> list[dict]:
 
 def train_and_score(name: str, config: TrainConfig, budgets_min: list[float], judge: Judge, out: Path,
                     device: torch.device, progress: bool) -> dict:
-    """Train ``config`` up to each budget in turn (pausing to score), return the scores per budget."""
-    run_dir = out / name
-    shutil.rmtree(run_dir, ignore_errors=True)
-    scores, trained_s = [], 0.0
+    """Train ``config`` once per budget, from scratch (its learning rate anneals to the budget's end); the scores per
+    budget.
+    """
+    scores = []
     for budget in budgets_min:
+        run_dir = out / f"{name}_{budget:g}min"
+        shutil.rmtree(run_dir, ignore_errors=True)
         started = time.perf_counter()
-        result = train(config, run_dir, resume=bool(scores), progress=progress, max_seconds=budget * 60 - trained_s)
-        trained_s += time.perf_counter() - started
+        result = train(config, run_dir, progress=progress, max_seconds=budget * 60)
         log = run_log(run_dir)
-        scores.append({"minutes": budget, "train_seconds": round(trained_s, 1), "steps": result.step,
+        scores.append({"minutes": budget, "train_seconds": round(time.perf_counter() - started, 1), "steps": result.step,
                        "images_seen": result.step * config.batch, "splits": result.splits,
                        "loss_last": round(log[-1]["loss"], 5), "loss_min": round(min(e["loss"] for e in log), 5),
                        **judge.score(result.sampled_model, device, out / f"{name}_{budget:g}min.png")})
@@ -168,7 +170,7 @@ def train_and_score(name: str, config: TrainConfig, budgets_min: list[float], ju
     model = result.sampled_model
     return {"train_config": {k: v for k, v in vars(config).items() if k not in ("dataset", "steps")},
             "model": model.config(), "parameters": sum(p.numel() for p in model.parameters()),
-            "scores": scores, "loss_curve": [(e["step"], round(e["loss"], 5)) for e in run_log(run_dir)]}
+            "scores": scores, "loss_curve": [(e["step"], round(e["loss"], 5)) for e in log]}
 
 
 def parse_minutes(text: str) -> list[float]:
@@ -176,7 +178,7 @@ def parse_minutes(text: str) -> list[float]:
         values = sorted({float(v) for v in text.split(",") if v.strip()})
     except ValueError:
         raise click.BadParameter(f"expected comma-separated minutes, got {text!r}") from None
-    if not values or values[0] <= 0:
+    if values and values[0] <= 0:
         raise click.BadParameter(f"minutes must be positive, got {text!r}")
     return values
 
@@ -189,6 +191,15 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds or len(set(seeds)) != len(seeds):
         raise click.BadParameter(f"expected distinct seeds, got {text!r}")
     return seeds
+
+
+def parse_models(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown or not names:
+        raise click.BadParameter(f"unknown model row(s) {', '.join(unknown) or '(none given)'}; "
+                                 f"expected some of {', '.join(MODELS)}")
+    return names
 
 
 def split_data(data: Path, heldout: int, out: Path) -> tuple[Path, torch.Tensor, torch.Tensor]:
@@ -233,10 +244,12 @@ def side_by_side(report: dict, minutes: float) -> dict:
               show_default=True, help="npz with images uint8 [N, 28, 28] and labels [N]")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
               help="budget of the side-by-side comparison (wall clock, training only)")
-@click.option("--curve", default="5,10,20,40", show_default=True,
-              help="budgets (minutes) at which the default recipe is scored; --minutes is always one of them")
-@click.option("--official/--no-official", default=True, show_default=True,
-              help="also train the official MNIST network for --minutes, at batch 64 and at its own 256")
+@click.option("--curve", default="", show_default=True,
+              help="more budgets (minutes, comma-separated) for the default recipe, one run each; --minutes is "
+                   "always one of them")
+@click.option("--models", default=",".join(MODELS), show_default=True,
+              help="comma-separated rows to train: default (scored at every --curve budget) and the official MNIST "
+                   "network for --minutes at batch 64 and at its own 256")
 @click.option("--heldout", type=int, default=2000, show_default=True, help="digits kept out of training")
 @click.option("--classifier-epochs", type=int, default=3, show_default=True)
 @click.option("--classifier-seeds", default="0,1", show_default=True,
@@ -247,11 +260,12 @@ def side_by_side(report: dict, minutes: float) -> dict:
               show_default=True, help="folder for the runs, the sample grids and result.json (replaced)")
 @click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 @click.option("--progress/--no-progress", default=True)
-def main(data: Path, minutes: float, curve: str, official: bool, heldout: int, classifier_epochs: int,
+def main(data: Path, minutes: float, curve: str, models: str, heldout: int, classifier_epochs: int,
          classifier_seeds: str, seed: int, device: str, out: Path, threads: int, progress: bool) -> None:
     run = BenchmarkRun()
     budgets = sorted(set(parse_minutes(curve)) | {minutes})
     seeds = parse_seeds(classifier_seeds)
+    rows = parse_models(models)
     if threads:
         torch.set_num_threads(threads)
     train_file, images, labels = split_data(data, heldout, out)
@@ -264,12 +278,14 @@ def main(data: Path, minutes: float, curve: str, official: bool, heldout: int, c
         "torch_threads": torch.get_num_threads(), "classifiers": classifiers,
         "real_digits": ink_shares(judge.heldout),
         "fd_reference": "each classifier's penultimate features (128-d) of the training digits",
-        "default": train_and_score("default", TrainConfig(**common), budgets, judge, out, dev, progress),
     }
-    for batch in OFFICIAL_BATCHES if official else ():
+    if "default" in rows:
+        report["default"] = train_and_score("default", TrainConfig(**common), budgets, judge, out, dev, progress)
+    for batch in OFFICIAL_BATCHES:
         name = f"official_batch_{batch}"
-        report[name] = train_and_score(name, TrainConfig(**common, **OFFICIAL, batch=batch), [minutes], judge, out,
-                                       dev, progress)
+        if name in rows:
+            report[name] = train_and_score(name, TrainConfig(**common, **OFFICIAL, batch=batch), [minutes], judge,
+                                           out, dev, progress)
     report["side_by_side"] = side_by_side(report, minutes)
     print(write_report(out / "result.json", run.report(**report)))
 

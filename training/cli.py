@@ -55,6 +55,9 @@ def _default_out(dataset: str, preset: str, resume: bool) -> Path:
 @click.option("--images", type=click.IntRange(min=1), default=None, help="Total training images, instead of --steps.")
 @click.option("--batch", type=click.IntRange(min=1), default=DEFAULTS.batch, help="Global batch size (split over ranks).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr, help="Adam learning rate.")
+@click.option("--lr-decay", type=click.FloatRange(0, 1), default=DEFAULTS.lr_decay,
+              help="Share of the run, at its end, over which the learning rate falls linearly to zero (the run ends "
+                   "at --steps or --minutes, whichever comes first).")
 @click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.beta1, help="Adam beta1.")
 @click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.beta2, help="Adam beta2.")
 @click.option("--chain-dropout", type=click.FloatRange(0, 1), default=DEFAULTS.chain_dropout,

@@ -79,13 +79,13 @@ class Ranks:
         dist.all_gather(parts, comm)
         return [p.cpu() for p in parts]
 
-    def agree(self, flag: bool) -> bool:
-        """True on every rank if it is true on any rank."""
+    def maximum(self, value: float) -> float:
+        """The largest of every rank's ``value`` (on every rank)."""
         if self.world_size == 1:
-            return flag
-        t = torch.tensor([float(flag)], device=self.device)
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        return float(t.item())
 
     def close(self, finished: bool) -> None:
         if self.owns_group and dist.is_initialized():

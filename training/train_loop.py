@@ -22,6 +22,7 @@ from ddn.progress import on_terminal, progress_line, utc_timestamp
 
 from .datasets import batch_stream, load_images
 from .distributed import Ranks, TrainingLoss
+from .lr_schedule import RunClock, lr_factor
 from .networks import DDNGenerator, build_generator
 from .presets import preset_config
 from .run_outputs import RunLog, plot_run, save_sample_grid
@@ -48,6 +49,7 @@ class TrainConfig:
     steps: int = 2000
     batch: int = 64  # global: each of N ranks takes batch / N
     lr: float = 1e-3
+    lr_decay: float = 0.0  # the LR falls linearly to 0 over this last share of the run (steps or --minutes)
     beta1: float = 0.9
     beta2: float = 0.999
     chain_dropout: float = 0.05
@@ -89,7 +91,8 @@ def resume_config(stored: dict[str, Any], given: TrainConfig, explicit: set[str]
     "every field of ``given``". Changing a fixed option raises ConfigError.
     """
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    stored = {"ema_halflife_kimg": 0.0, **stored}  # runs from before the weight average existed had none
+    # Runs from before the weight average and the LR decay existed had neither.
+    stored = {"ema_halflife_kimg": 0.0, "lr_decay": 0.0, **stored}
     config = TrainConfig(**{k: v for k, v in stored.items() if k in known})
     for name in sorted(known if explicit is None else explicit & known):
         old, new = getattr(config, name), getattr(given, name)
@@ -209,14 +212,19 @@ class _Run:
     step: int = 0
     splits: int = 0
     images_seen: int = 0
+    clock: RunClock = field(default_factory=RunClock)  # training seconds, this invocation's included
 
     @property
     def sampled_model(self) -> DDNGenerator:
         """The model the run samples and exports: the weight average, or the trained weights without one."""
         return self.model if self.average is None else self.average.model
 
-    def train_one_step(self) -> tuple[torch.Tensor, int]:
-        """One optimizer step, the split-and-prune and the weight average after it; returns (detached loss, splits)."""
+    def train_one_step(self, progress: float) -> tuple[torch.Tensor, int]:
+        """One optimizer step at ``progress`` through the run (which sets the LR), the split-and-prune and the
+        weight average after it; returns (detached loss, splits).
+        """
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr * lr_factor(progress, self.config.lr_decay)
         batch = next(self.batches).to(self.ranks.device, non_blocking=True)
         loss = train_step(self.training_loss, self.optimizer, batch, self.config.chain_dropout,
                           self.rngs["dropout"], self.scaler, self.autocast)
@@ -234,6 +242,7 @@ class _Run:
         if not self.ranks.is_main:
             return
         train_meta = {"step": self.step, "splits": self.splits, "images_seen": self.images_seen,
+                      "train_seconds": round(self.clock.seconds(), 3),
                       "world_size": self.ranks.world_size, "config": dataclasses.asdict(self.config),
                       "dataset": self.dataset_info, "scaler": self.scaler.state_dict()}
         write_run_checkpoint(self.out_dir, self.model, self.optimizer, rng, train_meta,
@@ -254,6 +263,8 @@ def _start(config: TrainConfig, out_dir: Path, state: RunState | None, ranks: Ra
         raise ConfigError(f"--batch {config.batch} does not split evenly over {ranks.world_size} ranks")
     if config.log_every < 1:
         raise ConfigError(f"--log-every must be at least 1, got {config.log_every}")
+    if not 0 <= config.lr_decay <= 1:
+        raise ConfigError(f"--lr-decay is a share of the run in [0, 1], got {config.lr_decay}")
     if config.ema_halflife_kimg < 0 or config.ema_rampup < 0:
         raise ConfigError(f"--ema-halflife-kimg and --ema-rampup must be non-negative, "
                          f"got {config.ema_halflife_kimg} and {config.ema_rampup}")
@@ -299,6 +310,7 @@ def _resume(run: _Run, state: RunState, shard: torch.Tensor, say: Callable[[str]
     """Continue where ``state`` stopped: counters, Adam's moments, the loss scale and the random streams."""
     config, ranks = run.config, run.ranks
     run.step, run.splits, run.images_seen = state.train["step"], state.train["splits"], state.train["images_seen"]
+    run.clock = RunClock(seconds_before=state.train.get("train_seconds", 0.0))
     load_optimizer_state(run.optimizer, state.optimizer_state)
     if state.train.get("scaler"):
         run.scaler.load_state_dict(state.train["scaler"])
@@ -337,6 +349,7 @@ class _Interval:
         entry = {"time": utc_timestamp(), "step": run.step, "images_seen": run.images_seen,
                  "loss": float(self.loss_sum) / (self.steps * run.ranks.world_size),
                  "images_per_s": self.steps * run.config.batch / elapsed,
+                 "lr": run.optimizer.param_groups[0]["lr"],
                  "splits": run.splits, "splits_interval": self.splits,
                  "usage_entropy": [ddl.usage.entropy() for ddl in run.model.ddls()]}
         self.loss_sum.zero_()
@@ -355,15 +368,19 @@ def _train_until_done(run: _Run, progress: bool, max_seconds: float | None, say:
     bar = tqdm(total=config.steps, initial=run.step, disable=not draw_bar, unit="step", dynamic_ncols=True,
                desc=run.out_dir.name)
     interval = _Interval(torch.zeros((), device=ranks.device))
-    run_start = time.perf_counter()
+    run.clock = RunClock(run.clock.seconds_before, max_seconds)
+    # Every rank takes rank 0's view of the time budget, so the LR and the stop agree.
+    time_share = ranks.maximum(run.clock.time_progress())
     stopped_early = False
     with StopRequest(active=ranks.world_size == 1) as stop:
         while run.step < config.steps:
-            loss, made = run.train_one_step()
+            loss, made = run.train_one_step(max(run.step / config.steps, time_share))
             interval.add(loss, made)
             bar.update(1)
 
-            out_of_time = max_seconds is not None and ranks.agree(time.perf_counter() - run_start > max_seconds)
+            if max_seconds is not None:
+                time_share = ranks.maximum(run.clock.time_progress())
+            out_of_time = time_share > 1
             at_log = out_of_time or run.step % config.log_every == 0 or run.step == config.steps
             if at_log:
                 entry = interval.log_entry(run)
