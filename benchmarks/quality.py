@@ -29,9 +29,10 @@ from ddn.training.run_outputs import images_to_uint8
 from ddn.training.train_loop import TrainConfig, train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/mnist_8k.npz"
-# The official MNIST example's network and recipe; chain dropout stays at the official example's 0, and like
-# the example it samples its trained weights (no weight average).
-OFFICIAL = dict(preset="mnist-recurrence", lr=1e-3, chain_dropout=0.0, split_and_prune=True, ema_halflife_kimg=0.0)
+# The official MNIST example's network and recipe: a constant learning rate, chain dropout at the example's 0, and
+# like the example it samples its trained weights (no weight average).
+OFFICIAL = dict(preset="mnist-recurrence", lr=1e-3, lr_decay=0.0, chain_dropout=0.0, split_and_prune=True,
+                ema_halflife_kimg=0.0)
 # The official example's batch (256) and the project's default (64: 4x more steps for the same images on a CPU).
 OFFICIAL_BATCHES = (64, 256)
 MODELS = ("default", *(f"official_batch_{batch}" for batch in OFFICIAL_BATCHES))
@@ -202,6 +203,23 @@ def parse_models(text: str) -> list[str]:
     return names
 
 
+def parse_settings(settings: tuple[str, ...]) -> dict:
+    """``FIELD=VALUE`` pairs as TrainConfig keyword arguments, each value of its field's default's type."""
+    defaults = TrainConfig()
+    recipe = {}
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        if name in ("dataset", "image_size", "steps", "seed", "device") or not hasattr(defaults, name) or not value:
+            raise click.BadParameter(f"expected FIELD=VALUE with a recipe field of TrainConfig, got {setting!r}")
+        default = getattr(defaults, name)
+        try:
+            recipe[name] = (value.lower() in ("1", "true", "yes") if isinstance(default, bool)
+                            else type(default)(value) if default is not None else int(value))
+        except ValueError:
+            raise click.BadParameter(f"{name} takes a {type(default).__name__}, got {value!r}") from None
+    return recipe
+
+
 def split_data(data: Path, heldout: int, out: Path) -> tuple[Path, torch.Tensor, torch.Tensor]:
     """The training split written to ``out`` for the trainer (it reads files), and images and labels [N]."""
     images = load_images(str(data), image_size=32)
@@ -250,6 +268,8 @@ def side_by_side(report: dict, minutes: float) -> dict:
 @click.option("--models", default=",".join(MODELS), show_default=True,
               help="comma-separated rows to train: default (scored at every --curve budget) and the official MNIST "
                    "network for --minutes at batch 64 and at its own 256")
+@click.option("--set", "settings", multiple=True, metavar="FIELD=VALUE",
+              help="change one TrainConfig field of the default recipe (repeatable), e.g. --set lr_decay=0.5")
 @click.option("--heldout", type=int, default=2000, show_default=True, help="digits kept out of training")
 @click.option("--classifier-epochs", type=int, default=3, show_default=True)
 @click.option("--classifier-seeds", default="0,1", show_default=True,
@@ -260,12 +280,13 @@ def side_by_side(report: dict, minutes: float) -> dict:
               show_default=True, help="folder for the runs, the sample grids and result.json (replaced)")
 @click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 @click.option("--progress/--no-progress", default=True)
-def main(data: Path, minutes: float, curve: str, models: str, heldout: int, classifier_epochs: int,
+def main(data: Path, minutes: float, curve: str, models: str, settings: tuple[str, ...], heldout: int, classifier_epochs: int,
          classifier_seeds: str, seed: int, device: str, out: Path, threads: int, progress: bool) -> None:
     run = BenchmarkRun()
     budgets = sorted(set(parse_minutes(curve)) | {minutes})
     seeds = parse_seeds(classifier_seeds)
     rows = parse_models(models)
+    recipe = parse_settings(settings)
     if threads:
         torch.set_num_threads(threads)
     train_file, images, labels = split_data(data, heldout, out)
@@ -280,7 +301,8 @@ def main(data: Path, minutes: float, curve: str, models: str, heldout: int, clas
         "fd_reference": "each classifier's penultimate features (128-d) of the training digits",
     }
     if "default" in rows:
-        report["default"] = train_and_score("default", TrainConfig(**common), budgets, judge, out, dev, progress)
+        report["default"] = train_and_score("default", TrainConfig(**common, **recipe), budgets, judge, out, dev,
+                                            progress)
     for batch in OFFICIAL_BATCHES:
         name = f"official_batch_{batch}"
         if name in rows:

@@ -43,8 +43,11 @@ class Bench:
     def __init__(self, model: torch.nn.Module, images: torch.Tensor, batch: int, device: torch.device):
         self.batch, self.device = batch, device
         self.model = model.to(device).train()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3, betas=(0.9, 0.999))
-        self.average = TrainConfig().weight_average(self.model)
+        defaults = TrainConfig()  # the default recipe's optimizer, chain dropout and weight average
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=defaults.lr,
+                                          betas=(defaults.beta1, defaults.beta2))
+        self.chain_dropout = defaults.chain_dropout
+        self.average = defaults.weight_average(self.model)
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
         self.ranks = Ranks(device=device)
         self.dropout = torch.Generator().manual_seed(1)
@@ -56,7 +59,7 @@ class Bench:
 
     def step(self) -> None:
         batch = next(self.batches).to(self.device)
-        train_step(self.model.loss, self.optimizer, batch, 0.05, self.dropout, self.scaler)
+        train_step(self.model.loss, self.optimizer, batch, self.chain_dropout, self.dropout, self.scaler)
         _sync(self.device)
         start = time.perf_counter()
         self.splits.append(usage_step(self.model, self.optimizer, True, self.ranks, self.average))

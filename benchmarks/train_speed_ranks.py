@@ -34,7 +34,9 @@ from ddn.training.datasets import batch_stream, load_images
 from ddn.training.distributed import Ranks
 from ddn.training.networks import build_generator
 from ddn.training.presets import PRESETS, preset_config
-from ddn.training.train_loop import train_step, usage_step
+from ddn.training.train_loop import TrainConfig, train_step, usage_step
+
+CHAIN_DROPOUT = TrainConfig().chain_dropout
 
 
 def _free_port() -> int:
@@ -46,7 +48,7 @@ def _free_port() -> int:
 def flat_all_reduce_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor,
                          generator: torch.Generator, world: int) -> None:
     """The reference: loss, backward, then all gradients averaged in one flat all-reduce, then Adam."""
-    loss = model.loss(batch, 0.05, generator)
+    loss = model.loss(batch, CHAIN_DROPOUT, generator)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = list(model.parameters())
@@ -87,7 +89,7 @@ def _rank(rank: int, world: int, port: int, preset: str, batch: int, rounds: int
     steps_of = {
         "flat_all_reduce": lambda b: flat_all_reduce_step(flat_model, optimizers["flat_all_reduce"], b,
                                                           dropout["flat_all_reduce"], world),
-        "ddp": lambda b: train_step(ddp_loss, optimizers["ddp"], b, 0.05, dropout["ddp"], scaler),
+        "ddp": lambda b: train_step(ddp_loss, optimizers["ddp"], b, CHAIN_DROPOUT, dropout["ddp"], scaler),
     }
     models = {"flat_all_reduce": flat_model, "ddp": ddp_model}
 

@@ -21,7 +21,7 @@ def logged_lr(run_dir) -> list[float]:
 
 
 def test_the_lr_falls_over_the_last_share_of_the_steps(tmp_path):
-    result = train(tiny(steps=20, log_every=1, lr_decay=0.5), tmp_path / "run", progress=False)
+    result = train(tiny(steps=20, log_every=1, lr=1e-3, lr_decay=0.5), tmp_path / "run", progress=False)
     lrs = logged_lr(tmp_path / "run")  # the LR of each step, steps 0..19
     assert lrs[:11] == [pytest.approx(1e-3)] * 11
     assert lrs[11:] == [pytest.approx(1e-3 * (1 - s / 20) / 0.5) for s in range(11, 20)]
@@ -41,14 +41,14 @@ def test_resume_with_decay_lands_on_the_same_bits(tmp_path):
 
 def test_a_time_budget_anneals_before_it_stops_and_resume_continues_its_clock(tmp_path):
     run = tmp_path / "run"
-    first = train(tiny(steps=10**6, log_every=1, lr_decay=1.0), run, progress=False, max_seconds=2.0)
+    first = train(tiny(steps=10**6, log_every=1, lr=1e-3, lr_decay=1.0), run, progress=False, max_seconds=2.0)
     assert first.stopped_early
     lrs = logged_lr(run)
     assert lrs[0] > 0.8e-3 and lrs[-1] < 0.1e-3 and lrs == sorted(lrs, reverse=True)
     seconds = read_run_checkpoint(run / LAST).train["train_seconds"]
     assert 2.0 < seconds < 10.0
     # Given as much time again, the resumed run starts half way through its budget.
-    train(tiny(steps=10**6, log_every=1, lr_decay=1.0), run, resume=True, progress=False, max_seconds=seconds)
+    train(tiny(steps=10**6, log_every=1, lr=1e-3, lr_decay=1.0), run, resume=True, progress=False, max_seconds=seconds)
     resumed_lrs = logged_lr(run)[len(lrs):]
     assert resumed_lrs[0] == pytest.approx(0.5e-3, abs=0.1e-3) and resumed_lrs[-1] < 0.1e-3
 

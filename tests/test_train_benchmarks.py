@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from benchmarks import quality
 from ddn.training.networks import build_generator
 from ddn.training.presets import preset_config
 
@@ -44,7 +46,9 @@ def test_train_speed_times_split_and_prune_on_the_presets_it_names(tmp_path):
 @pytest.mark.skipif(not MNIST.exists(), reason=f"needs {MNIST} (the shared data folder)")
 def test_quality_scores_every_model_under_both_classifiers(tmp_path):
     report = run_script("-m", "benchmarks.quality", "--minutes", "0.3", "--curve", "0.15", "--heldout", "300",
-                        "--classifier-epochs", "1", "--no-progress", "--out", str(tmp_path / "q"), cwd=ROOT)
+                        "--set", "chain_dropout=0.3", "--classifier-epochs", "1", "--no-progress",
+                        "--out", str(tmp_path / "q"), cwd=ROOT)
+    assert report["default"]["train_config"]["chain_dropout"] == 0.3
     assert report["command"].startswith("python -m benchmarks.quality --minutes 0.3") and report["machine"]["cores"]
     assert report["real_digits"] == {"blank": 0.0, "saturated": 0.0}  # the ink thresholds pass every real digit
     classifiers = report["classifiers"]
@@ -75,3 +79,14 @@ def test_quality_scores_every_model_under_both_classifiers(tmp_path):
     assert side["recon_psnr_db_mean"]["default"] == curve[1]["recon_psnr_db_mean"]
     assert side["classifiers"]["official_batch_256"] == official[256]["scores"][0]["classifiers"]
     assert json.loads((tmp_path / "q" / "result.json").read_text()) == report
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("steps=5", "expected FIELD=VALUE with a recipe field of TrainConfig, got 'steps=5'"),
+    ("no_such_field=1", "expected FIELD=VALUE with a recipe field of TrainConfig, got 'no_such_field=1'"),
+    ("lr=fast", "lr takes a float, got 'fast'"),
+])
+def test_quality_refuses_a_setting_it_cannot_apply(tmp_path, setting, message):
+    result = CliRunner().invoke(quality.main, ["--set", setting, "--out", str(tmp_path / "q")])
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "q").exists()  # refused before any work

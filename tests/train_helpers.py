@@ -48,12 +48,13 @@ def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 
 
 def distributed_worker(rank: int, world: int, port: int, config: TrainConfig, out_dir: Path, result_dir: Path,
-                       resume: bool) -> None:
+                       resume: bool, max_seconds: float | None = None) -> None:
     """One rank of a gloo run (torch.multiprocessing spawn target): train, then dump this rank's state."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    result = train(config, out_dir, resume=resume, progress=False)
+    result = train(config, out_dir, resume=resume, progress=False, max_seconds=max_seconds)
     state = {k: v.contiguous() for k, v in run_state(result).items()}
     state["splits"] = torch.tensor(result.splits)
+    state["step"] = torch.tensor(result.step)
     save_file(state, str(Path(result_dir) / f"rank{rank}.safetensors"))

@@ -25,6 +25,11 @@ class RunClock:
     budget: float | None = None
     start: float = field(default_factory=time.perf_counter)
 
+    @property
+    def timed(self) -> bool:
+        """Whether the run has ever had a time budget."""
+        return self.budget is not None or self.seconds_before > 0
+
     def seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.start
 

@@ -48,11 +48,11 @@ class TrainConfig:
     iterations: int | None = None  # recurrence: how often the block repeats (None: the preset's)
     steps: int = 2000
     batch: int = 64  # global: each of N ranks takes batch / N
-    lr: float = 1e-3
-    lr_decay: float = 0.0  # the LR falls linearly to 0 over this last share of the run (steps or --minutes)
+    lr: float = 2e-3
+    lr_decay: float = 0.8  # the LR falls linearly to 0 over this last share of the run (steps or --minutes)
     beta1: float = 0.9
     beta2: float = 0.999
-    chain_dropout: float = 0.05
+    chain_dropout: float = 0.1
     split_and_prune: bool = True
     ema_halflife_kimg: float = 500.0  # weight average's half-life in thousands of images; 0: no average
     ema_rampup: float = 0.05  # ... at most this share of the images seen so far (0: no ramp-up)
@@ -242,9 +242,10 @@ class _Run:
         if not self.ranks.is_main:
             return
         train_meta = {"step": self.step, "splits": self.splits, "images_seen": self.images_seen,
-                      "train_seconds": round(self.clock.seconds(), 3),
                       "world_size": self.ranks.world_size, "config": dataclasses.asdict(self.config),
                       "dataset": self.dataset_info, "scaler": self.scaler.state_dict()}
+        if self.clock.timed:  # only a time-budgeted run needs its clock; a step-bounded one stays byte-reproducible
+            train_meta["train_seconds"] = round(self.clock.seconds(), 3)
         write_run_checkpoint(self.out_dir, self.model, self.optimizer, rng, train_meta,
                              None if self.average is None else self.average.model)
         self.model.eval()
