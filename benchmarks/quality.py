@@ -36,6 +36,8 @@ OFFICIAL = dict(preset="mnist-recurrence", lr=1e-3, lr_decay=0.0, chain_dropout=
 # The official example's batch (256) and the project's default (64: 4x more steps for the same images on a CPU).
 OFFICIAL_BATCHES = (64, 256)
 MODELS = ("default", *(f"official_batch_{batch}" for batch in OFFICIAL_BATCHES))
+# TrainConfig fields the benchmark sets itself for every row (main's ``common``); --set cannot change them.
+BENCHMARK_FIELDS = ("dataset", "image_size", "steps", "seed", "checkpoint_every", "log_every", "device")
 BLANK_INK, SATURATED_INK = 0.01, 0.5  # share of pixels above mid-gray
 
 
@@ -162,7 +164,8 @@ def train_and_score(name: str, config: TrainConfig, budgets_min: list[float], ju
         started = time.perf_counter()
         result = train(config, run_dir, progress=progress, max_seconds=budget * 60)
         log = run_log(run_dir)
-        scores.append({"minutes": budget, "train_seconds": round(time.perf_counter() - started, 1), "steps": result.step,
+        scores.append({"minutes": budget, "train_seconds": round(time.perf_counter() - started, 1),
+                       "steps": result.step,
                        "images_seen": result.step * config.batch, "splits": result.splits,
                        "loss_last": round(log[-1]["loss"], 5), "loss_min": round(min(e["loss"] for e in log), 5),
                        **judge.score(result.sampled_model, device, out / f"{name}_{budget:g}min.png")})
@@ -209,7 +212,7 @@ def parse_settings(settings: tuple[str, ...]) -> dict:
     recipe = {}
     for setting in settings:
         name, _, value = setting.partition("=")
-        if name in ("dataset", "image_size", "steps", "seed", "device") or not hasattr(defaults, name) or not value:
+        if name in BENCHMARK_FIELDS or not hasattr(defaults, name) or not value:
             raise click.BadParameter(f"expected FIELD=VALUE with a recipe field of TrainConfig, got {setting!r}")
         default = getattr(defaults, name)
         try:
@@ -280,8 +283,9 @@ def side_by_side(report: dict, minutes: float) -> dict:
               show_default=True, help="folder for the runs, the sample grids and result.json (replaced)")
 @click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 @click.option("--progress/--no-progress", default=True)
-def main(data: Path, minutes: float, curve: str, models: str, settings: tuple[str, ...], heldout: int, classifier_epochs: int,
-         classifier_seeds: str, seed: int, device: str, out: Path, threads: int, progress: bool) -> None:
+def main(data: Path, minutes: float, curve: str, models: str, settings: tuple[str, ...], heldout: int,
+         classifier_epochs: int, classifier_seeds: str, seed: int, device: str, out: Path, threads: int,
+         progress: bool) -> None:
     run = BenchmarkRun()
     budgets = sorted(set(parse_minutes(curve)) | {minutes})
     seeds = parse_seeds(classifier_seeds)

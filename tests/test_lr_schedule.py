@@ -32,7 +32,7 @@ def test_resume_with_decay_lands_on_the_same_bits(tmp_path):
     config = tiny(steps=20, lr_decay=0.8)
     full = train(config, tmp_path / "full", progress=False)
     run = tmp_path / "run"
-    train(config.__class__(**{**vars(config), "checkpoint_every": 10}), run, progress=False)
+    train(tiny(steps=20, lr_decay=0.8, checkpoint_every=10), run, progress=False)
     (run / LAST).unlink()  # as if stopped after the step-10 checkpoint
     (run / PREVIOUS).rename(run / LAST)
     resumed = train(config, run, resume=True, progress=False)

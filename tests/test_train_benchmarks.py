@@ -83,6 +83,7 @@ def test_quality_scores_every_model_under_both_classifiers(tmp_path):
 
 @pytest.mark.parametrize("setting, message", [
     ("steps=5", "expected FIELD=VALUE with a recipe field of TrainConfig, got 'steps=5'"),
+    ("log_every=5", "expected FIELD=VALUE with a recipe field of TrainConfig, got 'log_every=5'"),
     ("no_such_field=1", "expected FIELD=VALUE with a recipe field of TrainConfig, got 'no_such_field=1'"),
     ("lr=fast", "lr takes a float, got 'fast'"),
 ])

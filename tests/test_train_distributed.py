@@ -20,8 +20,7 @@ def free_port() -> int:
 def run_two_ranks(config, out_dir, result_dir, resume=False, max_seconds=None) -> list[dict[str, torch.Tensor]]:
     result_dir.mkdir(exist_ok=True)
     mp.start_processes(distributed_worker, args=(2, free_port(), config, out_dir, result_dir, resume, max_seconds),
-                       nprocs=2,
-                       join=True, start_method="spawn")
+                       nprocs=2, join=True, start_method="spawn")
     return [load_file(str(result_dir / f"rank{r}.safetensors")) for r in range(2)]
 
 

@@ -33,9 +33,6 @@ class RunClock:
     def seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.start
 
-    def out_of_time(self) -> bool:
-        return self.budget is not None and time.perf_counter() - self.start > self.budget
-
     def time_progress(self) -> float:
         """Share of the time budget used (0 without one)."""
         if self.budget is None:

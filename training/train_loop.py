@@ -370,7 +370,8 @@ def _train_until_done(run: _Run, progress: bool, max_seconds: float | None, say:
                desc=run.out_dir.name)
     interval = _Interval(torch.zeros((), device=ranks.device))
     run.clock = RunClock(run.clock.seconds_before, max_seconds)
-    # Every rank takes rank 0's view of the time budget, so the LR and the stop agree.
+    # Every rank takes the furthest rank's share of the time budget, so the LR and the stop agree; a share
+    # over 1 is exactly "this invocation ran past max_seconds".
     time_share = ranks.maximum(run.clock.time_progress())
     stopped_early = False
     with StopRequest(active=ranks.world_size == 1) as stop:
