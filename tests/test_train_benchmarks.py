@@ -88,6 +88,8 @@ def test_quality_scores_every_model_under_both_classifiers(tmp_path):
     ("lr=fast", "lr takes a float, got 'fast'"),
 ])
 def test_quality_refuses_a_setting_it_cannot_apply(tmp_path, setting, message):
-    result = CliRunner().invoke(quality.main, ["--set", setting, "--out", str(tmp_path / "q")])
+    data = tmp_path / "digits.npz"  # never read: the setting is refused first
+    data.write_bytes(b"")
+    result = CliRunner().invoke(quality.main, ["--set", setting, "--data", str(data), "--out", str(tmp_path / "q")])
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "q").exists()  # refused before any work
