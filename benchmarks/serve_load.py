@@ -393,8 +393,11 @@ def measure_stop(work: Path, phase_seconds: float) -> dict:
     """Two servers, STOP_CLIENTS threads on one DDNClient (default timeout): unstopped, one SIGSTOPped, unstopped.
 
     Each phase runs ``phase_seconds``; the stopped server gets SIGCONT after
-    its phase and the last phase starts once a probe let it back in. The
-    stopped phase's images/s is compared with the mean of the phases around it.
+    its phase and the last phase starts once a probe let it back in, or once it
+    exited: when the stop froze a batch, its stall guard kills it (as it must:
+    export/stall_guard.py), and the last phase runs on the other server alone.
+    The stopped phase's images/s is compared with the mean of the phases around
+    it when the server came back, with the first phase's when it did not.
     """
     repository, codes, report = export_measured(work)
     report["fleet_server_settings"] = FLEET_SERVER
@@ -418,14 +421,20 @@ def measure_stop(work: Path, phase_seconds: float) -> dict:
                                               for stats in client.endpoint_stats()]  # the first one was stopped
         finally:
             os.killpg(servers[0].pid, signal.SIGCONT)
-        rejoined = time.monotonic()
-        while not client.endpoint_stats()[0]["healthy"] and time.monotonic() - rejoined < 30:
+        continued = time.monotonic()
+        while not client.endpoint_stats()[0]["healthy"] and time.monotonic() - continued < 30 \
+                and servers[0].poll() is None:
             client.generate(codes=codes[:1])
-        phases["stopped"]["rejoined_after_sigcont_s"] = round(time.monotonic() - rejoined, 2)
-        log(f"unstopped again {phase_seconds:g} s ...")
-        phases["after"] = merge([fleet_loop(client, servers, codes, STOP_CLIENTS, phase_seconds)])
+        came_back = servers[0].poll() is None
+        phases["stopped"]["after_sigcont"] = "rejoined" if came_back else \
+            "killed by its stall guard" if "was frozen for" in servers[0].log_path.read_text() else "crashed"
+        phases["stopped"]["after_sigcont_s"] = round(time.monotonic() - continued, 2)
+        log(f"unstopped again {phase_seconds:g} s ({phases['stopped']['after_sigcont']}) ...")
+        phases["after"] = merge([fleet_loop(client, servers if came_back else servers[1:], codes, STOP_CLIENTS,
+                                            phase_seconds)])
     report["phases"] = phases
-    unstopped = (phases["before"]["images_per_s"] + phases["after"]["images_per_s"]) / 2
+    unstopped = (phases["before"]["images_per_s"] + phases["after"]["images_per_s"]) / 2 if came_back \
+        else phases["before"]["images_per_s"]
     fraction = round(phases["stopped"]["images_per_s"] / unstopped, 3)
     longest = round(max(phase["max_ms"] for phase in phases.values()) / 1e3, 3)
     report["targets"] = {

@@ -16,11 +16,13 @@ import numpy as np
 import ddn.codes
 from ddn.repository_contract import PYTHON_MODEL_FILE, SEEDS_INPUT, GraphLayout, TensorSpec
 
+from . import stall_guard
 from .onnx_export import VerificationError
 from .triton_config import ensemble_config, graph_config, write_config
 
 MODEL_TEMPLATE = Path(__file__).with_name("triton_seed_codes_model.py")
-SEED_RULE_FILE = "seed_rule.py"  # the name triton_seed_codes_model.py loads
+SEED_RULE_FILE = "seed_rule.py"  # the names triton_seed_codes_model.py loads
+STALL_GUARD_FILE = "stall_guard.py"
 # 0 and the largest seed an INT64 input carries, and a few between.
 VERIFY_SEEDS = (0, 1, 42, 2**32 + 7, 2**63 - 1)
 
@@ -52,10 +54,11 @@ def codes_spec(layout: GraphLayout) -> TensorSpec:
 
 def write_seed_codes_entry(folder: Path, version: int, layout: GraphLayout, max_batch: int,
                            parameters: dict[str, str], comment: str) -> None:
-    """``folder``: config.pbtxt, ``<version>/model.py`` and ``<version>/seed_rule.py`` of the seed step."""
+    """``folder``: config.pbtxt, ``<version>/model.py``, ``seed_rule.py`` and ``stall_guard.py`` of the seed step."""
     (folder / str(version)).mkdir(parents=True)
     shutil.copyfile(MODEL_TEMPLATE, folder / str(version) / PYTHON_MODEL_FILE)
     shutil.copyfile(ddn.codes.__file__, folder / str(version) / SEED_RULE_FILE)
+    shutil.copyfile(stall_guard.__file__, folder / str(version) / STALL_GUARD_FILE)
     write_config(folder, graph_config(name=folder.name, backend="python", max_batch=max_batch, inputs=[SEEDS_INPUT],
                                       outputs=[codes_spec(layout)], parameters=parameters, instance_kind="KIND_CPU"),
                  comment)

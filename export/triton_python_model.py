@@ -1,13 +1,16 @@
 """Triton python-backend model running the exported ONNX graph with ONNX Runtime (the ``<G>_python`` twin); its session
 comes from :func:`ddn.repository_contract.onnxruntime_session`, so it runs ddn-generate's kernels. Parameters
-``ort_intra_op_threads`` and ``ort_execution_provider``: docs/export.md.
+``ort_intra_op_threads`` and ``ort_execution_provider``: docs/export.md. A :class:`~ddn.export.stall_guard.StallGuard`
+stops the server rather than let an answer computed across a freeze reach the wrong batch.
 """
 import json
 import os
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from ddn.export.stall_guard import StallGuard
 from ddn.repository_contract import (ONNX_FILE, ORT_PROVIDER_PARAMETER, ORT_THREADS_PARAMETER, execution_providers,
                                      onnxruntime_session)
 
@@ -21,8 +24,15 @@ class TritonPythonModel:
         self.session = onnxruntime_session(path, int(parameters.get(ORT_THREADS_PARAMETER, "0")), providers)
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
+        self.guard = StallGuard(args["model_name"])
 
     def execute(self, requests):
+        start = time.monotonic()
+        responses = self._answer(requests)
+        self.guard.check(start)
+        return responses
+
+    def _answer(self, requests):
         # Dynamic batching hands over several requests at once: run them as one batch.
         try:
             feeds = [[pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names]

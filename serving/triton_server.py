@@ -422,11 +422,17 @@ class TritonServer:
         shutil.copyfile(path, kept)
         return kept
 
-    def wait(self) -> int:
-        """Block until the server process exits; returns its exit code."""
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the server process exits (subprocess.TimeoutExpired after ``timeout``); its exit code."""
         if self._process is None:
             raise RuntimeError("server not started")
-        return self._process.wait()
+        return self._process.wait(timeout)
+
+    def poll(self) -> int | None:
+        """The server's exit code once it has exited; None while it runs."""
+        if self._process is None:
+            raise RuntimeError("server not started")
+        return self._process.poll()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the server (SIGINT: finish in-flight requests, unload models), killing it after ``timeout``."""

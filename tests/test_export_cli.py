@@ -224,7 +224,8 @@ def test_python_twin_model_runs_dynamic_batches_through_onnx_runtime(cli_export,
     config = json_format.MessageToJson(read_config(repository / "tiny_python" / "config.pbtxt"),
                                        preserving_proto_field_name=True)
     model = module.TritonPythonModel()
-    model.initialize({"model_config": config, "model_repository": str(repository / "tiny_python"), "model_version": "1"})
+    model.initialize({"model_config": config, "model_repository": str(repository / "tiny_python"), "model_version": "1",
+                      "model_name": "tiny_python"})
     codes = np.random.default_rng(0).integers(0, 8, (5, 4)).astype(np.int32)
     first, second = model.execute([FakeRequest(codes=codes[:2]), FakeRequest(["images"], codes=codes[2:])])
     from ddn.training.checkpoint import load_generator
