@@ -32,6 +32,7 @@ from tritonclient.utils import InferenceServerException
 
 from ddn.codes import codes_from_seed
 from ddn.export.exporter import ModelExport
+from ddn.export.stall_guard import FROZEN_LOG
 from ddn.repository_contract import ORT_THREADS_PARAMETER, PYTHON_SUFFIX, entry_name
 from ddn.serving.client import DDNClient, ServingError
 from ddn.serving.onnx_model import OnnxModel
@@ -389,6 +390,11 @@ TARGET_STOPPED_FRACTION = 0.4
 TARGET_LONGEST_WAIT_S = 2.0
 
 
+def stopped_server_fate(server: TritonServer) -> str:
+    """Why a SIGSTOPped server exited after SIGCONT."""
+    return "killed by its stall guard" if FROZEN_LOG in server.log_path.read_text() else "crashed"
+
+
 def measure_stop(work: Path, phase_seconds: float) -> dict:
     """Two servers, STOP_CLIENTS threads on one DDNClient (default timeout): unstopped, one SIGSTOPped, unstopped.
 
@@ -426,12 +432,13 @@ def measure_stop(work: Path, phase_seconds: float) -> dict:
                 and servers[0].poll() is None:
             client.generate(codes=codes[:1])
         came_back = servers[0].poll() is None
-        phases["stopped"]["after_sigcont"] = "rejoined" if came_back else \
-            "killed by its stall guard" if "was frozen for" in servers[0].log_path.read_text() else "crashed"
+        phases["stopped"]["after_sigcont"] = "rejoined" if came_back else stopped_server_fate(servers[0])
         phases["stopped"]["after_sigcont_s"] = round(time.monotonic() - continued, 2)
         log(f"unstopped again {phase_seconds:g} s ({phases['stopped']['after_sigcont']}) ...")
         phases["after"] = merge([fleet_loop(client, servers if came_back else servers[1:], codes, STOP_CLIENTS,
                                             phase_seconds)])
+        if came_back and servers[0].poll() is not None:  # its guard may fire after a probe let it back in
+            phases["stopped"]["after_sigcont"] = f"rejoined, then {stopped_server_fate(servers[0])}"
     report["phases"] = phases
     unstopped = (phases["before"]["images_per_s"] + phases["after"]["images_per_s"]) / 2 if came_back \
         else phases["before"]["images_per_s"]

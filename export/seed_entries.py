@@ -21,18 +21,25 @@ from .onnx_export import VerificationError
 from .triton_config import ensemble_config, graph_config, write_config
 
 MODEL_TEMPLATE = Path(__file__).with_name("triton_seed_codes_model.py")
-SEED_RULE_FILE = "seed_rule.py"  # the names triton_seed_codes_model.py loads
+# The names triton_seed_codes_model.py loads (it cannot import this module; tests/test_serving_seeds.py pins them).
+SEED_RULE_FILE = "seed_rule.py"
 STALL_GUARD_FILE = "stall_guard.py"
 # 0 and the largest seed an INT64 input carries, and a few between.
 VERIFY_SEEDS = (0, 1, 42, 2**32 + 7, 2**63 - 1)
 
-# Runs the staged seed rule in a fresh interpreter in which ``ddn`` cannot be imported, as on a GPU server.
+# Runs the staged seed rule and stall guard in a fresh interpreter in which ``ddn`` cannot be imported, as on a GPU
+# server.
 _VERIFY_SCRIPT = """
 import importlib.util, json, sys
 sys.modules["ddn"] = None
-spec = importlib.util.spec_from_file_location("ddn_seed_rule", sys.argv[1])
-rule = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(rule)
+def load(path):
+    spec = importlib.util.spec_from_file_location("staged", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+rule = load(sys.argv[1])
+guard = load(sys.argv[3]).StallGuard("verify", stop=sys.exit)
+assert guard.answer(list, [1]) == [1]
 num_layers, branch_counts, seeds = json.loads(sys.argv[2])
 codes = rule.codes_from_seed(seeds, num_layers, branch_counts)
 try:
@@ -76,16 +83,18 @@ def write_seeds_ensemble(folder: Path, version: int, seed_codes: str, generate_e
 
 
 def verify_seed_codes(version_dir: Path, layout: GraphLayout, seeds: Sequence[int] = VERIFY_SEEDS) -> dict:
-    """Run the staged seed rule without the ``ddn`` package; SeedStepError unless it matches ddn.codes.
+    """Run the staged seed rule and stall guard without the ``ddn`` package; SeedStepError unless both run and the
+    rule matches ddn.codes.
 
     Returns what was checked, for ddn.json: the seeds, and the message a negative seed gets.
     """
     arguments = json.dumps([layout.num_layers, list(layout.branch_counts), list(seeds)])
-    result = subprocess.run([sys.executable, "-c", _VERIFY_SCRIPT, str(version_dir / SEED_RULE_FILE), arguments],
-                            capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", _VERIFY_SCRIPT, str(version_dir / SEED_RULE_FILE), arguments,
+                             str(version_dir / STALL_GUARD_FILE)], capture_output=True, text=True)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise SeedStepError(f"the seed step's {SEED_RULE_FILE} does not run without the ddn package: {last}")
+        raise SeedStepError(f"the seed step's {SEED_RULE_FILE} or {STALL_GUARD_FILE} does not run without the ddn "
+                            f"package: {last}")
     served = json.loads(result.stdout)
     expected = ddn.codes.codes_from_seed(list(seeds), layout.num_layers, layout.branch_counts)
     if served["dtype"] != "int32" or not np.array_equal(np.asarray(served["codes"]), expected):

@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip("pytriton", reason="needs the nvidia-pytriton wheel (pip install 'ddn-serve[serving]')")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
+from ddn.export.stall_guard import FROZEN_LOG  # noqa: E402
 from ddn.serving.onnx_model import OnnxModel  # noqa: E402
 from ddn.serving.repository_view import cpu_repository_view  # noqa: E402
 from ddn.serving.triton_server import TritonServer  # noqa: E402
@@ -92,9 +93,9 @@ def test_a_server_frozen_mid_batch_is_stopped_and_never_answers_wrong(repository
                 log = server.log_path.read_text()
                 assert traffic.wrong == 0, f"{traffic.wrong} wrong images of {traffic.wrong + traffic.right}"
                 assert traffic.right > 0
-                if "was frozen for" in log:
+                if FROZEN_LOG in log:
                     assert server.wait(timeout=10) == -signal.SIGKILL
-                    assert f"ddn: model {NAME}: this process was frozen for" in log
+                    assert f"ddn: model {NAME}: {FROZEN_LOG}" in log
                     guarded += 1
                     break
     assert guarded, f"no freeze of {TRIALS} landed in a batch"

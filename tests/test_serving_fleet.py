@@ -28,6 +28,7 @@ grpcclient = pytest.importorskip("tritonclient.grpc")
 pytest.importorskip("cryptography")
 
 
+from ddn.export.stall_guard import FROZEN_LOG  # noqa: E402
 from ddn.repository_contract import ONNX_DIGEST_PARAMETER  # noqa: E402
 from ddn.serving.client import DDNClient, ServingError  # noqa: E402
 from ddn.serving.dns_names import parse_dns_target, system_resolver  # noqa: E402
@@ -279,7 +280,7 @@ def test_a_hung_server_costs_a_fraction_of_a_second_and_rejoins(view: Path, flee
                 and not exited(hung):
             np.testing.assert_array_equal(client.generate(seeds=SEEDS), want)
         if exited(hung):  # killed by its stall guard, or the backend crashed: nothing left to rejoin; the run went on
-            assert re.search(r"was frozen for|terminate called|Signal \(\d+\) received", hung.log_path.read_text())
+            assert re.search(rf"{FROZEN_LOG}|terminate called|Signal \(\d+\) received", hung.log_path.read_text())
             np.testing.assert_array_equal(client.generate(seeds=SEEDS), want)
         else:
             assert client.endpoint_stats()[0]["succeeded"] > stats["succeeded"], str(client.endpoint_stats())

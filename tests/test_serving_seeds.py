@@ -7,7 +7,9 @@ HTTP/JSON API must get the bytes DDNClient gets for the same seeds.
 """
 from __future__ import annotations
 
+import ast
 import json
+import shutil
 import threading
 import urllib.request
 from pathlib import Path
@@ -21,12 +23,13 @@ grpcclient = pytest.importorskip("tritonclient.grpc")
 import torch  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+import ddn.codes as codes_module  # noqa: E402
 from ddn.codes import OUT_OF_RANGE_CODES, SEED_RULE  # noqa: E402
 from ddn.deployment_targets import Served  # noqa: E402
 from ddn.export.exporter import ModelExport  # noqa: E402
 from ddn.export.repository import check_name_is_free, possible_entries, record_targets  # noqa: E402
-from ddn.export.seed_entries import (SEED_RULE_FILE, SeedStepError, verify_seed_codes,  # noqa: E402
-                                     write_seed_codes_entry)
+from ddn.export.seed_entries import (MODEL_TEMPLATE, SEED_RULE_FILE, STALL_GUARD_FILE, SeedStepError,  # noqa: E402
+                                     verify_seed_codes, write_seed_codes_entry)
 from ddn.repository_contract import GraphLayout, RepositoryError, read_description  # noqa: E402
 from ddn.serving.client import DDNClient  # noqa: E402
 from ddn.serving.repository_view import cpu_entries, cpu_repository_view, read_config  # noqa: E402
@@ -196,6 +199,19 @@ def test_exporter_refuses_a_seed_step_that_needs_the_ddn_package(repository: Pat
                     "    return np.zeros((len(seeds), num_layers), np.int32)\n")
     with pytest.raises(SeedStepError, match="codes differ from ddn.codes.codes_from_seed"):
         verify_seed_codes(folder / "1", layout)
+    shutil.copyfile(codes_module.__file__, rule)
+    guard = folder / "1" / STALL_GUARD_FILE
+    guard.write_text("from ddn.export.stall_guard import StallGuard\n")
+    with pytest.raises(SeedStepError, match=f"{STALL_GUARD_FILE} does not run without the ddn package"):
+        verify_seed_codes(folder / "1", layout)
+
+
+def test_the_seed_step_loads_the_files_the_exporter_copies() -> None:
+    """triton_seed_codes_model.py runs without the ddn package, so it names the files itself: the same names."""
+    template = ast.parse(MODEL_TEMPLATE.read_text())
+    names = {node.targets[0].id: node.value.value for node in template.body
+             if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)}
+    assert names["SEED_RULE_FILE"] == SEED_RULE_FILE and names["STALL_GUARD_FILE"] == STALL_GUARD_FILE
 
 
 def test_engine_ensemble_needs_the_seed_step_in_the_repository(repository: Path, tmp_path: Path) -> None:
