@@ -44,7 +44,7 @@ def thread_cpu_seconds():
         try:
             with open(f"/proc/self/task/{tid}/stat", "rb") as stat:
                 fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:  # the thread ended
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended; other errors leave the reading unfinished
             continue
         seconds[tid] = (int(fields[11]) + int(fields[12])) / _TICKS_PER_S  # utime + stime
     return seconds
@@ -54,9 +54,12 @@ def kill_server(message, server_pid):
     """Write ``message`` to the server log, stop the server and exit this process: never returns, so the batch's
     answer never leaves.
     """
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
     try:
+        try:
+            sys.stderr.write(message + "\n")
+            sys.stderr.flush()
+        except Exception:  # a broken log must not keep the server up
+            pass
         if os.getppid() == server_pid:  # otherwise the server is gone already and the pid may be another's
             os.kill(server_pid, signal.SIGKILL)
             # As a container's PID 1 (tritonserver as the pod's command) the server ignores a SIGKILL sent from
@@ -87,16 +90,24 @@ class StallGuard:
     def _tick(self):
         """Note a freeze since the last tick: wall time passed with little CPU time in every thread."""
         with self._lock:
-            now = (clock(), thread_cpu_seconds())
+            try:
+                now = (clock(), thread_cpu_seconds())
+            except OSError:  # an unfinished reading cannot judge the gap: the next one starts afresh
+                self._last_tick = (clock(), None)
+                return
             wall = now[0] - self._last_tick[0]
-            if wall > self.limit_s and busiest_thread_cpu(self._last_tick[1], now[1]) < wall / 2:
+            if self._last_tick[1] is not None and wall > self.limit_s \
+                    and busiest_thread_cpu(self._last_tick[1], now[1]) < wall / 2:
                 self._last_freeze = (now[0], wall)
             self._last_tick = now
 
     def _watch(self):
-        while True:
+        while True:  # if this thread died, idle time would later read as a freeze
             time.sleep(self.tick_s)
-            self._tick()
+            try:
+                self._tick()
+            except Exception as exc:
+                sys.stderr.write(f"ddn: model {self.model_name}: stall guard tick failed: {exc!r}\n")
 
     def frozen_since(self, start):
         """Seconds of the latest freeze noticed since a backend wait before clock time ``start`` (0: none)."""
@@ -109,10 +120,11 @@ class StallGuard:
         stopped and the answer not returned.
         """
         start = clock()
-        responses = respond(requests)
-        frozen = self.frozen_since(start)
-        if frozen:
-            self.stop(f"ddn: model {self.model_name}: {FROZEN_LOG} {frozen:.1f} s while answering a batch; the "
-                      "python backend may hand that answer to the next batch, so the server is stopped instead "
-                      "(restart it)")
-        return responses
+        try:
+            return respond(requests)
+        finally:  # an exception becomes an answer too (an error one): checked the same way
+            frozen = self.frozen_since(start)
+            if frozen:
+                self.stop(f"ddn: model {self.model_name}: {FROZEN_LOG} {frozen:.1f} s while answering a batch; "
+                          "the python backend may hand that answer to the next batch, so the server is stopped "
+                          "instead (restart it)")
