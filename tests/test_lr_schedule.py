@@ -46,7 +46,7 @@ def test_a_time_budget_anneals_before_it_stops_and_resume_continues_its_clock(tm
     lrs = logged_lr(run)
     assert lrs[0] > 0.8e-3 and lrs[-1] < 0.1e-3 and lrs == sorted(lrs, reverse=True)
     seconds = read_run_checkpoint(run / LAST).train["train_seconds"]
-    assert 2.0 < seconds < 10.0
+    assert 2.0 <= seconds < 10.0  # the whole budget (stored to the millisecond: 2.0004 s reads 2.0)
     # Given as much time again, the resumed run starts half way through its budget.
     train(tiny(steps=10**6, log_every=1, lr=1e-3, lr_decay=1.0), run, resume=True, progress=False, max_seconds=seconds)
     resumed_lrs = logged_lr(run)[len(lrs):]
