@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from benchmarks.measure import BenchmarkRun, Method, Samples, interleaved, summarize
+from ddn.training.allocator import retain_freed_memory
 from ddn.training.datasets import batch_stream, load_images
 from ddn.training.distributed import Ranks, resolve_device
 from ddn.training.networks import build_generator
@@ -44,8 +45,7 @@ class Bench:
         self.batch, self.device = batch, device
         self.model = model.to(device).train()
         defaults = TrainConfig()  # the default recipe's optimizer, chain dropout and weight average
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=defaults.lr,
-                                          betas=(defaults.beta1, defaults.beta2))
+        self.optimizer = defaults.optimizer(self.model)
         self.chain_dropout = defaults.chain_dropout
         self.average = defaults.weight_average(self.model)
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
@@ -100,6 +100,7 @@ class Bench:
 @click.option("--threads", type=int, default=0, help="Torch CPU threads (0: torch's default).")
 def main(presets: tuple[str, ...], rounds: int, steps: int, warmup: int, device: str, threads: int) -> None:
     run = BenchmarkRun()
+    retain_freed_memory()  # as train() does
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)

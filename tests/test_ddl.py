@@ -1,9 +1,11 @@
-"""The DDL layout: K image rows over the first half of the features, the leak is the chosen rows on the other half."""
+"""The DDL layout: K image rows over the first half of the features, the leak is the chosen rows on the other half;
+the guided choice from Gram matrices; the single-shot block against the official one."""
 import pytest
 import torch
 
-from ddn.training.blocks import add_choice
-from ddn.training.ddl import DiscreteDistributionLayer
+from ddn.training.blocks import UNetBlock, add_choice
+from ddn.training.ddl import Candidates, DiscreteDistributionLayer
+from ddn.training.guidance import TargetCondition, make_chooser
 
 
 def hand_built_layer(residual: bool) -> DiscreteDistributionLayer:
@@ -51,7 +53,7 @@ def test_gathered_branch_equals_all_k_candidates_and_guided_choice_picks_the_nea
     torch.testing.assert_close(gathered[0], all_k[0])
     torch.testing.assert_close(gathered[1], all_k[1])
     target = ddl.candidates(f, prev)[torch.arange(6), index] + 1e-3
-    _, _, chosen = ddl(f, prev, lambda c: (c - target.unsqueeze(1)).pow(2).flatten(2).sum(2).argmin(1))
+    _, _, chosen = ddl(f, prev, lambda c: (c.images() - target.unsqueeze(1)).pow(2).flatten(2).sum(2).argmin(1))
     assert torch.equal(chosen, index)
 
 
@@ -97,3 +99,56 @@ def test_next_block_input_equals_adding_the_zero_padded_image_and_leak():
     expected = torch.autograd.grad((reference * weights).sum(), (features, image, leak))
     for got, want in zip(grads, expected):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("image_channels,residual,clamp", [(1, True, True), (3, True, False), (1, False, False)])
+def test_distances_from_the_gram_matrix_equal_those_of_the_built_candidates(image_channels, residual, clamp):
+    torch.manual_seed(0)
+    ddl = DiscreteDistributionLayer(channels=16, image_channels=image_channels, k=12, residual=residual, clamp=clamp)
+    features, prev = torch.randn(5, 16, 8, 8), 1.5 * torch.randn(5, image_channels, 4, 4)
+    reference = torch.rand(5, image_channels, 8, 8) * 2 - 1
+    candidates = Candidates(ddl, features, prev)
+    built = (candidates.images() - reference.unsqueeze(1)).pow(2).mean((2, 3, 4))
+    from_gram = candidates.mse_to(reference)
+    torch.testing.assert_close(from_gram, built, rtol=1e-4, atol=1e-5)
+    assert torch.equal(from_gram.argmin(1), built.argmin(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision training: the sum stays in fp32
+        torch.testing.assert_close(candidates.mse_to(reference), built, rtol=1e-4, atol=1e-5)
+
+
+def test_the_guided_choice_never_builds_the_candidates():
+    torch.manual_seed(0)
+    ddl = DiscreteDistributionLayer(channels=8, image_channels=1, k=5)
+    f, prev, target = torch.randn(4, 8, 4, 4), torch.randn(4, 1, 2, 2), torch.randn(4, 1, 4, 4)
+    built = []
+    ddl.candidates = lambda *args: built.append(args)  # a call would leave a trace (and break the choice)
+    chosen = ddl(f, prev, make_chooser(TargetCondition(target)))[2]
+    assert not built
+    del ddl.candidates
+    assert torch.equal(chosen, TargetCondition(target).distance(ddl.candidates(f, prev)).argmin(1))
+
+
+def test_an_up_block_equals_the_official_block_with_its_skip_after_the_upsampling():
+    """The skip's 1x1 conv runs before the nearest upsampling and the activations are channels-last: the official
+    block's values and gradients up to rounding.
+    """
+    torch.manual_seed(0)
+    block = UNetBlock(8, 4, up=True)
+    torch.nn.init.normal_(block.conv1.weight, std=0.2)  # not near zero, so conv1's path counts too
+    features = torch.randn(3, 8, 4, 4, requires_grad=True)
+    image, leak = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+
+    def official(block):
+        x = add_choice(features, image, leak)
+        up = lambda t: torch.nn.functional.interpolate(t, scale_factor=2, mode="nearest")
+        silu = torch.nn.functional.silu
+        h = block.conv1(silu(block.norm1(block.conv0(up(silu(block.norm0(x)))))))
+        return (h + block.skip(up(x))) * 0.5 ** 0.5
+
+    out, want = block(features, image, leak), official(block)
+    torch.testing.assert_close(out, want)
+    grad = torch.randn_like(want)
+    got = torch.autograd.grad(out, [features, *block.parameters()], grad)
+    expected = torch.autograd.grad(want, [features, *block.parameters()], grad)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)

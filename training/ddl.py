@@ -1,7 +1,8 @@
 """The Discrete Distribution Layer (DDL) as the paper and the official code define it: K branches of a bias-free 1x1
 conv make K candidate images, one is kept, and its rows applied to the other half of the features give the leak that
 tells the next block which branch was taken. ``clamp`` (not official) keeps the previous image in [-1, 1] so a
-random path cannot go blank (docs/training.md).
+random path cannot go blank (docs/training.md). A chooser sees the candidates as :class:`Candidates`, which builds
+the K images only when asked: the guided sampler's distance to one image needs none of them.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from torch import nn
 
 from .split_and_prune import BranchUsage
 
-# Picks one branch per sample from the K candidates [B, K, C, H, W]; returns int64 [B].
-Chooser = Callable[[torch.Tensor], torch.Tensor]
+# Picks one branch per sample from a layer's K candidates; returns int64 [B].
+Chooser = Callable[["Candidates"], torch.Tensor]
 Choice = Union[torch.Tensor, Chooser]
 
 
@@ -100,7 +101,44 @@ class DiscreteDistributionLayer(nn.Module):
             index = choice.long().clamp(0, self.k - 1)
         else:
             with torch.no_grad():
-                index = choice(self.candidates(features, prev_image))
+                index = choice(Candidates(self, features, prev_image))
         branch = self.apply_branch_all_k if all_k else self.apply_branch
         image, leak = branch(features, prev_image, index)
         return image, leak, index
+
+
+class Candidates:
+    """A layer's K candidate images for a batch, as a chooser sees them: :meth:`images` builds them, :meth:`mse_to`
+    measures them against one image without building them.
+    """
+
+    def __init__(self, layer: DiscreteDistributionLayer, features: torch.Tensor, prev_image: torch.Tensor):
+        self.layer, self.features, self.prev_image = layer, features, prev_image
+        self.size = features.shape[-1]
+
+    def images(self) -> torch.Tensor:
+        """All K candidate images [B, K, C_img, H, W]."""
+        return self.layer.candidates(self.features, self.prev_image)
+
+    def mse_to(self, reference: torch.Tensor) -> torch.Tensor:
+        """Mean squared difference [B, K] of each candidate to ``reference`` [B, C_img, H, W], the same values as from
+        :meth:`images` up to rounding.
+
+        A candidate is W_k f + base (f the first half of the features), so its squared distance to the reference
+        expands to W_k G W_k + 2 W_k . F(base - reference) + |base - reference|^2 with G = f f^T: per sample a
+        C/2 x C/2 matrix instead of K images, which at 32x32 cost more than the layer's block (docs/training.md).
+        """
+        layer = self.layer
+        b, _, h, w = self.features.shape
+        with torch.autocast(self.features.device.type, enabled=False):  # a sum of large terms: keep fp32
+            f = self.features[:, : layer.channels // 2].float().reshape(b, -1, h * w)  # [B, D, P]
+            base = layer.base_image(self.prev_image.float(), h)
+            offset = -reference.float() if base is None else base - reference.float()
+            offset = offset.reshape(b, layer.image_channels, h * w)  # [B, C, P]
+            rows = layer.weight.float().reshape(layer.k * layer.image_channels, -1)  # [K*C, D]
+            gram = torch.bmm(f, f.transpose(1, 2))  # [B, D, D]
+            quadratic = (torch.matmul(rows, gram) * rows).sum(-1).view(b, layer.k, -1).sum(-1)
+            cross = torch.bmm(offset, f.transpose(1, 2)).reshape(b, -1)  # [B, C*D]
+            linear = cross @ layer.weight.float().reshape(layer.k, -1).t()  # [B, K]
+            constant = offset.pow(2).sum((1, 2)).unsqueeze(1)
+            return (quadratic + 2 * linear + constant) / (layer.image_channels * h * w)

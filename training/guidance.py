@@ -11,7 +11,7 @@ import torch
 
 from ddn.conditions import CONDITIONS, MASK
 
-from .ddl import Chooser, area_resize
+from .ddl import Candidates, Chooser, area_resize
 from .split_and_prune import BranchUsage
 
 # ITU-R BT.601 luma, the usual grayscale of an RGB image.
@@ -54,7 +54,12 @@ class Condition:
     batch_size: int
 
     def distance(self, candidates: torch.Tensor) -> torch.Tensor:
+        """Distance [B, K] of candidate images [B, K, C, H, W] to the condition: what the chooser minimises."""
         raise NotImplementedError
+
+    def distance_of(self, candidates: Candidates) -> torch.Tensor:
+        """:meth:`distance` of a layer's candidates, by the cheapest route the condition knows."""
+        return self.distance(candidates.images())
 
     @classmethod
     def observe(cls, images: torch.Tensor, shapes: Mapping[str, tuple[int, int, int]],
@@ -74,6 +79,9 @@ class TargetCondition(Condition):
 
     def distance(self, candidates: torch.Tensor) -> torch.Tensor:
         return _per_sample_mse(candidates, area_resize(self.target, candidates.shape[-1]))
+
+    def distance_of(self, candidates: Candidates) -> torch.Tensor:
+        return candidates.mse_to(area_resize(self.target, candidates.size))
 
 
 class Denoising(TargetCondition):
@@ -174,8 +182,8 @@ def make_chooser(condition: Condition, selection: str = "top1", rng: torch.Gener
     if selection not in ("top1", "top2"):
         raise ValueError(f"selection must be 'top1' or 'top2', got {selection!r}")
 
-    def choose(candidates: torch.Tensor) -> torch.Tensor:
-        distances = condition.distance(candidates)
+    def choose(candidates: Candidates) -> torch.Tensor:
+        distances = condition.distance_of(candidates)
         if usage is not None:
             usage.record(distances)
         if selection == "top1" or distances.shape[1] < 2:
