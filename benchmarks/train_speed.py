@@ -1,7 +1,8 @@
-"""Training throughput and the share of step time spent in split-and-prune, per model preset, as JSON.
+"""Training throughput and the share of step time spent in split-and-prune, per model preset, as JSON; with
+``--against REV``, also the trainer's step of this checkout against that commit's, side by side.
 
     python -m benchmarks.train_speed [--preset cpu --preset tiny ...] [--rounds 3 --steps 4 --warmup 2]
-                                     [--device cpu --threads N]
+                                     [--device cpu --threads N] [--against REV]
 
 Every named preset of ``ddn-train`` (:mod:`ddn.training.presets`) at MNIST's
 32x32 gray size, on digits resized to 32x32, timed in interleaved rounds in
@@ -11,11 +12,21 @@ one process (:mod:`benchmarks.measure`). Each preset runs at its own batch
 A step is the trainer's own ``train_step`` (loss, backward, Adam) plus
 ``usage_step`` (fold usage statistics, split and prune) and the weight average's
 update, with ``ddn-train``'s defaults; the last two are also reported on their own.
+
+``--against REV`` extracts commit REV (``git archive``) and runs each tree's own trainer step
+(:mod:`benchmarks.train_step_worker`, one process per tree and preset) in interleaved rounds: the speed-up is REV's
+median step time over this checkout's, overall and per round.
 """
 from __future__ import annotations
 
+import io
 import json
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
+from pathlib import Path
 
 import click
 import numpy as np
@@ -28,6 +39,9 @@ from ddn.training.distributed import Ranks, resolve_device
 from ddn.training.networks import build_generator
 from ddn.training.presets import PRESETS, preset_config
 from ddn.training.train_loop import TrainConfig, train_step, usage_step
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("train_step_worker.py")
 
 # Batch per preset: the CPU-sized ones at ddn-train's default, the GPU-sized ones as small as still informative.
 PRESET_BATCH = {"cpu": 64, "tiny": 64, "mnist-recurrence": 16, "cifar10": 4}
@@ -90,6 +104,79 @@ class Bench:
         }
 
 
+def resolve_commit(revision: str) -> str:
+    """The full hash of ``revision`` in this checkout's repository."""
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        raise click.BadParameter(f"{revision!r} is not a commit of the repository at {ROOT}",
+                                 param_hint="'--against'") from None
+
+
+def extract_commit(commit: str, into: Path) -> None:
+    """Write the files of ``commit`` into ``into``."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+
+
+class StepWorker:
+    """A :mod:`benchmarks.train_step_worker` process: one tree's trainer, one preset."""
+
+    def __init__(self, tree: Path, preset: str, device: str, threads: int):
+        self.name = f"{preset} from {tree}"
+        self.process = subprocess.Popen([sys.executable, str(WORKER), str(tree), preset, str(PRESET_BATCH[preset]),
+                                         device, str(threads or torch.get_num_threads())],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        status, _, source = self.process.stdout.readline().strip().partition(" ")
+        if status != "ready":
+            raise click.ClickException(f"the step worker for {self.name} did not start (its error is above)")
+        if not Path(source).resolve().is_relative_to(tree.resolve()):
+            raise click.ClickException(f"the step worker for {self.name} imported the trainer from {source}")
+
+    def steps(self, n: int) -> list[float]:
+        """Wall seconds of each of ``n`` trainer steps."""
+        self.process.stdin.write(f"{n}\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise click.ClickException(f"the step worker for {self.name} exited (its error is above)")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        if self.process.wait(timeout=60):
+            raise click.ClickException(f"the step worker for {self.name} failed")
+
+
+def against_commit(commit: str, presets: tuple[str, ...], rounds: int, steps: int, warmup: int, device: str,
+                   threads: int) -> dict:
+    """This checkout's trainer step against ``commit``'s, per preset, in interleaved rounds."""
+    with tempfile.TemporaryDirectory() as old_tree:
+        extract_commit(commit, Path(old_tree))
+        trees = {"this_checkout": ROOT, "commit": Path(old_tree)}
+        results = {}
+        for preset in presets:
+            workers = {name: StepWorker(tree, preset, device, threads) for name, tree in trees.items()}
+            slices: dict[str, list[list[float]]] = {name: [] for name in workers}
+            try:
+                for worker in workers.values():
+                    worker.steps(warmup)
+                interleaved({name: Method(lambda name=name: slices[name].append(workers[name].steps(steps)))
+                             for name in workers}, seconds=0, rounds=rounds, warmup_calls=0, min_calls=1)
+            finally:
+                for worker in workers.values():
+                    worker.close()
+            batch = PRESET_BATCH[preset]
+            entry = {name: summarize(batch, [t for part in parts for t in part]) for name, parts in slices.items()}
+            entry["speedup"] = round(entry["this_checkout"]["images_per_s"] / entry["commit"]["images_per_s"], 3)
+            entry["speedup_by_round"] = [round(float(np.median(old) / np.median(new)), 3)
+                                         for new, old in zip(slices["this_checkout"], slices["commit"])]
+            results[preset] = entry
+    return {"commit": commit, "presets": results}
+
+
 @click.command()
 @click.option("--preset", "presets", multiple=True, type=click.Choice(PRESETS), default=PRESETS, show_default=True,
               help="Presets to measure (repeat the option).")
@@ -98,9 +185,13 @@ class Bench:
 @click.option("--warmup", type=int, default=2, show_default=True, help="Untimed steps per preset first.")
 @click.option("--device", default="cpu", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
 @click.option("--threads", type=int, default=0, help="Torch CPU threads (0: torch's default).")
-def main(presets: tuple[str, ...], rounds: int, steps: int, warmup: int, device: str, threads: int) -> None:
+@click.option("--against", "revision", metavar="REV",
+              help="Also time the trainer's step of this checkout against commit REV's, one process each.")
+def main(presets: tuple[str, ...], rounds: int, steps: int, warmup: int, device: str, threads: int,
+         revision: str | None) -> None:
     run = BenchmarkRun()
-    retain_freed_memory()  # as train() does
+    commit = None if revision is None else resolve_commit(revision)
+    retain_freed_memory()  # as the trainer does
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
@@ -110,9 +201,11 @@ def main(presets: tuple[str, ...], rounds: int, steps: int, warmup: int, device:
                for name in presets}
     times = interleaved({name: Method(bench.step) for name, bench in benches.items()}, seconds=0, rounds=rounds,
                         warmup_calls=warmup, min_calls=steps)
+    against = {} if commit is None else {
+        "against": {"revision": revision, **against_commit(commit, presets, rounds, steps, warmup, device, threads)}}
     click.echo(json.dumps(run.report(
         device=str(dev), torch_threads=torch.get_num_threads(), split_and_prune_target_share=0.03,
-        presets={name: bench.report(times[name], warmup) for name, bench in benches.items()}), indent=2))
+        presets={name: bench.report(times[name], warmup) for name, bench in benches.items()}, **against), indent=2))
 
 
 if __name__ == "__main__":

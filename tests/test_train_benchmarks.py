@@ -42,6 +42,34 @@ def test_train_speed_times_split_and_prune_on_the_presets_it_names(tmp_path):
         assert 0 < entry["splits_per_step"] <= len(model.ddls())
 
 
+def _head_commit() -> str | None:
+    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+@pytest.mark.skipif(_head_commit() is None, reason="needs the project's git history")
+def test_train_speed_times_this_checkout_against_a_commit_in_its_own_processes():
+    report = run_script("-m", "benchmarks.train_speed", "--preset", "tiny", "--rounds", "2", "--steps", "2",
+                        "--warmup", "1", "--against", "HEAD", cwd=ROOT)
+    against = report["against"]
+    assert against["revision"] == "HEAD" and against["commit"] == _head_commit()
+    tiny = against["presets"]["tiny"]
+    for side in ("this_checkout", "commit"):
+        assert tiny[side]["calls"] == 4
+        assert tiny[side]["best_latency_ms"] <= tiny[side]["latency_ms"] <= tiny[side]["p99_ms"]
+    assert tiny["speedup"] == pytest.approx(tiny["this_checkout"]["images_per_s"] / tiny["commit"]["images_per_s"],
+                                            rel=1e-2)
+    assert len(tiny["speedup_by_round"]) == 2 and all(r > 0 for r in tiny["speedup_by_round"])
+
+
+def test_train_speed_names_a_revision_that_is_not_a_commit():
+    done = subprocess.run([sys.executable, "-m", "benchmarks.train_speed", "--preset", "tiny", "--against",
+                           "no-such-revision"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"Error: Invalid value for '--against': 'no-such-revision' is not a commit of the repository at {ROOT}")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not MNIST.exists(), reason=f"needs {MNIST} (the shared data folder)")
 def test_quality_scores_every_model_under_both_classifiers(tmp_path):

@@ -124,9 +124,9 @@ class Candidates:
         """Mean squared difference [B, K] of each candidate to ``reference`` [B, C_img, H, W], the same values as from
         :meth:`images` up to rounding.
 
-        A candidate is W_k f + base (f the first half of the features), so its squared distance to the reference
-        expands to W_k G W_k + 2 W_k . F(base - reference) + |base - reference|^2 with G = f f^T: per sample a
-        C/2 x C/2 matrix instead of K images, which at 32x32 cost more than the layer's block (docs/training.md).
+        A candidate is W_k f + base (f the first half of the features), so with r = base - reference its squared
+        distance expands to W_k G W_k + 2 W_k . (f r^T) + |r|^2, G = f f^T: per sample a C/2 x C/2 matrix instead
+        of K images, which at 32x32 cost more than the layer's block (docs/training.md).
         """
         layer = self.layer
         b, _, h, w = self.features.shape

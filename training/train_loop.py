@@ -188,7 +188,6 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, explic
     if state is not None:
         config = resume_config(state.train["config"], config, explicit)
     ranks = Ranks.from_env(config.device)
-    retain_freed_memory()  # the same blocks every step: no page faults for fresh memory (training/allocator.py)
     finished = False
     try:
         say = log if ranks.is_main else (lambda message: None)
@@ -278,6 +277,7 @@ def _start(config: TrainConfig, out_dir: Path, state: RunState | None, ranks: Ra
         raise ConfigError(f"--ema-halflife-kimg and --ema-rampup must be non-negative, "
                          f"got {config.ema_halflife_kimg} and {config.ema_rampup}")
     autocast = autocast_for(ranks.device, config.precision)
+    retain_freed_memory()  # every step frees and asks for the same blocks: no page faults (training/allocator.py)
 
     images = load_images(config.dataset, config.image_size)  # [N, C, S, S], S a power of two
     dataset_info = {"n": int(images.shape[0]), "shape": list(images.shape[1:])}
