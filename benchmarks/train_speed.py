@@ -144,10 +144,14 @@ class StepWorker:
             raise click.ClickException(f"the step worker for {self.name} exited (its error is above)")
         return json.loads(line)
 
-    def close(self) -> None:
+    def close(self) -> int:
+        """Stop the worker (killed if it does not end within a minute); its exit status."""
         self.process.stdin.close()
-        if self.process.wait(timeout=60):
-            raise click.ClickException(f"the step worker for {self.name} failed")
+        try:
+            return self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
 
 
 def against_commit(commit: str, presets: tuple[str, ...], rounds: int, steps: int, warmup: int, device: str,
@@ -158,16 +162,18 @@ def against_commit(commit: str, presets: tuple[str, ...], rounds: int, steps: in
         trees = {"this_checkout": ROOT, "commit": Path(old_tree)}
         results = {}
         for preset in presets:
-            workers = {name: StepWorker(tree, preset, device, threads) for name, tree in trees.items()}
-            slices: dict[str, list[list[float]]] = {name: [] for name in workers}
+            workers: dict[str, StepWorker] = {}
+            slices: dict[str, list[list[float]]] = {name: [] for name in trees}
             try:
-                for worker in workers.values():
-                    worker.steps(warmup)
+                for name, tree in trees.items():
+                    workers[name] = StepWorker(tree, preset, device, threads)
+                    workers[name].steps(warmup)
                 interleaved({name: Method(lambda name=name: slices[name].append(workers[name].steps(steps)))
                              for name in workers}, seconds=0, rounds=rounds, warmup_calls=0, min_calls=1)
             finally:
-                for worker in workers.values():
-                    worker.close()
+                failed = [worker.name for worker in workers.values() if worker.close()]
+            if failed:
+                raise click.ClickException(f"the step worker for {failed[0]} failed (its error is above)")
             batch = PRESET_BATCH[preset]
             entry = {name: summarize(batch, [t for part in parts for t in part]) for name, parts in slices.items()}
             entry["speedup"] = round(entry["this_checkout"]["images_per_s"] / entry["commit"]["images_per_s"], 3)

@@ -116,7 +116,7 @@ def test_distances_from_the_gram_matrix_equal_those_of_the_built_candidates(imag
         torch.testing.assert_close(candidates.mse_to(reference), built, rtol=1e-4, atol=1e-5)
 
 
-def test_the_guided_choice_never_builds_the_candidates():
+def test_the_guided_choice_builds_the_candidates_only_where_that_is_cheaper():
     torch.manual_seed(0)
     ddl = DiscreteDistributionLayer(channels=8, image_channels=1, k=5)
     f, prev, target = torch.randn(4, 8, 4, 4), torch.randn(4, 1, 2, 2), torch.randn(4, 1, 4, 4)
@@ -126,6 +126,14 @@ def test_the_guided_choice_never_builds_the_candidates():
     assert not built
     del ddl.candidates
     assert torch.equal(chosen, TargetCondition(target).distance(ddl.candidates(f, prev)).argmin(1))
+    # One pixel and 64 channels: a 32 x 32 Gram matrix per sample costs more than the 5 one-pixel images.
+    wide = DiscreteDistributionLayer(channels=64, image_channels=1, k=5)
+    f, prev, target = torch.randn(4, 64, 1, 1), torch.zeros(4, 1, 1, 1), torch.randn(4, 1, 1, 1)
+    wide.candidates = lambda *args: built.append(args) or DiscreteDistributionLayer.candidates(wide, *args)
+    candidates = Candidates(wide, f, prev)
+    distances = candidates.mse_to(target)
+    assert len(built) == 1
+    torch.testing.assert_close(distances, (candidates.images() - target.unsqueeze(1)).pow(2).mean((2, 3, 4)))
 
 
 def test_an_up_block_equals_the_official_block_with_its_skip_after_the_upsampling():

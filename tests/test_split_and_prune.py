@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ddn.training.ddl import DiscreteDistributionLayer
+from ddn.training.ddl import DiscreteDistributionLayer, per_sample_mse
 from ddn.training.split_and_prune import BranchUsage, should_split, split_and_prune_
 
 
@@ -65,7 +65,7 @@ def _train_one_step(layer, optimizer):
     features = torch.randn(16, 8, 4, 4)
     prev = torch.zeros(16, 1, 4, 4)
     target = torch.randn(16, 1, 4, 4)
-    image, _, _ = layer(features, prev, lambda c: (c.images() - target.unsqueeze(1)).pow(2).flatten(2).mean(2).argmin(1))
+    image, _, _ = layer(features, prev, lambda c: per_sample_mse(c.images(), target).argmin(1))
     optimizer.zero_grad()
     ((image - target) ** 2).mean().backward()
     optimizer.step()

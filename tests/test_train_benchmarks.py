@@ -43,8 +43,41 @@ def test_train_speed_times_split_and_prune_on_the_presets_it_names(tmp_path):
 
 
 def _head_commit() -> str | None:
-    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    try:
+        done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    except OSError:  # no git
+        return None
     return done.stdout.strip() if done.returncode == 0 else None
+
+
+TREE_CHILD = """
+import sys
+sys.path.insert(0, {benchmarks!r})
+from pathlib import Path
+from train_step_worker import TreeFinder
+sys.meta_path.insert(0, TreeFinder(Path({tree!r})))
+import ddn.training.only_here
+print(ddn.training.only_here.__file__)
+try:
+    import ddn.training.allocator  # in the installed checkout, not in this tree
+except ModuleNotFoundError as error:
+    print(error)
+"""
+
+
+def test_the_step_worker_imports_a_tree_and_nothing_else(tmp_path):
+    """An older commit's modules come from its tree, and one it lacks is missing, not this checkout's."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.setuptools]\npackage-dir = { "ddn" = "ddn", "ddn.training" = "training" }\n')
+    for folder in ("ddn", "training"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "__init__.py").write_text("")
+    (tmp_path / "training" / "only_here.py").write_text("")
+    child = TREE_CHILD.format(benchmarks=str(ROOT / "benchmarks"), tree=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [str(tmp_path / "training" / "only_here.py"),
+                                        f"No module named 'ddn.training.allocator' in {tmp_path}"]
 
 
 @pytest.mark.skipif(_head_commit() is None, reason="needs the project's git history")

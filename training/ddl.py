@@ -122,23 +122,34 @@ class Candidates:
 
     def mse_to(self, reference: torch.Tensor) -> torch.Tensor:
         """Mean squared difference [B, K] of each candidate to ``reference`` [B, C_img, H, W], the same values as from
-        :meth:`images` up to rounding.
+        :meth:`images` up to rounding, by the cheaper route.
 
         A candidate is W_k f + base (f the first half of the features), so with r = base - reference its squared
         distance expands to W_k G W_k + 2 W_k . (f r^T) + |r|^2, G = f f^T: per sample a C/2 x C/2 matrix instead
-        of K images, which at 32x32 cost more than the layer's block (docs/training.md).
+        of K images, which at 32x32 cost more than the layer's block (docs/training.md). At a few pixels and many
+        channels the images are the cheaper route.
         """
         layer = self.layer
-        b, _, h, w = self.features.shape
+        _, _, h, w = self.features.shape
+        half, rows, pixels = layer.channels // 2, layer.k * layer.image_channels, h * w
+        if half * half * (pixels + rows) > rows * pixels * (half + 3):  # multiply-adds of the two routes
+            return per_sample_mse(self.images(), reference)
         with torch.autocast(self.features.device.type, enabled=False):  # a sum of large terms: keep fp32
-            f = self.features[:, : layer.channels // 2].float().reshape(b, -1, h * w)  # [B, D, P]
+            # -1 for the batch: an exported graph reshapes by constants.
+            f = self.features[:, :half].float().reshape(-1, half, pixels)  # [B, D, P]
             base = layer.base_image(self.prev_image.float(), h)
             offset = -reference.float() if base is None else base - reference.float()
-            offset = offset.reshape(b, layer.image_channels, h * w)  # [B, C, P]
-            rows = layer.weight.float().reshape(layer.k * layer.image_channels, -1)  # [K*C, D]
+            offset = offset.reshape(-1, layer.image_channels, pixels)  # [B, C, P]
+            weight = layer.weight.float()
             gram = torch.bmm(f, f.transpose(1, 2))  # [B, D, D]
-            quadratic = (torch.matmul(rows, gram) * rows).sum(-1).view(b, layer.k, -1).sum(-1)
-            cross = torch.bmm(offset, f.transpose(1, 2)).reshape(b, -1)  # [B, C*D]
-            linear = cross @ layer.weight.float().reshape(layer.k, -1).t()  # [B, K]
+            by_row = weight.reshape(rows, half)  # [K*C, D]
+            quadratic = (torch.matmul(by_row, gram) * by_row).sum(-1).view(-1, layer.k, layer.image_channels).sum(-1)
+            cross = torch.bmm(offset, f.transpose(1, 2)).flatten(1)  # [B, C*D]
+            linear = cross @ weight.reshape(layer.k, -1).t()  # [B, K]
             constant = offset.pow(2).sum((1, 2)).unsqueeze(1)
-            return (quadratic + 2 * linear + constant) / (layer.image_channels * h * w)
+            return (quadratic + 2 * linear + constant) / (layer.image_channels * pixels)
+
+
+def per_sample_mse(candidates: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference [B, K] of candidate images [B, K, C, H, W] to ``reference`` [B, C, H, W]."""
+    return (candidates - reference.unsqueeze(1)).pow(2).flatten(2).mean(2)

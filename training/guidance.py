@@ -11,15 +11,11 @@ import torch
 
 from ddn.conditions import CONDITIONS, MASK
 
-from .ddl import Candidates, Chooser, area_resize
+from .ddl import Candidates, Chooser, area_resize, per_sample_mse
 from .split_and_prune import BranchUsage
 
 # ITU-R BT.601 luma, the usual grayscale of an RGB image.
 LUMA = (0.299, 0.587, 0.114)
-
-
-def _per_sample_mse(candidates: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    return (candidates - reference.unsqueeze(1)).pow(2).flatten(2).mean(2)
 
 
 def _flatten_batch(x: torch.Tensor) -> torch.Tensor:
@@ -78,7 +74,7 @@ class TargetCondition(Condition):
         self.target, self.batch_size = target, target.shape[0]
 
     def distance(self, candidates: torch.Tensor) -> torch.Tensor:
-        return _per_sample_mse(candidates, area_resize(self.target, candidates.shape[-1]))
+        return per_sample_mse(candidates, area_resize(self.target, candidates.shape[-1]))
 
     def distance_of(self, candidates: Candidates) -> torch.Tensor:
         return candidates.mse_to(area_resize(self.target, candidates.size))
@@ -113,7 +109,7 @@ class SuperResolution(Condition):
     def distance(self, candidates: torch.Tensor) -> torch.Tensor:
         size = min(candidates.shape[-1], self.low_res.shape[-1])
         small = _unflatten_batch(area_resize(_flatten_batch(candidates), size), self.batch_size)
-        return _per_sample_mse(small, area_resize(self.low_res, size))
+        return per_sample_mse(small, area_resize(self.low_res, size))
 
 
 class Colorization(Condition):
@@ -128,7 +124,7 @@ class Colorization(Condition):
 
     def distance(self, candidates: torch.Tensor) -> torch.Tensor:
         gray = to_grayscale(candidates, dim=2)
-        return _per_sample_mse(gray, area_resize(self.gray, candidates.shape[-1]))
+        return per_sample_mse(gray, area_resize(self.gray, candidates.shape[-1]))
 
 
 class Inpainting(Condition):

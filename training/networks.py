@@ -15,7 +15,7 @@ from torch import nn
 from ddn.codes import codes_from_seed, validate_codes
 
 from .blocks import TinyUNet, UNetBlock
-from .ddl import Choice, Chooser, DiscreteDistributionLayer, area_resize
+from .ddl import Candidates, Choice, Chooser, DiscreteDistributionLayer, area_resize
 from .guidance import Condition, TargetCondition, make_chooser
 
 
@@ -85,7 +85,7 @@ class DDNGenerator(nn.Module):
             nearest = make_chooser(target, usage=ddl.usage)
             drop = chain_dropout > 0 and float(torch.rand((), generator=rng)) < chain_dropout
 
-            def pick(candidates: torch.Tensor) -> torch.Tensor:
+            def pick(candidates: Candidates) -> torch.Tensor:
                 index = nearest(candidates)
                 if drop:
                     index = torch.randint(0, ddl.k, index.shape, generator=rng).to(index.device)
