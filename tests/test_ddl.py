@@ -101,6 +101,50 @@ def test_next_block_input_equals_adding_the_zero_padded_image_and_leak():
         assert torch.equal(got, want)
 
 
+def test_training_add_choice_equals_the_concatenation_and_keeps_channels_last():
+    """The training route (in-place adds, gradient passed on as it comes) against the exported one."""
+    torch.manual_seed(0)
+    features = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last).to(torch.bfloat16)
+    image, leak = torch.randn(2, 2, 4, 4), torch.randn(2, 2, 4, 4)
+    with torch.no_grad():
+        exported = add_choice(features, image, leak)
+    trained = add_choice(features.requires_grad_(), image.requires_grad_(), leak)
+    assert trained.dtype == exported.dtype == torch.float32  # promoted as the concatenation promotes
+    assert torch.equal(trained, exported)
+    assert trained.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(trained).contiguous(memory_format=torch.channels_last)
+    trained.backward(grad)
+    assert features.grad.dtype == torch.bfloat16 and torch.equal(features.grad, grad.to(torch.bfloat16))
+    assert torch.equal(image.grad, grad[:, :2])
+
+
+@pytest.mark.parametrize("image_channels", [1, 3])
+def test_the_chosen_rows_on_channels_last_features_equal_the_channel_major_product(image_channels):
+    """Blocks hand the DDL channels-last features, which take the pixel-major product and its own backward."""
+    torch.manual_seed(0)
+    ddl = DiscreteDistributionLayer(channels=12, image_channels=image_channels, k=5)
+    features, prev = torch.randn(3, 12, 4, 4), torch.randn(3, image_channels, 2, 2)
+    index = torch.tensor([4, 0, 2])
+    outputs, grads = [], []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        f = features.clone(memory_format=layout).requires_grad_()
+        image, leak = ddl.apply_branch(f, prev, index)
+        weights = torch.arange(float(image.numel())).view_as(image).cos()
+        ddl.weight.grad = None
+        ((image * weights).sum() + (leak * weights.flip(0)).sum()).backward()
+        outputs.append((image, leak))
+        grads.append((f.grad, ddl.weight.grad))
+    for (got, want) in zip((*outputs[1], *grads[1]), (*outputs[0], *grads[0])):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert grads[1][0].is_contiguous(memory_format=torch.channels_last)  # no layout copy for the block's backward
+    f = features.contiguous(memory_format=torch.channels_last).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: the product in bf16, gradients as the inputs
+        image, _ = ddl.apply_branch(f, prev, index)
+    image.float().sum().backward()
+    assert f.grad.dtype == torch.float32 and ddl.weight.grad.dtype == torch.float32
+    torch.testing.assert_close(image.float(), outputs[0][0], rtol=0.05, atol=0.05)
+
+
 @pytest.mark.parametrize("image_channels,residual,clamp", [(1, True, True), (3, True, False), (1, False, False)])
 def test_distances_from_the_gram_matrix_equal_those_of_the_built_candidates(image_channels, residual, clamp):
     torch.manual_seed(0)

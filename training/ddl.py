@@ -78,9 +78,13 @@ class DiscreteDistributionLayer(nn.Module):
         both feature halves (-1 for the batch, so an exported graph reshapes by constants).
         """
         _, c, h, w = features.shape
-        rows = self.weight.index_select(0, index).unsqueeze(1)  # [B, 1, C_img, C/2]
-        halves = torch.matmul(rows, features.reshape(-1, 2, c // 2, h * w))  # [B, 2, C_img, H*W]
-        image, leak = halves.reshape(-1, 2 * self.image_channels, h, w).split(self.image_channels, dim=1)
+        rows = self.weight.index_select(0, index)  # [B, C_img, C/2]
+        if features.is_contiguous(memory_format=torch.channels_last) and not torch.onnx.is_in_onnx_export():
+            halves = _ChosenRowsByPixel.apply(features, rows)  # [B, C_img, H, W, 2]
+            image, leak = halves[..., 0], halves[..., 1]
+        else:
+            halves = torch.matmul(rows.unsqueeze(1), features.reshape(-1, 2, c // 2, h * w))  # [B, 2, C_img, H*W]
+            image, leak = halves.reshape(-1, 2 * self.image_channels, h, w).split(self.image_channels, dim=1)
         base = self.base_image(prev_image, h)
         return image if base is None else image + base, leak
 
@@ -105,6 +109,33 @@ class DiscreteDistributionLayer(nn.Module):
         branch = self.apply_branch_all_k if all_k else self.apply_branch
         image, leak = branch(features, prev_image, index)
         return image, leak, index
+
+
+class _ChosenRowsByPixel(torch.autograd.Function):
+    """The chosen rows [B, C_img, C/2] applied to both halves of channels-last features [B, C, H, W] (the blocks'
+    output), read where they lie: [B, C_img, H, W, 2], image and leak in the last dimension. The channel-major
+    product would copy the features, and their gradient, at every layer; autograd's own backward of this one
+    would copy the gradient. Computes in the dtype autocast gives the product.
+    """
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = features.shape
+        by_pixel = features.permute(0, 2, 3, 1).reshape(b, h * w * 2, c // 2)  # a view: (pixel, half) x channel
+        halves = torch.bmm(rows, by_pixel.transpose(1, 2))  # [B, C_img, H*W*2]
+        ctx.save_for_backward(by_pixel, rows)
+        ctx.dtypes = features.dtype, rows.dtype
+        return halves.view(b, rows.shape[1], h, w, 2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        by_pixel, rows = ctx.saved_tensors
+        b, image_channels, h, w, _ = grad.shape
+        grad = grad.reshape(b, image_channels, h * w * 2)
+        grad_by_pixel = torch.bmm(grad.transpose(1, 2), rows.to(grad.dtype))  # [B, H*W*2, C/2]: channels-last
+        grad_rows = torch.bmm(grad, by_pixel.to(grad.dtype))
+        grad_features = grad_by_pixel.view(b, h, w, -1).permute(0, 3, 1, 2)
+        return grad_features.to(ctx.dtypes[0]), grad_rows.to(ctx.dtypes[1])
 
 
 class Candidates:
