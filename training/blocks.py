@@ -70,6 +70,8 @@ class UNetBlock(nn.Module):
         self.norm1 = group_norm(out_channels)
         self.conv1 = xavier_conv(out_channels, out_channels, 3, gain=1e-5)  # starts near identity
         self.skip = xavier_conv(in_channels, out_channels, 1) if up or in_channels != out_channels else None
+        # Weights channels-last like the activations: no layout copy of each weight and its gradient per call.
+        self.to(memory_format=torch.channels_last)
 
     def _resample(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, scale_factor=2, mode="nearest") if self.up else x

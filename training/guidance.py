@@ -72,12 +72,19 @@ class TargetCondition(Condition):
 
     def __init__(self, target: torch.Tensor):
         self.target, self.batch_size = target, target.shape[0]
+        self._resized: dict[int, torch.Tensor] = {}
+
+    def at(self, size: int) -> torch.Tensor:
+        """The target area-resized to ``size``, once per size: several layers share a resolution."""
+        if size not in self._resized:
+            self._resized[size] = area_resize(self.target, size)
+        return self._resized[size]
 
     def distance(self, candidates: torch.Tensor) -> torch.Tensor:
-        return per_sample_mse(candidates, area_resize(self.target, candidates.shape[-1]))
+        return per_sample_mse(candidates, self.at(candidates.shape[-1]))
 
     def distance_of(self, candidates: Candidates) -> torch.Tensor:
-        return candidates.mse_to(area_resize(self.target, candidates.size))
+        return candidates.mse_to(self.at(candidates.size))
 
 
 class Denoising(TargetCondition):

@@ -15,7 +15,7 @@ from torch import nn
 from ddn.codes import codes_from_seed, validate_codes
 
 from .blocks import TinyUNet, UNetBlock
-from .ddl import Candidates, Choice, Chooser, DiscreteDistributionLayer, area_resize
+from .ddl import Candidates, Choice, Chooser, DiscreteDistributionLayer
 from .guidance import Condition, TargetCondition, make_chooser
 
 
@@ -94,7 +94,7 @@ class DDNGenerator(nn.Module):
             return pick
 
         _, _, chosen = self.run(images.shape[0], choose)
-        losses = [F.mse_loss(img, area_resize(images, img.shape[-1])) for img in chosen]
+        losses = [F.mse_loss(img, target.at(img.shape[-1])) for img in chosen]
         return torch.stack(losses).mean()
 
     @torch.no_grad()

@@ -130,7 +130,14 @@ def find_resumable(out_dir: Path, move_bad: bool = True) -> RunState:
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[int, dict[str, torch.Tensor]]) -> None:
-    """Put per-parameter tensors back into an optimizer built over the same parameters."""
+    """Put per-parameter tensors back into an optimizer built over the same parameters, each laid out in memory as
+    its parameter is (checkpoints store them contiguous): fused Adam walks a parameter and its moments in memory
+    order, so a channels-last weight with a contiguous moment would be stepped wrongly.
+    """
     full = optimizer.state_dict()
     full["state"] = {i: dict(s) for i, s in state.items()}
     optimizer.load_state_dict(full)
+    for parameter, moments in optimizer.state.items():
+        for key, value in moments.items():
+            if torch.is_tensor(value) and value.shape == parameter.shape and value.stride() != parameter.stride():
+                moments[key] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
