@@ -97,6 +97,24 @@ def test_graph_computes_only_the_chosen_candidate(exported):
     assert outputs["images"].shape.dim[0].dim_param  # dynamic batch axis
 
 
+def test_each_group_norm_scales_and_shifts_in_one_batch_normalization(tmp_path):
+    """Trained scales and shifts (not the initial ones and zeros) come out of the graph as out of PyTorch."""
+    torch.manual_seed(0)
+    model = GENERATORS["single_shot"]().eval()
+    norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    with torch.no_grad():
+        for norm in norms:
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    path = tmp_path / "model.onnx"
+    export_onnx(GenerateGraph(model), path, max_batch=8)
+    ops = operator_counts(onnx.load(str(path)))
+    assert ops["BatchNormalization"] == ops["InstanceNormalization"] == len(norms)
+    codes = np.random.default_rng(0).integers(0, 8, (5, model.num_layers))
+    _, images_float = run(onnxruntime_session(path), codes)
+    np.testing.assert_allclose(images_float, reference(model, codes), rtol=0, atol=1e-5)
+
+
 def test_verification_reports_checker_errors_and_operators(exported):
     model, path, _ = exported
     report = verify_onnx(GenerateGraph(model), path)
