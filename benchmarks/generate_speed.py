@@ -96,6 +96,28 @@ def onnx_methods(path: Path, baseline: Path | None, threads: int) -> dict[str, C
     return {**calls, **openvino_calls(path, threads)}
 
 
+def onnxruntime_ms_by_operator(path: Path, codes: np.ndarray, threads: int, folder: Path, calls: int = 5) -> dict:
+    """Where ONNX Runtime's time goes in the exported graph at one batch: kernel milliseconds per call by operator
+    type, as ORT runs the graph after its own optimisations (NCHWc reorders, fused activations), from its profiler
+    over ``calls`` calls after a warm-up call.
+    """
+    session = onnxruntime_session(path, threads, profile_prefix=folder / f"profile_{len(codes)}")
+    for _ in range(calls + 1):
+        session.run(["images"], {"codes": codes})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
+    warm_until = runs[0][1]  # microseconds from the profiler's start: the warm-up call's end
+    totals: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] > warm_until:
+            op = event["args"]["op_name"]
+            totals[op] = totals.get(op, 0.0) + event["dur"] / 1000 / calls
+    kernel_ms = sum(totals.values())
+    return {"kernel_ms_per_call": round(kernel_ms, 2),
+            "by_operator": {op: {"ms": round(ms, 2), "share": round(ms / kernel_ms, 3)}
+                            for op, ms in sorted(totals.items(), key=lambda item: -item[1]) if ms >= 0.005}}
+
+
 def compiled_graph(generator: DDNGenerator) -> Callable[[torch.Tensor], torch.Tensor]:
     """torch.compile of the graph module ddn-export freezes (codes -> images uint8); compiles on first call."""
     compiled = torch.compile(GenerateGraph(generator), dynamic=False)
@@ -181,19 +203,20 @@ def main(batches: str, seconds: float, rounds: int, threads: int, baseline_onnx:
             operators["onnxruntime_baseline"] = operator_counts(onnx.load(str(baseline_onnx)))
         onnx_calls = onnx_methods(path, baseline_onnx, threads)
 
-    macs = multiply_adds_per_image(generator)
-    gathered_flop = 2 * (macs["blocks"] + macs["head_gathered"])
-    flop = {name: gathered_flop for name in ("pytorch_gathered", "pytorch_compiled", *onnx_calls)}
-    flop["pytorch_all_k"] = 2 * (macs["blocks"] + macs["head_all_k"])
-    peaks = matmul_peak_gflops([threads], seconds)
-    compiled = compiled_graph(generator) if use_compile else None
-    rng = np.random.default_rng(0)
-    results, first_calls = {}, {}
-    for batch in sizes:
-        codes = rng.integers(0, generator.branch_counts, (batch, generator.num_layers)).astype(np.int32)
-        methods, images, first_calls[str(batch)] = batch_methods(generator, codes, onnx_calls, compiled, threads)
-        times = interleaved(methods, seconds, rounds)
-        results[str(batch)] = batch_row(batch, times, images, flop, peaks["peak"])
+        macs = multiply_adds_per_image(generator)
+        gathered_flop = 2 * (macs["blocks"] + macs["head_gathered"])
+        flop = {name: gathered_flop for name in ("pytorch_gathered", "pytorch_compiled", *onnx_calls)}
+        flop["pytorch_all_k"] = 2 * (macs["blocks"] + macs["head_all_k"])
+        peaks = matmul_peak_gflops([threads], seconds)
+        compiled = compiled_graph(generator) if use_compile else None
+        rng = np.random.default_rng(0)
+        results, first_calls, profiles = {}, {}, {}
+        for batch in sizes:
+            codes = rng.integers(0, generator.branch_counts, (batch, generator.num_layers)).astype(np.int32)
+            methods, images, first_calls[str(batch)] = batch_methods(generator, codes, onnx_calls, compiled, threads)
+            times = interleaved(methods, seconds, rounds)
+            results[str(batch)] = batch_row(batch, times, images, flop, peaks["peak"])
+            profiles[str(batch)] = onnxruntime_ms_by_operator(path, codes, threads, Path(folder))
 
     notes = [] if any(name.startswith("openvino") for name in onnx_calls) else [
         "OpenVINO not installed (pip install 'ddn-serve[bench]'): its rows are missing"]
@@ -205,7 +228,7 @@ def main(batches: str, seconds: float, rounds: int, threads: int, baseline_onnx:
         multiply_adds_per_image={**macs, "total_all_k": macs["blocks"] + macs["head_all_k"],
                                  "total_gathered": macs["blocks"] + macs["head_gathered"]},
         export_seconds=round(export_s, 1), onnx_operators=operators,
-        first_call_seconds=first_calls, batches=results, notes=notes)
+        first_call_seconds=first_calls, batches=results, onnxruntime_profile=profiles, notes=notes)
     click.echo(json.dumps(report, indent=2))
 
 

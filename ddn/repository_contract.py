@@ -238,9 +238,11 @@ def execution_providers(choice: str) -> tuple[str, ...]:
 
 
 def onnxruntime_session(model: str | Path | bytes, threads: int = 0,
-                        providers: Sequence[str] = EXECUTION_PROVIDERS["cpu"]) -> onnxruntime.InferenceSession:
+                        providers: Sequence[str] = EXECUTION_PROVIDERS["cpu"],
+                        profile_prefix: Path | None = None) -> onnxruntime.InferenceSession:
     """An ONNX Runtime session with every graph optimisation (``threads`` 0: ORT's default); everything that runs an
-    exported graph opens it here, so a seed gives the same bytes everywhere.
+    exported graph opens it here, so a seed gives the same bytes everywhere. ``profile_prefix``: ORT's profiler on,
+    its file written there by ``end_profiling()`` (benchmarks).
     """
     import onnxruntime as ort  # here, not above: a Triton client needs the names, not ONNX Runtime
 
@@ -248,5 +250,7 @@ def onnxruntime_session(model: str | Path | bytes, threads: int = 0,
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only
+    if profile_prefix is not None:
+        options.enable_profiling, options.profile_file_prefix = True, str(profile_prefix)
     source = str(model) if isinstance(model, Path) else model
     return ort.InferenceSession(source, options, providers=list(providers))

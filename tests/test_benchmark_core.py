@@ -59,6 +59,9 @@ def test_generate_speed_times_every_method_on_the_same_codes():
         row["onnxruntime"]["images_per_s"] / row["pytorch_all_k"]["images_per_s"], rel=0.02)
     # The exported graph reads the batch size once and reshapes by constants.
     assert report["onnx_operators"]["onnxruntime"].get("Shape", 0) <= 1
+    profile = report["onnxruntime_profile"]["2"]  # where ONNX Runtime's time goes, by operator type
+    assert profile["kernel_ms_per_call"] > 0 and profile["by_operator"]["Conv"]["ms"] > 0
+    assert 0.8 < sum(entry["share"] for entry in profile["by_operator"].values()) <= 1.001
 
 
 def test_serve_load_measures_its_slices_in_the_cores_rotating_rounds():
