@@ -99,7 +99,7 @@ class UNetBlock(nn.Module):
         h = self.conv1(F.silu(self.norm1(h)))
         # A 1x1 conv commutes with nearest upsampling: the skip runs at the lower resolution, a quarter of the work.
         skip = x if self.skip is None else self.skip(x)
-        return h.add_(self._resample(skip)).mul_(math.sqrt(0.5))  # in place: conv1 keeps no output for its backward
+        return (h + self._resample(skip)).mul_(math.sqrt(0.5))  # the sum is kept by no backward: scaled in place
 
 
 class NormConv(nn.Sequential):

@@ -115,7 +115,8 @@ class _ChosenRowsByPixel(torch.autograd.Function):
     """The chosen rows [B, C_img, C/2] applied to both halves of channels-last features [B, C, H, W] (the blocks'
     output), read where they lie: [B, C_img, H, W, 2], image and leak in the last dimension. The channel-major
     product would copy the features, and their gradient, at every layer; autograd's own backward of this one
-    would copy the gradient. Computes in the dtype autocast gives the product.
+    would copy the gradient. Under autocast the product runs in autocast's dtype; the backward runs in the
+    gradient's and returns each input's own.
     """
 
     @staticmethod
