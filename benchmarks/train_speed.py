@@ -9,9 +9,10 @@ Every named preset of ``ddn-train`` (:mod:`ddn.training.presets`) at MNIST's
 one process (:mod:`benchmarks.measure`). Each preset runs at its own batch
 (``PRESET_BATCH``): the GPU-sized ones take seconds per image on a CPU.
 
-A step is the trainer's own ``train_step`` (loss, backward, Adam) plus
-``usage_step`` (fold usage statistics, split and prune) and the weight average's
-update, with ``ddn-train``'s defaults; the last two are also reported on their own.
+A step is the trainer's own (``_Run.train_one_step`` of a run started as
+``ddn-train`` starts it, with its defaults): the optimizer step, then the
+split-and-prune (fold usage statistics, split and prune) and the weight
+average's update, which are also reported on their own.
 
 ``--against REV`` extracts commit REV (``git archive``) and runs each tree's own trainer step
 (:mod:`benchmarks.train_step_worker`, one process per tree and preset) in interleaved rounds: the speed-up is REV's
@@ -33,12 +34,9 @@ import numpy as np
 import torch
 
 from benchmarks.measure import BenchmarkRun, Method, Samples, interleaved, summarize
-from ddn.training.allocator import retain_freed_memory
-from ddn.training.datasets import batch_stream, load_images
-from ddn.training.distributed import Ranks, resolve_device
-from ddn.training.networks import build_generator
-from ddn.training.presets import PRESETS, preset_config
-from ddn.training.train_loop import TrainConfig, train_step, usage_step
+from ddn.training.distributed import Ranks
+from ddn.training.presets import PRESETS
+from ddn.training.train_loop import TrainConfig, _start
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("train_step_worker.py")
@@ -53,34 +51,27 @@ def _sync(device: torch.device) -> None:
 
 
 class Bench:
-    """One preset's training run; :meth:`step` is one timed call, and notes how long its parts took."""
+    """One preset's training run, as ``ddn-train`` starts it (the trainer's own ``_start``: optimizer, chain dropout,
+    weight average, allocator policy); :meth:`step` is one trainer step, and notes how long its parts took.
+    """
 
-    def __init__(self, model: torch.nn.Module, images: torch.Tensor, batch: int, device: torch.device):
-        self.batch, self.device = batch, device
-        self.model = model.to(device).train()
-        defaults = TrainConfig()  # the default recipe's optimizer, chain dropout and weight average
-        self.optimizer = defaults.optimizer(self.model)
-        self.chain_dropout = defaults.chain_dropout
-        self.average = defaults.weight_average(self.model)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=False)
-        self.ranks = Ranks(device=device)
-        self.dropout = torch.Generator().manual_seed(1)
-        self.batches = batch_stream(images, batch, torch.Generator().manual_seed(0))
-        self.steps = 0
+    def __init__(self, preset: str, device: str, out_dir: Path):
+        self.batch = PRESET_BATCH[preset]
+        config = TrainConfig(preset=preset, image_size=32, batch=self.batch, device=device)
+        self.run = _start(config, out_dir, None, Ranks.from_env(device), lambda message: None)
+        self.model, self.device = self.run.model, self.run.ranks.device
         self.usage_s: list[float] = []  # per step: split-and-prune, then the weight average
         self.average_s: list[float] = []
         self.splits: list[int] = []
 
     def step(self) -> None:
-        batch = next(self.batches).to(self.device)
-        train_step(self.model.loss, self.optimizer, batch, self.chain_dropout, self.dropout, self.scaler)
+        self.run.descend(0.5)
         _sync(self.device)
         start = time.perf_counter()
-        self.splits.append(usage_step(self.model, self.optimizer, True, self.ranks, self.average))
+        self.splits.append(self.run.split_and_prune())
         _sync(self.device)
         middle = time.perf_counter()
-        self.steps += 1
-        self.average.update(self.batch * self.steps, self.batch)
+        self.run.update_average()
         _sync(self.device)
         self.usage_s.append(middle - start)
         self.average_s.append(time.perf_counter() - middle)
@@ -197,16 +188,13 @@ def main(presets: tuple[str, ...], rounds: int, steps: int, warmup: int, device:
          revision: str | None) -> None:
     run = BenchmarkRun()
     commit = None if revision is None else resolve_commit(revision)
-    retain_freed_memory()  # as the trainer does
     if threads:
         torch.set_num_threads(threads)
-    dev = resolve_device(device)
-    torch.manual_seed(0)
-    images = load_images("digits", image_size=32)  # digits resized to MNIST's 32x32 training size
-    benches = {name: Bench(build_generator(preset_config(name, 32, 1)), images, PRESET_BATCH[name], dev)
-               for name in presets}
-    times = interleaved({name: Method(bench.step) for name, bench in benches.items()}, seconds=0, rounds=rounds,
-                        warmup_calls=warmup, min_calls=steps)
+    with tempfile.TemporaryDirectory() as out_dir:
+        benches = {name: Bench(name, device, Path(out_dir) / name) for name in presets}
+        times = interleaved({name: Method(bench.step) for name, bench in benches.items()}, seconds=0,
+                            rounds=rounds, warmup_calls=warmup, min_calls=steps)
+    dev = next(iter(benches.values())).device
     against = {} if commit is None else {
         "against": {"revision": revision, **against_commit(commit, presets, rounds, steps, warmup, device, threads)}}
     click.echo(json.dumps(run.report(

@@ -230,18 +230,33 @@ class _Run:
         """One optimizer step at ``progress`` through the run (which sets the LR), the split-and-prune and the
         weight average after it; returns (detached loss, splits).
         """
+        loss = self.descend(progress)
+        made = self.split_and_prune()
+        self.update_average()
+        return loss, made
+
+    # The step's three parts, apart so that benchmarks/train_speed.py can time each.
+    def descend(self, progress: float) -> torch.Tensor:
+        """The optimizer step on the next batch, at the learning rate for ``progress``; the detached loss."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr * lr_factor(progress, self.config.lr_decay)
         batch = next(self.batches).to(self.ranks.device, non_blocking=True)
         loss = train_step(self.training_loss, self.optimizer, batch, self.config.chain_dropout,
                           self.rngs["dropout"], self.scaler, self.autocast)
-        made = usage_step(self.model, self.optimizer, self.config.split_and_prune, self.ranks, self.average)
         self.step += 1
-        self.splits += made
         self.images_seen += self.config.batch
+        return loss
+
+    def split_and_prune(self) -> int:
+        """Fold the step's branch usage in, and split and prune where it is due; how many splits."""
+        made = usage_step(self.model, self.optimizer, self.config.split_and_prune, self.ranks, self.average)
+        self.splits += made
+        return made
+
+    def update_average(self) -> None:
+        """Move the weight average (if the run keeps one) toward the weights just stepped."""
         if self.average is not None:
             self.average.update(self.images_seen, self.config.batch)
-        return loss, made
 
     def checkpoint(self) -> None:
         """Checkpoint, sample grid and training plot (written by rank 0; every rank gives its RNG states)."""
