@@ -45,9 +45,10 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_example(tmp_path_factory.mktemp("tiny_export"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_generation_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A seeded tiny generator's generation graph alone, exported as ``tiny`` (few entries: its server loads fast)."""
+    """A seeded tiny generator's generation graph alone, exported as ``tiny`` (few entries: its server loads fast);
+    one export for the session (each export is seconds of torch.export), so tests only read it."""
     import torch
 
     from ddn.export.exporter import ModelExport
@@ -60,6 +61,26 @@ def tiny_generation_repository(tmp_path_factory: pytest.TempPathFactory) -> Path
     save_checkpoint(checkpoint, SingleShotGenerator(image_size=8, channels=16, k=8))
     ModelExport(checkpoint, "tiny", folder / "repository", max_batch=4).write_onnx(["generate"])
     return folder / "repository"
+
+
+@pytest.fixture(scope="session")
+def rgb_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded tiny RGB generator (one block per scale: L = 4) exported as ``rgb`` with every graph kind (generation,
+    encoding and each condition; super-resolution by 2, max batch 4), its checkpoint beside the repository as
+    ``rgb.safetensors``; one export for the session (six graphs of torch.export), so tests only read it."""
+    import torch
+
+    from ddn.export.exporter import ModelExport
+    from ddn.repository_contract import GRAPH_KINDS
+    from ddn.training.checkpoint import save_checkpoint
+    from ddn.training.networks import SingleShotGenerator
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("rgb")
+    checkpoint = folder / "rgb.safetensors"
+    save_checkpoint(checkpoint, SingleShotGenerator(image_size=8, image_channels=3, channels=16, blocks=1, k=8))
+    ModelExport(checkpoint, "rgb", folder / "model_repository", max_batch=4, superres_factor=2).write_onnx(GRAPH_KINDS)
+    return folder / "model_repository"
 
 
 @pytest.fixture(scope="module")

@@ -18,15 +18,10 @@ import pytest
 
 pytest.importorskip("pytriton", reason="needs the nvidia-pytriton wheel (pip install 'ddn-serve[serving]')")
 
-import torch  # noqa: E402
-
-from ddn.export.exporter import ModelExport  # noqa: E402
 from ddn.images import load_png  # noqa: E402
 from ddn.serving.onnx_model import OnnxModel  # noqa: E402
 from ddn.serving.repository_view import cpu_repository_view  # noqa: E402
 from ddn.serving.triton_server import TritonServer  # noqa: E402
-from ddn.training.checkpoint import save_checkpoint  # noqa: E402
-from ddn.training.networks import SingleShotGenerator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_FILES = ("pyproject.toml", "README.md", "ddn", "training", "export", "serving")
@@ -52,12 +47,8 @@ def client_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("client_export")
-    torch.manual_seed(0)
-    save_checkpoint(folder / "tiny.safetensors", SingleShotGenerator(image_size=8, channels=16, k=8))
-    ModelExport(folder / "tiny.safetensors", NAME, folder / "model_repository", max_batch=4).write_onnx(["generate"])
-    return folder / "model_repository"
+def repository(tiny_generation_repository: Path) -> Path:
+    return tiny_generation_repository
 
 
 def run_in(venv: Path, *args: str) -> subprocess.CompletedProcess:

@@ -1,10 +1,10 @@
 """Every condition through the served graphs: a real Triton server and ONNX Runtime in this process agree byte for byte.
 
 One tiny RGB generator is exported with its generation graph and every
-condition of the registry; one server runs its CPU view. ``ddn-generate
---condition`` writes the same PNGs through ``--url`` and ``--repository`` (and
-without torch), and refuses bad condition inputs with the same one-line
-message on both paths.
+condition of the registry (conftest's ``rgb_repository``); one server runs its
+CPU view. ``ddn-generate --condition`` writes the same PNGs through ``--url``
+and ``--repository`` (and without torch), and refuses bad condition inputs
+with the same one-line message on both paths.
 """
 from __future__ import annotations
 
@@ -17,18 +17,14 @@ from click.testing import CliRunner
 pytest.importorskip("pytriton", reason="needs the nvidia-pytriton wheel (pip install 'ddn-serve[serving]')")
 pytest.importorskip("tritonclient.grpc")
 
-import torch  # noqa: E402
-
 from ddn.conditions import CONDITIONS, ConditionError  # noqa: E402
-from ddn.export.exporter import ModelExport  # noqa: E402
 from ddn.export.graphs import build_graphs  # noqa: E402
 from ddn.images import load_png, save_png  # noqa: E402
 from ddn.serving.client import DDNClient, ServingError  # noqa: E402
 from ddn.serving.generate_cli import main as generate_main  # noqa: E402
 from ddn.serving.onnx_model import OnnxModel  # noqa: E402
 from ddn.serving.triton_server import TritonServer  # noqa: E402
-from ddn.training.checkpoint import load_generator, save_checkpoint  # noqa: E402
-from ddn.training.networks import SingleShotGenerator  # noqa: E402
+from ddn.training.checkpoint import load_generator  # noqa: E402
 from no_torch import module_main_without_torch  # noqa: E402
 
 NAME = "rgb"
@@ -38,15 +34,8 @@ SAMPLES = 5  # more than MAX_BATCH: requests are split
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("conditions")
-    torch.manual_seed(0)
-    checkpoint = folder / "rgb.safetensors"
-    save_checkpoint(checkpoint, SingleShotGenerator(image_size=8, image_channels=3, channels=16, blocks=1, k=8))
-    repository = folder / "model_repository"
-    ModelExport(checkpoint, NAME, repository, max_batch=MAX_BATCH, superres_factor=FACTOR).write_onnx(
-        ["generate", *CONDITIONS])
-    return repository
+def repository(rgb_repository: Path) -> Path:
+    return rgb_repository  # NAME, with MAX_BATCH and FACTOR as above
 
 
 @pytest.fixture(scope="module")
