@@ -131,26 +131,44 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def cpu_model() -> str:
+# The vector extensions that decide which kernels oneDNN, MLAS and OpenVINO run: a speed-up measured on one CPU
+# need not hold on another (the training step's 1.5x on one 2-core machine was 1.25x on an AVX2 one).
+CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def _cpuinfo(field: str) -> str | None:
+    """The first value of ``field`` in /proc/cpuinfo (None where there is none)."""
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                name, _, value = line.partition(":")
+                if name.strip() == field:
+                    return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str] | None:
+    """Which of CPU_FLAGS this CPU has (None where /proc/cpuinfo does not say)."""
+    flags = _cpuinfo("flags")
+    return None if flags is None else [flag for flag in CPU_FLAGS if flag in flags.split()]
 
 
 def machine() -> dict[str, Any]:
-    """CPU model, core count, Python and the versions of the packages the benchmarks time."""
+    """CPU model and vector extensions, core count, Python and the versions of the packages the benchmarks time."""
     versions = {}
     for package in VERSIONED_PACKAGES:
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(), **versions}
+    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
+            "python": platform.python_version(), **versions}
 
 
 class BenchmarkRun:

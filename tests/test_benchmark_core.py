@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from benchmarks.measure import BenchmarkRun, Method, Samples, interleaved, summarize
+from benchmarks.measure import CPU_FLAGS, BenchmarkRun, Method, Samples, interleaved, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +37,11 @@ def test_report_names_the_command_date_machine_and_load():
     report = BenchmarkRun().report(answer=42)
     assert report["answer"] == 42
     assert report["machine"]["cores"] == os.cpu_count() and report["machine"]["torch"]
+    # The vector extensions, as torch's own dispatch sees them (the kernels a speed-up was measured with).
+    flags, capability = report["machine"]["cpu_flags"], torch.backends.cpu.get_cpu_capability()
+    assert set(flags) <= set(CPU_FLAGS)
+    assert ("avx2" in flags) >= capability.startswith("AVX")
+    assert ("avx512f" in flags) >= (capability == "AVX512")
     assert len(report["load_average"]["before"]) == len(report["load_average"]["after"]) == 3
     assert report["date"].endswith("+00:00") and report["command"].startswith("python ")
 
