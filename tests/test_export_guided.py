@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ddn.export.graphs import build_graphs, float_to_pixels, model_to_float, pixels_to_model
-from ddn.repository_contract import GRAPH_KINDS, ONNX_FILE, entry_name, onnxruntime_session
+from ddn.repository_contract import GRAPH_KINDS, ONNX_FILE, entry_name, latest_version, onnxruntime_session
 from ddn.training.checkpoint import load_generator
 from ddn.training.guidance import Colorization, Denoising, Inpainting, SuperResolution
 from ddn.training.networks import SingleShotGenerator
@@ -19,7 +19,7 @@ def model(rgb_repository):
 
 @pytest.fixture(scope="module")
 def sessions(rgb_repository):
-    return {kind: onnxruntime_session(rgb_repository / entry_name("rgb", kind) / "1" / ONNX_FILE)
+    return {kind: onnxruntime_session(latest_version(rgb_repository / entry_name("rgb", kind)) / ONNX_FILE)
             for kind in GRAPH_KINDS}
 
 
